@@ -1,0 +1,224 @@
+"""Every network of the course reports, behind one registry.
+
+    model = build_model("resnet18", num_classes=10)
+    python models.py            # table: name, parameters, FLOPs per 32x32 image, source report
+
+The ResNets and the VGG-A feature stack come from torchvision's builders with
+the CIFAR changes applied (3x3 stride-1 stem, no max-pool, small classifier);
+only what no library has (LeNet, the reports' small residual nets, DaiNet7) is
+written by hand. Report numbers refer to ../shared/seeds/00N_*.txt.
+"""
+import argparse
+
+import torch
+import torch.nn as nn
+from torchvision.models import resnet as tv_resnet
+from torchvision.models import vgg as tv_vgg
+
+
+# ----------------------------------------------------------------------------- hand-written nets
+
+class LeNet(nn.Module):
+    """The PyTorch tutorial net (002's baseline = 003's "simple CNN"): 62,006 parameters."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class ResCNN(nn.Module):
+    """003's residual nets: 16-channel stem, three stride-2 stages of 32/64/128 channels.
+
+    The blocks are exactly torchvision's BasicBlock (bias-free convs, BN, 1x1 conv + BN
+    shortcut), which reproduces the report's counts: 692,122 (2 per stage) and 1,080,090 (3).
+    """
+
+    def __init__(self, blocks_per_stage, num_classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+        stages, cin = [], 16
+        for cout in (32, 64, 128):
+            blocks = []
+            for i in range(blocks_per_stage):
+                stride = 2 if i == 0 else 1
+                down = None
+                if stride != 1 or cin != cout:
+                    down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                blocks.append(tv_resnet.BasicBlock(cin, cout, stride, down))
+                cin = cout
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(128, num_classes)
+
+    def forward(self, x):
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class DaiNet7(nn.Module):
+    """004's DaiNet7 as its code gives it: six 3x3 convs (with bias), each Conv -> ReLU -> BN (-> pool) (-> Dropout)."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+
+        def layer(cin, cout, pool=None, drop=0.0):
+            mods = [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(cout)]
+            if pool is not None:
+                mods.append(pool)
+            if drop:
+                mods.append(nn.Dropout(drop))
+            return nn.Sequential(*mods)
+
+        self.layer1 = layer(3, 64, drop=0.1)
+        self.layer2 = layer(64, 64, nn.MaxPool2d(2, 2), 0.1)
+        self.layer3 = layer(64, 128)
+        self.layer4 = layer(128, 128, nn.MaxPool2d(2, 2), 0.5)
+        self.layer5 = layer(128, 256, drop=0.5)
+        self.layer6 = layer(256, 256, nn.AvgPool2d(8, 8))
+        self.fc1 = nn.Linear(256, num_classes)
+
+    def forward(self, x):
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4, self.layer5, self.layer6):
+            x = layer(x)
+        return self.fc1(torch.flatten(x, 1))
+
+
+class VGG(nn.Module):
+    """VGG-A for 32x32 inputs (Santurkar et al. 2018, report 003): torchvision's VGG-A
+    feature stack (cfg "A", optionally with BN after every conv) ending at 512x1x1,
+    then 512 -> 512 -> 512 -> classes. torchvision's VGG class itself is not used because
+    its 25088 -> 4096 head (100M parameters) would be built only to be thrown away."""
+
+    def __init__(self, batch_norm=False, num_classes=10):
+        super().__init__()
+        self.features = tv_vgg.make_layers(tv_vgg.cfgs["A"], batch_norm=batch_norm)
+        self.classifier = nn.Sequential(
+            nn.Linear(512, 512), nn.ReLU(inplace=True),
+            nn.Linear(512, 512), nn.ReLU(inplace=True),
+            nn.Linear(512, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+# ----------------------------------------------------------------------------- torchvision ResNets, CIFAR stem
+
+def cifar_resnet(block, layers, num_classes=10, maxpool=False, zero_init_residual=False):
+    """torchvision's ResNet with the CIFAR stem: 3x3 stride-1 first conv, max-pool removed
+    (kept only where a report kept it: 002's ResNet-9)."""
+    model = tv_resnet.ResNet(block, layers, num_classes=num_classes, zero_init_residual=zero_init_residual)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    if not maxpool:
+        model.maxpool = nn.Identity()
+    return model
+
+
+# ----------------------------------------------------------------------------- registry
+
+B, NECK = tv_resnet.BasicBlock, tv_resnet.Bottleneck
+
+# name -> (builder(num_classes), report it comes from)
+REGISTRY = {
+    "lenet": (LeNet, "002/003: PyTorch tutorial CNN"),
+    "rescnn6": (lambda n: ResCNN(2, n), "003: 6 residual blocks"),
+    "rescnn9": (lambda n: ResCNN(3, n), "003: 9 residual blocks"),
+    "dainet7": (DaiNet7, "004: DaiNet7"),
+    "resnet9": (lambda n: cifar_resnet(B, [1, 1, 1, 1], n, maxpool=True), "002: ResNet-9 (3x3 stem + max-pool)"),
+    "resnet18": (lambda n: cifar_resnet(B, [2, 2, 2, 2], n), "000/001: ResNet-18, CIFAR stem"),
+    "resnet34": (lambda n: cifar_resnet(B, [3, 4, 6, 3], n), "000/001: ResNet-34, CIFAR stem"),
+    "resnet50": (lambda n: cifar_resnet(NECK, [3, 4, 6, 3], n), "000/001/004: ResNet-50, CIFAR stem"),
+    "resnet101": (lambda n: cifar_resnet(NECK, [3, 4, 23, 3], n), "001: ResNet-101, CIFAR stem"),
+    "resnet152": (lambda n: cifar_resnet(NECK, [3, 8, 36, 3], n), "001: ResNet-152, CIFAR stem"),
+    "vgg_a": (lambda n: VGG(False, n), "003: VGG-A (Santurkar et al. 2018)"),
+    "vgg_a_bn": (lambda n: VGG(True, n), "003: VGG-A with BatchNorm"),
+}
+ARCHS = list(REGISTRY)
+
+
+def init_weights(model, zero_init_residual=False):
+    """Kaiming-normal convs (fan_out, as torchvision's ResNet), zero conv biases, BN weight 1 / bias 0.
+    Linear layers keep PyTorch's default. With zero_init_residual the last BN of every residual
+    branch starts at 0, so each block begins as the identity (Goyal et al. 2017)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    if zero_init_residual:
+        for m in model.modules():
+            if isinstance(m, NECK):
+                nn.init.zeros_(m.bn3.weight)
+            elif isinstance(m, B):
+                nn.init.zeros_(m.bn2.weight)
+    return model
+
+
+def build_model(name, num_classes=10, zero_init_residual=False):
+    """Build a registered network with standard initialisation. Unknown names raise ValueError."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown architecture {name!r}; choose from: {', '.join(ARCHS)}")
+    builder, _ = REGISTRY[name]
+    return init_weights(builder(num_classes), zero_init_residual)
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model, image_size=32):
+    """Forward FLOPs for one image, counted by torch.utils.flop_counter (1 multiply-add = 2 FLOPs;
+    convolutions and matrix products only, as every published count does)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    p = next(model.parameters())
+    x = torch.zeros(1, 3, image_size, image_size, device=p.device, dtype=p.dtype)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    model.train(was_training)
+    return counter.get_total_flops()
+
+
+def main():
+    ap = argparse.ArgumentParser(description="List the registered networks: parameters and forward FLOPs per 32x32 image.")
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (as in README.md)")
+    args = ap.parse_args()
+    rows = []
+    for name in ARCHS:
+        model = build_model(name)
+        flops = count_flops(model)
+        rows.append((name, f"{count_params(model):,}", f"{flops / 1e6:,.1f}", f"{flops / 2e6:,.1f}", REGISTRY[name][1]))
+    head = ("name", "params", "MFLOPs", "MMACs", "from")
+    if args.markdown:
+        print("| " + " | ".join(head) + " |")
+        print("|" + "|".join(["---", "--:", "--:", "--:", "---"]) + "|")
+        for r in rows:
+            print("| " + " | ".join(r) + " |")
+    else:
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+        for r in [head, *rows]:
+            print("  ".join(str(x).rjust(w) if i in (1, 2, 3) else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths))))
+        print("FLOPs: forward pass of one 32x32 image, 1 multiply-add = 2 FLOPs (torch.utils.flop_counter).")
+
+
+if __name__ == "__main__":
+    main()
