@@ -1,0 +1,27 @@
+"""Shared test fixtures: the data folder (the real copy from $CIFAR10_DIR, else synthetic pickles)
+and running a script as a user does."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import data
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REAL = os.environ.get("CIFAR10_DIR")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """Folder holding cifar-10-batches-py: the real copy when $CIFAR10_DIR is set (.ci/run sets it),
+    else 2,000 synthetic train and 500 test images whose classes a tiny network learns in an epoch."""
+    if REAL:
+        return REAL
+    return os.path.dirname(data.make_synthetic(str(tmp_path_factory.mktemp("cifar")), n_train=2000, n_test=500))
+
+
+def run_script(script, *args, timeout=600, **kw):
+    """`python SCRIPT ARGS...` in the repo folder as a user runs it: the CompletedProcess (code, stdout, stderr)."""
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=HERE, capture_output=True, text=True,
+                          timeout=timeout, **kw)

@@ -1,0 +1,173 @@
+"""Evaluate a trained run on the CIFAR-10 test set.
+
+    python evaluate.py runs/resnet18-20261125-101500            # best.pt of that run
+    python evaluate.py runs/.../last.pt --tta --json result.json
+
+Prints test accuracy and per-class accuracy (the layout of report 002), writes a
+confusion-matrix PNG beside the checkpoint, and measures inference images/s.
+Checkpoints are read with torch.load(weights_only=True): a crafted file cannot run code.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import data
+from models import build_model
+from train import OneLineParser, autocast, eval_weights, evaluate, load_checkpoint, pick_device, resolve_amp, write_text
+
+
+class TTA(nn.Module):
+    """Test-time augmentation: average the logits of the image and its mirror; with translate,
+    also of 2-pixel shifted copies (reflect-padded), weighted half and half as in airbench."""
+
+    def __init__(self, model, translate=False):
+        super().__init__()
+        self.model, self.translate = model, translate
+
+    def both(self, x):
+        return 0.5 * (self.model(x) + self.model(x.flip(3)))
+
+    def forward(self, x):
+        out = self.both(x)
+        if self.translate:
+            p = F.pad(x, (2, 2, 2, 2), mode="reflect")
+            h, w = x.shape[-2:]
+            shifted = 0.5 * (self.both(p[..., :h, :w]) + self.both(p[..., 4:, 4:]))
+            out = 0.5 * out + 0.5 * shifted
+        return out
+
+
+def per_class(pred, labels, n):
+    correct = torch.bincount(labels[pred == labels], minlength=n).float()
+    return (correct / torch.bincount(labels, minlength=n).clamp(min=1).float()).tolist()
+
+
+def confusion(pred, labels, n):
+    return torch.bincount(labels * n + pred, minlength=n * n).reshape(n, n)
+
+
+def plot_confusion(cm, classes, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = cm.float()
+    frac = cm / cm.sum(1, keepdim=True).clamp(min=1)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    n = len(classes)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=8,
+                    color="white" if frac[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def images_per_s(model, loader, device, amp_dtype, repeats=1):
+    """Inference throughput over the whole loader (after one warm-up batch)."""
+    x0, _ = next(iter(loader))
+    with torch.no_grad(), autocast(device, amp_dtype):
+        model.eval()(x0)
+    n, t0 = 0, time.perf_counter()
+    with torch.no_grad(), autocast(device, amp_dtype):
+        for _ in range(repeats):
+            for x, _ in loader:
+                model(x)
+                n += len(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
+
+
+def main(argv=None):
+    ap = OneLineParser(description="Test accuracy, per-class accuracy, confusion matrix and speed of a trained run.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("checkpoint", help="a run folder (uses best.pt) or a .pt file written by train.py")
+    ap.add_argument("--data", default=None, help="CIFAR-10 folder (default: the one the run trained on)")
+    ap.add_argument("--download", action="store_true")
+    ap.add_argument("--batch-size", type=int, default=1000)
+    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
+    ap.add_argument("--tta", action="store_true", help="also report flip test-time augmentation")
+    ap.add_argument("--translate", action="store_true", help="with --tta, add 2-pixel translations")
+    ap.add_argument("--subset", type=int, default=None, help="evaluate only the first N test images")
+    ap.add_argument("--out", default=None, help="folder for confusion_matrix.png (default: the checkpoint's folder)")
+    ap.add_argument("--json", default=None, metavar="PATH", help="write the numbers as JSON")
+    args = ap.parse_args(argv)
+    if args.batch_size <= 0:
+        ap.error(f"--batch-size must be positive, got {args.batch_size}")
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+    except ValueError as e:
+        ap.error(str(e))
+    targs = ckpt["args"]
+    root = args.data or targs["data"]
+    try:
+        split = data.load_cifar10(root, download=args.download)
+    except data.DataError as e:
+        ap.error(str(e))
+    x, y = split["test"]
+    if args.subset:
+        x, y = x[:args.subset], y[:args.subset]
+    classes = ckpt.get("classes") or split["classes"]
+
+    device = pick_device(lambda m: print(m, file=sys.stderr))
+    amp_dtype = resolve_amp(args.amp, device, lambda m: print(m, file=sys.stderr))
+    model = build_model(targs["arch"], num_classes=len(classes))
+    model.load_state_dict(eval_weights(ckpt))
+    model = model.to(device)
+    if targs.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    loader = data.Loader(x, y, args.batch_size, device=device, mean=torch.tensor(ckpt["mean"]),
+                         std=torch.tensor(ckpt["std"]), train=False, channels_last=targs.get("channels_last", False))
+    labels = y.to(device)
+
+    res = evaluate(model, loader, device, amp_dtype, return_outputs=True)
+    pred = res["logits"].argmax(1)
+    n = len(classes)
+    result = {"checkpoint": args.checkpoint, "arch": targs["arch"], "epoch": ckpt.get("epoch"),
+              "n_test": len(y), "test_loss": res["loss"], "test_acc": res["acc"],
+              "per_class_acc": dict(zip(classes, per_class(pred, labels, n))),
+              "confusion_matrix": confusion(pred, labels, n).tolist(), "device": str(device),
+              "batch_size": args.batch_size, "images_per_s": images_per_s(model, loader, device, amp_dtype)}
+    print(f"{targs['arch']} ({args.checkpoint}, epoch {ckpt.get('epoch')}) on {len(y)} test images, {device}")
+    print(f"Accuracy of the network on the {len(y)} test images: {100 * res['acc']:.2f} %")
+    for name, acc in result["per_class_acc"].items():
+        print(f"Accuracy of {name:>10s} : {100 * acc:5.1f} %")
+    if args.tta:
+        tta = TTA(model, args.translate)
+        r = evaluate(tta, loader, device, amp_dtype)
+        kind = "flip+translate" if args.translate else "flip"
+        result.update(tta=kind, tta_test_acc=r["acc"], tta_test_loss=r["loss"],
+                      tta_images_per_s=images_per_s(tta, loader, device, amp_dtype))
+        print(f"With {kind} TTA: {100 * r['acc']:.2f} % (without: {100 * res['acc']:.2f} %)")
+    print(f"Inference: {result['images_per_s']:.0f} images/s at batch size {args.batch_size}"
+          + (f" ({result['tta_images_per_s']:.0f} with TTA)" if args.tta else ""))
+
+    out = args.out or (args.checkpoint if os.path.isdir(args.checkpoint) else os.path.dirname(args.checkpoint) or ".")
+    os.makedirs(out, exist_ok=True)
+    png = os.path.join(out, "confusion_matrix.png")
+    plot_confusion(torch.tensor(result["confusion_matrix"]), classes, png,
+                   f"{targs['arch']}: test accuracy {100 * res['acc']:.2f}%")
+    print(f"wrote {png}")
+    if args.json:
+        write_text(args.json, json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,646 @@
+"""Train any network of models.py on CIFAR-10, resumably, with a run folder you can report from.
+
+    python train.py --arch resnet34 --epochs 200
+    python train.py --resume runs/resnet34-20261125-101500        # continue where it stopped
+    torchrun --nproc-per-node 4 train.py --arch resnet50           # DistributedDataParallel
+
+The whole dataset sits on the device as uint8 and is augmented batch-wise there (data.py),
+so the loop below is only: step, (periodically) sync the metrics, evaluate, checkpoint.
+A run folder holds config.json, metrics.jsonl/.csv, last.pt, best.pt and summary.json.
+"""
+import argparse
+import contextlib
+import csv
+import datetime
+import io
+import json
+import math
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+import data
+from models import ARCHS, build_model, count_flops, count_params
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# ----------------------------------------------------------------------------- command line
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr and exit code 2 (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def get_parser():
+    ap = OneLineParser(description="Train a CIFAR-10 network. Every flag has a default; see README.md.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--arch", default="resnet18", help=f"network: {', '.join(ARCHS)}")
+    ap.add_argument("--epochs", type=int, default=200)
+    ap.add_argument("--batch-size", type=int, default=128, help="per process (per GPU under torchrun)")
+    ap.add_argument("--lr", type=float, default=0.1, help="peak learning rate")
+    ap.add_argument("--optimizer", default="sgd", help="sgd (momentum 0.9), adam or adamw")
+    ap.add_argument("--momentum", type=float, default=0.9)
+    ap.add_argument("--nesterov", action="store_true")
+    ap.add_argument("--wd", type=float, default=5e-4, help="weight decay")
+    ap.add_argument("--no-wd-bn-bias", action="store_true", help="exempt BatchNorm and bias parameters from weight decay")
+    ap.add_argument("--schedule", default="cosine", choices=["cosine", "step", "onecycle", "constant"],
+                    help="lr shape, stepped every iteration")
+    ap.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up from 0 (onecycle: the rising part)")
+    ap.add_argument("--milestones", type=float, nargs="+", default=[0.5, 0.75],
+                    help="step schedule: epochs (or fractions of --epochs if all < 1) where lr *= --gamma")
+    ap.add_argument("--gamma", type=float, default=0.1)
+    ap.add_argument("--label-smoothing", type=float, default=0.0)
+    ap.add_argument("--zero-init-residual", action="store_true", help="last BN of every residual branch starts at 0")
+    data.add_data_args(ap)
+    ap.add_argument("--subset", type=int, default=None, help="use only the first N train and test images (quick runs)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                    help="autocast: auto = bf16 on CUDA and CPU, off on MPS")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                    help="evaluate and select an exponential moving average of the weights (e.g. 0.999); 0 = off")
+    ap.add_argument("--eval-batch-size", type=int, default=1000)
+    ap.add_argument("--save-every", type=int, default=0, metavar="STEPS", help="also write last.pt every N steps")
+    ap.add_argument("--skip-nonfinite", type=int, default=0, metavar="N", help="skip up to N steps with NaN/Inf loss instead of stopping")
+    ap.add_argument("--out", default=None, help="run folder (default runs/<arch>-<timestamp>)")
+    ap.add_argument("--force", action="store_true", help="allow writing into a folder that holds another run")
+    ap.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    ap.add_argument("--no-progress", action="store_true", help="plain lines even on a terminal")
+    return ap
+
+
+RESUME_MAY_CHANGE = {"resume", "data", "download", "no_progress"}
+
+
+def check_args(ap, args):
+    """Refuse bad values before anything is created."""
+    if args.arch not in ARCHS:
+        ap.error(f"unknown --arch {args.arch!r}; choose from: {', '.join(ARCHS)}")
+    if args.optimizer not in ("sgd", "adam", "adamw"):
+        ap.error(f"unknown --optimizer {args.optimizer!r}; choose from: sgd, adam, adamw")
+    for name in ("epochs", "batch_size", "lr", "eval_batch_size"):
+        if getattr(args, name) <= 0:
+            ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.val < 0:
+        ap.error(f"--val must be >= 0, got {args.val}")
+    if args.subset is not None and args.subset <= 0:
+        ap.error(f"--subset must be positive, got {args.subset}")
+    if args.wd < 0 or not 0 <= args.label_smoothing < 1 or not 0 <= args.ema < 1:
+        ap.error("--wd must be >= 0, --label-smoothing and --ema in [0, 1)")
+
+
+# ----------------------------------------------------------------------------- device, precision, distributed
+
+def pick_device(log=print):
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    log("warning: no GPU found, training on the CPU (expect ~100x slower than a modern GPU)")
+    return torch.device("cpu")
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def resolve_amp(amp, device, log=print):
+    """Map --amp to an autocast dtype (or None), falling back with a warning where unsupported."""
+    if amp == "auto":
+        amp = "off" if device.type == "mps" else "bf16"
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        log("warning: this GPU has no bf16; using fp16 autocast with a gradient scaler")
+        amp = "fp16"
+    if amp == "fp16" and device.type != "cuda":
+        log(f"warning: --amp fp16 needs CUDA; using bf16 autocast on {device.type}")
+        amp = "bf16"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def autocast(device, dtype):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def setup_distributed():
+    """(rank, world_size); initialises the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+    return (dist.get_rank(), dist.get_world_size()) if world > 1 else (0, 1)
+
+
+def all_sum(t):
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+def build_optimizer(model, args):
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if args.no_wd_bn_bias and p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}]
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov)
+    if args.optimizer == "adam":
+        # torch's Adam adds L2 to the gradient (as report 004's Adam(weight_decay=5e-4) did); adamw decouples it
+        return torch.optim.Adam(groups, lr=args.lr)
+    return torch.optim.AdamW(groups, lr=args.lr)
+
+
+def lr_factor(step, total, warmup, schedule, milestones=(), gamma=0.1):
+    """Multiplier of the peak lr at iteration `step` of `total`. One LambdaLR covers every
+    shape (torch's SequentialLR chains of warm-up + decay are awkward to checkpoint)."""
+    if schedule == "onecycle":  # as torch's OneCycleLR: cosine up from 1/25 over warm-up, cosine down to 1/25e4
+        up = max(1, warmup or int(0.3 * total))
+        if step < up:
+            return 1 / 25 + (1 - 1 / 25) * 0.5 * (1 - math.cos(math.pi * step / up))
+        t = (step - up) / max(1, total - up)
+        return 1 / 25e4 + (1 - 1 / 25e4) * 0.5 * (1 + math.cos(math.pi * t))
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    if schedule == "step":
+        return gamma ** sum(step >= m for m in milestones)
+    return 1.0
+
+
+def build_scheduler(optimizer, args, steps_per_epoch):
+    total = args.epochs * steps_per_epoch
+    warmup = int(args.warmup_epochs * steps_per_epoch)
+    ms = args.milestones
+    ms = [m * args.epochs if all(x < 1 for x in ms) else m for m in ms]
+    ms = [int(m * steps_per_epoch) for m in ms]
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, warmup, args.schedule, ms, args.gamma))
+
+
+def make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler, ema=None):
+    """One optimisation step on a ready batch; returns (loss, logits) still on the device (no sync)."""
+    def step(x, y):
+        with autocast(device, amp_dtype):
+            out = model(x)
+            loss = criterion(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        return loss.detach(), out.detach()
+    return step
+
+
+def n_correct(logits, y):
+    """Correct predictions; soft (mixed) targets count their largest share as the label."""
+    return (logits.argmax(1) == (y if y.ndim == 1 else y.argmax(1))).sum()
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, amp_dtype=None, return_outputs=False):
+    """Mean loss and accuracy over a loader (and the logits, if asked). Restores train mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    outs, n = [], 0
+    for x, y in loader:
+        with autocast(device, amp_dtype):
+            out = model(x)
+        out = out.float()
+        loss_sum += F.cross_entropy(out, y, reduction="sum")
+        correct += n_correct(out, y)
+        n += len(y)
+        if return_outputs:
+            outs.append(out)
+    model.train(was_training)
+    res = {"loss": loss_sum.item() / n, "acc": correct.item() / n}
+    if return_outputs:
+        res["logits"] = torch.cat(outs)
+    return res
+
+
+# ----------------------------------------------------------------------------- run folder and checkpoints
+
+def atomic_write(path, write):
+    """Write via a temp file + fsync + os.replace, so a kill never leaves a half-written file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_text(path, text):
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_checkpoint(path, state):
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path):
+    """Load a checkpoint safely (weights_only=True: a crafted pickle cannot run code).
+    Raises ValueError with a one-line reason for a missing or unreadable file."""
+    if os.path.isdir(path):
+        for name in ("best.pt", "last.pt"):
+            if os.path.exists(os.path.join(path, name)):
+                path = os.path.join(path, name)
+                break
+        else:
+            raise ValueError(f"no best.pt or last.pt in {path}")
+    if not os.path.exists(path):
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a checkpoint, or a pickle that wants to run code
+        raise ValueError(f"cannot read checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
+        raise ValueError(f"{path} is not a checkpoint written by train.py")
+    return ckpt
+
+
+def eval_weights(ckpt):
+    """The weights train.py evaluated: the EMA average when the run used --ema, else the model."""
+    if ckpt.get("ema"):
+        return {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    return ckpt["model"]
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [int(v) for v in np.random.get_state()[1]],
+            "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()]}
+
+
+def set_rng_state(s):
+    torch.set_rng_state(s["torch"])
+    if torch.cuda.is_available() and s["cuda"]:
+        torch.cuda.set_rng_state_all(s["cuda"])
+    np.random.set_state(("MT19937", np.array(s["numpy"], dtype=np.uint32), 624, 0, 0.0))
+    version, internal, gauss = s["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def prepare_run_dir(args, ap):
+    """Pick and check the run folder; refuse (exit 2) rather than overwrite another run."""
+    if args.resume:
+        return args.resume
+    out = args.out or os.path.join("runs", f"{args.arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        ap.error(f"--out {out} exists and is not a folder")
+    taken = [n for n in ("config.json", "last.pt", "best.pt", "metrics.jsonl") if os.path.exists(os.path.join(out, n))]
+    if taken and not args.force:
+        ap.error(f"{out} already holds a run ({taken[0]}); use --resume {out} to continue it, "
+                 f"--force to overwrite it, or another --out")
+    return out
+
+
+def make_run_dir(out, ap):
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".write-test-{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        ap.error(f"cannot write to run folder {out}: {e.strerror}")
+
+
+class MetricsLog:
+    """Per-epoch rows, rewritten atomically as metrics.jsonl and metrics.csv (and TensorBoard scalars if installed).
+    The rows also live in the checkpoint, so a resumed run's files equal an uninterrupted run's."""
+
+    def __init__(self, out, rows=()):
+        self.out, self.rows = out, list(rows)
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # optional extra
+            self.tb = SummaryWriter(os.path.join(out, "tb"))
+        except Exception:
+            pass
+
+    def add(self, row):
+        self.rows.append(row)
+        write_text(os.path.join(self.out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.rows))
+        keys = list(dict.fromkeys(k for r in self.rows for k in r))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(self.rows)
+        write_text(os.path.join(self.out, "metrics.csv"), buf.getvalue())
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "epoch" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, row["epoch"])
+            self.tb.flush()
+
+
+# ----------------------------------------------------------------------------- progress
+
+class Progress:
+    """A tqdm bar per epoch on a terminal; one plain line per epoch otherwise (CI, nohup, log files)."""
+
+    def __init__(self, total, epoch, epochs, enabled):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stdout, leave=True,
+                            dynamic_ncols=True)
+
+    def update(self, n, **postfix):
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self, line):
+        if self.bar is not None:
+            self.bar.set_postfix_str(line, refresh=True)
+            self.bar.close()
+        else:
+            print(line, flush=True)
+
+
+class Stop(Exception):
+    """Ends training early with an exit code and a message (divergence, SIGINT/SIGTERM)."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None):
+    ap = get_parser()
+    args = ap.parse_args(argv)
+    resume_ckpt = None
+    if args.resume:
+        try:
+            resume_ckpt = load_checkpoint(os.path.join(args.resume, "last.pt"))
+        except ValueError as e:
+            ap.error(f"--resume {args.resume}: {e}")
+        saved = dict(resume_ckpt["args"])
+        # the run's own settings win; a flag given now that contradicts them is refused
+        for k, v in vars(args).items():
+            if k not in RESUME_MAY_CHANGE and v != ap.get_default(k) and v != saved.get(k):
+                ap.error(f"--resume {args.resume}: that run has --{k.replace('_', '-')} {saved.get(k)}, "
+                         f"not {v}; drop the flag or start a new run")
+        saved.update(resume=args.resume, data=args.data, download=args.download, no_progress=args.no_progress)
+        args = argparse.Namespace(**saved)
+    check_args(ap, args)
+
+    rank, world = setup_distributed()
+    main_proc = rank == 0
+    log = print if main_proc else (lambda *a, **k: None)
+    out = prepare_run_dir(args, ap)
+    device = pick_device(log)
+    amp_dtype = resolve_amp(args.amp, device, log)
+    if args.compile and device.type == "mps":
+        log("warning: --compile is not supported on MPS; running eagerly")
+        args.compile = False
+
+    torch.manual_seed(args.seed + rank)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    try:
+        train_loader, val_loader, test_loader, info = data.build_loaders(
+            args, device, args.batch_size, dtype=torch.float32, channels_last=args.channels_last, seed=args.seed,
+            epochs=args.epochs, eval_batch_size=args.eval_batch_size, rank=rank, world_size=world,
+            subset=args.subset, log=log)
+    except data.DataError as e:
+        ap.error(str(e))
+    if main_proc:
+        make_run_dir(out, ap)
+    select = info["select_split"]
+
+    torch.manual_seed(args.seed)  # same initial weights on every rank
+    raw_model = build_model(args.arch, num_classes=len(info["classes"]), zero_init_residual=args.zero_init_residual)
+    n_params, flops = count_params(raw_model), count_flops(raw_model)
+    raw_model = raw_model.to(device)
+    if args.channels_last:
+        raw_model = raw_model.to(memory_format=torch.channels_last)
+    ema = None
+    if args.ema:
+        ema = torch.optim.swa_utils.AveragedModel(
+            raw_model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True)
+    model = raw_model
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        model = torch.compile(model)
+
+    optimizer = build_optimizer(raw_model, args)
+    scheduler = build_scheduler(optimizer, args, len(train_loader))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    step_fn = make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler, ema)
+    eval_model = ema.module if ema is not None else raw_model
+
+    start_epoch, start_batch, step, best, best_epoch = 0, 0, 0, -1.0, None
+    partial = None  # train accumulators of an epoch interrupted mid-way
+    rows = []
+    if resume_ckpt is not None:
+        if resume_ckpt["args"]["arch"] != args.arch:
+            ap.error(f"--resume {args.resume}: checkpoint is a {resume_ckpt['args']['arch']}, not {args.arch}")
+        raw_model.load_state_dict(resume_ckpt["model"])
+        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        scheduler.load_state_dict(resume_ckpt["scheduler"])
+        scaler.load_state_dict(resume_ckpt["scaler"])
+        if ema is not None:
+            ema.load_state_dict(resume_ckpt["ema"])
+        start_epoch, start_batch, step = resume_ckpt["epoch"], resume_ckpt["batch"], resume_ckpt["step"]
+        best, best_epoch, rows = resume_ckpt["best"], resume_ckpt["best_epoch"], resume_ckpt["metrics"]
+        partial = resume_ckpt.get("partial")
+        set_rng_state(resume_ckpt["rng"])
+        log(f"resuming {out} at epoch {start_epoch + 1}, batch {start_batch}, step {step}")
+
+    metrics = MetricsLog(out, rows) if main_proc else None
+    if main_proc and resume_ckpt is None:
+        config = {"args": vars(args), "git_commit": git_commit(), "torch": torch.__version__,
+                  "torchvision": __import__("torchvision").__version__, "python": platform.python_version(),
+                  "device": device_name(device), "world_size": world, "amp": str(amp_dtype), "params": n_params,
+                  "flops": flops, "data": {k: v for k, v in info.items() if k != "classes"},
+                  "classes": info["classes"], "started": datetime.datetime.now().isoformat(timespec="seconds")}
+        write_text(os.path.join(out, "config.json"), json.dumps(config, indent=2))
+    log(f"{args.arch}: {n_params:,} parameters, {flops / 1e6:,.1f} MFLOPs/image | {device_name(device)} | "
+        f"amp {args.amp}->{amp_dtype} | {info['n_train']:,} train, {info['n_val']:,} val, {info['n_test']:,} test | "
+        f"batch {args.batch_size}x{world} | {len(train_loader)} steps/epoch | run folder {out}")
+
+    def checkpoint(name, epoch, batch, partial=None, acc=None):
+        state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                 "ema": ema.state_dict() if ema is not None else None,
+                 "epoch": epoch, "batch": batch, "step": step, "best": best, "best_epoch": best_epoch,
+                 "partial": partial, "metrics": metrics.rows, "rng": rng_state(), "args": vars(args),
+                 "classes": info["classes"], "mean": info["mean"], "std": info["std"], "acc": acc}
+        save_checkpoint(os.path.join(out, name), state)
+
+    stop_signal = []
+    old_handlers = {s: signal.signal(s, lambda signum, frame: stop_signal.append(signum))
+                    for s in (signal.SIGINT, signal.SIGTERM)}
+    show_bar = main_proc and sys.stdout.isatty() and not args.no_progress
+    t_run, train_time, bad_steps = time.time(), 0.0, 0
+    exit_code = 0
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            train_loader.set_epoch(epoch)
+            model.train()
+            acc_loss = torch.zeros((), device=device, dtype=torch.float64)
+            acc_correct = torch.zeros((), device=device, dtype=torch.int64)
+            seen = 0
+            if partial is not None:
+                acc_loss += partial["loss"]
+                acc_correct += partial["correct"]
+                seen = partial["seen"]
+            bar = Progress(len(train_loader), epoch, args.epochs, show_bar)
+            t0 = time.time()
+            for i, (x, y) in enumerate(train_loader):
+                if i < start_batch:  # resumed mid-epoch: the loader replays the epoch's draws, skip what was done
+                    bar.update(1)
+                    continue
+                loss, out_logits = step_fn(x, y)
+                step += 1
+                acc_loss += loss.double() * len(x)
+                acc_correct += n_correct(out_logits, y)
+                seen += len(x)
+                if step % 20 == 0 or i == len(train_loader) - 1:  # sync only now and then: .item() stalls the GPU
+                    cur = loss.item()
+                    if not math.isfinite(cur):
+                        bad_steps += 1
+                        if bad_steps > args.skip_nonfinite:
+                            raise Stop(1, f"loss is {cur} at epoch {epoch + 1}, step {step}, "
+                                          f"lr {scheduler.get_last_lr()[0]:.3g}: training diverged; "
+                                          f"last good checkpoints kept in {out} (try a lower --lr)")
+                    bar.update(0, loss=f"{acc_loss.item() / seen:.3f}", acc=f"{acc_correct.item() / seen:.3f}",
+                               lr=f"{scheduler.get_last_lr()[0]:.3g}", img_s=f"{seen * world / (time.time() - t0):.0f}")
+                bar.update(1)
+                if stop_signal or (args.save_every and step % args.save_every == 0):
+                    if main_proc:
+                        checkpoint("last.pt", epoch, i + 1, partial={
+                            "loss": acc_loss.item(), "correct": acc_correct.item(), "seen": seen})
+                    if stop_signal:
+                        code = 128 + stop_signal[0]
+                        raise Stop(code, f"stopped by signal {signal.Signals(stop_signal[0]).name} at epoch {epoch + 1}, "
+                                         f"step {step}; resume with: python train.py --resume {out}")
+            start_batch, partial = 0, None
+            sums = all_sum(torch.stack([acc_loss, acc_correct.double(), torch.tensor(float(seen), device=device,
+                                                                                       dtype=torch.float64)]))
+            epoch_time = time.time() - t0
+            train_time += epoch_time
+            row = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
+                   "train_loss": sums[0].item() / sums[2].item(), "train_acc": sums[1].item() / sums[2].item()}
+            if not math.isfinite(row["train_loss"]) and bad_steps >= args.skip_nonfinite:
+                raise Stop(1, f"loss is {row['train_loss']} at epoch {epoch + 1}, step {step}: training diverged; "
+                              f"last good checkpoints kept in {out} (try a lower --lr)")
+            t_eval = time.time()
+            for split, loader in (("val", val_loader), ("test", None if val_loader is not None else test_loader)):
+                if loader is not None:
+                    r = evaluate(eval_model, loader, device, amp_dtype)
+                    row[f"{split}_loss"], row[f"{split}_acc"] = r["loss"], r["acc"]
+            row.update(epoch_time=epoch_time, eval_time=time.time() - t_eval,
+                       images_per_s=sums[2].item() / epoch_time)
+            improved = row[f"{select}_acc"] > best
+            if improved:
+                best, best_epoch = row[f"{select}_acc"], epoch + 1
+            if main_proc:
+                metrics.add(row)
+                if improved:
+                    checkpoint("best.pt", epoch + 1, 0, acc=best)
+                checkpoint("last.pt", epoch + 1, 0)
+                bar.close(f"epoch {epoch + 1}/{args.epochs}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  "
+                          f"{select} loss {row[select + '_loss']:.4f}  {select} acc {row[select + '_acc']:.4f}  "
+                          f"lr {row['lr']:.3g}  {row['epoch_time']:.1f}s  {row['images_per_s']:.0f} img/s")
+            if stop_signal:
+                code = 128 + stop_signal[0]
+                raise Stop(code, f"stopped by signal {signal.Signals(stop_signal[0]).name} after epoch {epoch + 1}; "
+                                 f"resume with: python train.py --resume {out}")
+    except Stop as e:
+        print(f"train.py: {e}", file=sys.stderr)
+        exit_code = e.code
+    except torch.OutOfMemoryError:
+        used = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+        print(f"train.py: out of memory at --batch-size {args.batch_size} ({used:.1f} GiB in use); "
+              f"try a smaller --batch-size (last.pt in {out} is kept)", file=sys.stderr)
+        exit_code = 1
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+    if exit_code:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        return exit_code
+
+    # ---- final report: best and last weights on the held-out test set
+    summary = {"arch": args.arch, "epochs": args.epochs, "select_split": select, "best_epoch": best_epoch,
+               f"best_{select}_acc": best, "final": metrics.rows[-1] if main_proc and metrics.rows else None,
+               "params": n_params, "flops": flops, "device": device_name(device), "world_size": world,
+               "train_time_s": train_time, "total_time_s": time.time() - t_run}
+    if main_proc:
+        final_test = evaluate(eval_model, test_loader, device, amp_dtype)["acc"]
+        last_state = {k: v.clone() for k, v in eval_model.state_dict().items()}
+        eval_model.load_state_dict(eval_weights(load_checkpoint(os.path.join(out, "best.pt"))))
+        best_test = evaluate(eval_model, test_loader, device, amp_dtype)["acc"]
+        eval_model.load_state_dict(last_state)
+        epochs_run = max(1, args.epochs - start_epoch)
+        summary.update(final_test_acc=final_test, best_test_acc=best_test,
+                       epoch_time_s=train_time / epochs_run,
+                       images_per_s=sum(r["images_per_s"] for r in metrics.rows[start_epoch:]) / epochs_run,
+                       peak_gpu_mem_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None)
+        write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2))
+        note = "" if select == "val" else "  (best epoch picked on test: flattering, use --val N for an honest pick)"
+        print("\n".join([
+            "=" * 72,
+            f"{args.arch} on CIFAR-10, {args.epochs} epochs, {device_name(device)}",
+            f"best epoch {best_epoch} by {select} acc {best:.4f}{note}",
+            f"test accuracy: best checkpoint {best_test:.4f}, final weights {final_test:.4f}",
+            f"time {summary['total_time_s']:.0f}s total, {summary['epoch_time_s']:.1f}s/epoch, "
+            f"{summary['images_per_s']:.0f} train images/s",
+            f"{n_params:,} parameters, {flops / 1e6:,.1f} MFLOPs/image"
+            + (f", peak GPU memory {summary['peak_gpu_mem_gib']:.2f} GiB" if device.type == "cuda" else ""),
+            f"run folder {out} (summary.json, metrics.csv, best.pt, last.pt); evaluate: python evaluate.py {out}",
+            "=" * 72]))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    warnings.filterwarnings("ignore", message=".*TF32.*")
+    sys.exit(main())
