@@ -1,0 +1,399 @@
+"""Learning-rate range test (Smith 2017; as torch-lr-finder and fastai's lr_find): train for a
+few steps while the lr grows from --start-lr to --end-lr, record the loss, suggest a peak lr.
+
+    python lr_finder.py --arch resnet18
+    python lr_finder.py --arch lenet --subset 5000 --num-iter 60 --suggest steepest
+
+Same data pipeline, optimizer and loss as train.py. Writes lr_finder.csv and lr_finder.png to
+--out (default lr_finder/<arch>-<timestamp>) and prints the train.py command that uses the pick.
+As a library:
+
+    curve = find_lr(model, optimizer, loader)      # model and optimizer come back untouched
+    lrs = suggest_lr(curve)                        # {"steepest": .., "valley": .., "min10": ..}
+"""
+import argparse
+import copy
+import datetime
+import math
+import os
+import shlex
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import data
+import train
+from models import ARCHS, build_model
+
+SUGGESTIONS = {"steepest": "steepest descent of the smoothed loss",
+               "valley": "middle of the longest valley (fastai)",
+               "min10": "lr at the smoothed minimum / 10"}
+
+
+# ----------------------------------------------------------------------------- the range test
+
+def lr_at(i, num_iter, start_lr, end_lr, mode="exp"):
+    """The lr of step i: from start_lr (i = 0) to end_lr (i = num_iter - 1), geometric or linear."""
+    t = i / max(1, num_iter - 1)
+    return start_lr * (end_lr / start_lr) ** t if mode == "exp" else start_lr + (end_lr - start_lr) * t
+
+
+def find_lr(model, optimizer, loader, criterion=None, *, start_lr=1e-7, end_lr=10.0, num_iter=100, mode="exp",
+            smooth=0.05, diverge=5.0, val_loader=None, amp_dtype=None, progress=False):
+    """Run the range test and return the curve: a dict of lists lr, loss, smooth (per step) and
+    stopped ("diverged", "nonfinite" or None). One optimizer step per batch of `loader` (cycled
+    as needed) with every param group at lr_at(step); the recorded loss is that batch's, or the
+    mean over `val_loader` after the step when one is given. Stops early once the smoothed loss
+    passes `diverge` x its best. Model weights, buffers, gradients, train/eval mode and the
+    optimizer's state and param groups (lrs included) are restored exactly, even on Ctrl-C.
+    progress=True shows a tqdm bar on a terminal, a line every 10% of the steps otherwise."""
+    device = next(model.parameters()).device
+    criterion = criterion or nn.CrossEntropyLoss()
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_opt = copy.deepcopy(optimizer.state_dict())
+    saved_grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    was_training = model.training
+    curve = {"lr": [], "loss": [], "smooth": [], "stopped": None, "num_iter": num_iter, "smooth_factor": smooth,
+             "kind": "val" if val_loader is not None else "train"}
+    bar, every = None, max(1, num_iter // 10)
+    if progress and sys.stdout.isatty():
+        from tqdm import tqdm
+        bar = tqdm(total=num_iter, desc="lr range test", file=sys.stdout, dynamic_ncols=True)
+
+    def batches():
+        epoch = 0
+        while True:
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            n = 0
+            for x, y in loader:
+                n += 1
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if n == 0:
+                raise ValueError("find_lr: the loader yields no batches")
+            epoch += 1
+
+    try:
+        model.train()
+        avg, best, beta = 0.0, math.inf, 1.0 - smooth
+        for i, (x, y) in zip(range(num_iter), batches()):
+            lr = lr_at(i, num_iter, start_lr, end_lr, mode)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with train.autocast(device, amp_dtype):
+                loss = criterion(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss = loss.item() if val_loader is None else mean_loss(model, val_loader, criterion, device, amp_dtype)
+            if math.isfinite(loss):
+                avg = beta * avg + (1 - beta) * loss
+                smoothed = avg / (1 - beta ** (i + 1))  # bias correction: the average starts at 0
+                best = min(best, smoothed)
+                if smoothed > diverge * best:
+                    curve["stopped"] = "diverged"
+            else:
+                smoothed, curve["stopped"] = math.inf, "nonfinite"
+            for key, value in (("lr", lr), ("loss", loss), ("smooth", smoothed)):
+                curve[key].append(value)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(lr=f"{lr:.2g}", loss=f"{smoothed:.3f}", refresh=False)
+            elif progress and (i + 1) % every == 0:  # a log file gets a line every 10%
+                print(f"step {i + 1}/{num_iter}  lr {lr:.2g}  loss {loss:.4f}  smoothed {smoothed:.4f}", flush=True)
+            if curve["stopped"]:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        model.load_state_dict(saved_model)
+        optimizer.load_state_dict(saved_opt)
+        for p, g in zip(model.parameters(), saved_grads):
+            p.grad = g
+        model.train(was_training)
+    return curve
+
+
+@torch.no_grad()
+def mean_loss(model, loader, criterion, device, amp_dtype=None):
+    """Loss averaged over every image of `loader`, in eval mode (the caller's mode is kept)."""
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with train.autocast(device, amp_dtype):
+            out = model(x)
+        total += criterion(out.float(), y).item() * len(x)
+        n += len(x)
+    model.train(was_training)
+    return total / n
+
+
+# ----------------------------------------------------------------------------- suggestions
+
+MIN_FALL = 0.02  # a descent counts once the smoothed loss falls 2% below its value where the window starts
+
+
+class NoDescent(ValueError):
+    """The curve has no stretch where the loss clearly falls: nothing sensible to suggest."""
+
+
+def usable_window(curve, skip_start=0.1):
+    """(first, last) step indices the suggestions may use: after the first skip_start of the
+    planned steps (early high-loss steps) up to the smoothed minimum (the rising and diverged
+    tail is dropped). Raises NoDescent with a readable reason when there is no clear descent."""
+    lr, sm = np.asarray(curve["lr"]), np.asarray(curve["smooth"])
+    first = int(skip_start * curve.get("num_iter", len(lr)))
+    if len(lr) < first + 4:
+        if curve.get("stopped"):
+            raise NoDescent(f"the loss diverged after {len(lr)} steps, already at lr {lr[-1]:.2g}: "
+                            f"lower --start-lr and --end-lr")
+        raise NoDescent(f"{len(lr)} steps are too few to see a descent: raise --num-iter")
+    last = first + int(np.argmin(sm[first:]))
+    if last - first < 3:
+        raise NoDescent(f"the smoothed loss only rose after step {first} (lr {lr[first]:.2g}): "
+                        f"no usable descent; lower --start-lr")
+    if sm[last] > (1 - MIN_FALL) * sm[first]:
+        rose = curve.get("stopped") or sm[-1] > sm[first]  # the range reached the blow-up: too coarse, not too short
+        hint = ("give it more steps per decade: raise --num-iter, or narrow the range with a higher --start-lr"
+                if rose else "raise --end-lr or --num-iter")
+        raise NoDescent(f"the smoothed loss never fell below {1 - MIN_FALL:g}x its start ({sm[first]:.4f} -> "
+                        f"best {sm[last]:.4f}) between lr {lr[first]:.2g} and {lr[-1]:.2g}: no usable descent; {hint}")
+    return first, last
+
+
+def longest_valley(y, tol=0.0):
+    """fastai's valley as (start, end): the longest decreasing subsequence of y (each member more
+    than tol below the one before), read, as fastai does, as the stretch of that length ending
+    where the subsequence ends; a noisy plateau then adds little to it."""
+    length = [1] * len(y)
+    for i in range(len(y)):
+        for j in range(i):
+            if y[j] - y[i] > tol:
+                length[i] = max(length[i], length[j] + 1)
+    end = max(range(len(y)), key=lambda i: (length[i], -i))  # the earliest end on ties
+    return max(0, end - length[end]), end
+
+
+def suggest_lr(curve, skip_start=0.1):
+    """The three usual picks, computed on the smoothed loss inside usable_window():
+    steepest: where d(loss)/d(log lr) is most negative (np.gradient);
+    valley:   the middle of fastai's longest valley, where drops under 1% of the window's total
+              fall do not count (so a smooth, slowly drifting plateau is no valley);
+    min10:    the lr of the minimum over 10.
+    Raises NoDescent when the curve has nothing to suggest."""
+    first, last = usable_window(curve, skip_start)
+    lr, sm = np.asarray(curve["lr"][first:last + 1]), np.asarray(curve["smooth"][first:last + 1])
+    steep = int(np.argmin(np.gradient(sm, np.log(lr))))
+    a, b = longest_valley(sm, tol=0.01 * (sm[0] - sm[-1]))
+    return {"steepest": float(lr[steep]), "valley": float(lr[a + (b - a) // 2]), "min10": float(lr[-1] / 10)}
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def write_csv(curve, path):
+    rows = [f"{i},{lr!r},{loss!r},{sm!r}" for i, (lr, loss, sm) in
+            enumerate(zip(curve["lr"], curve["loss"], curve["smooth"]))]
+    train.write_text(path, "step,lr,loss,smooth_loss\n" + "".join(r + "\n" for r in rows))
+
+
+def plot_curve(curve, suggestions, path, chosen=None, title="LR range test", skip_start=0.1):
+    """Raw and smoothed loss against lr (log axis), each suggestion marked, the chosen one solid;
+    the steps the suggestions ignore are shaded."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lr, loss, sm = (np.asarray(curve[k], dtype=float) for k in ("lr", "loss", "smooth"))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.plot(lr, loss, color="C0", alpha=0.3, lw=1, label=f"{curve.get('kind', 'train')} loss")
+    ax.plot(lr, sm, color="C0", lw=2, label=f"smoothed (EMA {curve.get('smooth_factor', 0.05):g}, bias-corrected)")
+    try:
+        first, last = usable_window(curve, skip_start)
+        ax.axvspan(lr[0], lr[first], color="0.92", zorder=0, label="not used for suggestions")
+        ax.axvspan(lr[last], lr[-1], color="0.92", zorder=0)
+    except NoDescent:
+        pass
+    for k, (name, value) in enumerate(suggestions.items()):
+        at = np.interp(np.log(value), np.log(lr), sm)
+        pick = name == chosen
+        ax.axvline(value, color=f"C{k + 1}", ls="-" if pick else "--", lw=1.5 if pick else 1)
+        ax.plot([value], [at], "o", color=f"C{k + 1}", ms=8 if pick else 6,
+                label=f"{name} {value:.2g}" + (" (chosen)" if pick else ""))
+    finite = loss[np.isfinite(loss)]
+    if len(finite):  # keep the diverged tail from squashing the interesting part
+        lo, start = finite.min(), sm[0]
+        hi = min(finite.max(), start + 0.6 * max(start - lo, 0.05 * abs(start)))
+        ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="upper left", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def train_command(args, lr):
+    """The train.py command line with `lr` and every train.py flag given here that differs from
+    train.py's default (--subset, --out and --force stay here: they shape this test, not training)."""
+    defaults = vars(train.get_parser().parse_args([]))
+    parts = ["python", "train.py", "--arch", args.arch]
+    for dest, value in vars(args).items():
+        if dest in ("arch", "subset", "out", "force") or dest not in defaults or value == defaults[dest]:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    parts += ["--lr", f"{lr:.2g}"]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+# ----------------------------------------------------------------------------- command line
+
+def get_parser():
+    d = train.get_parser().get_default  # training flags keep train.py's defaults
+    ap = train.OneLineParser(description="LR range test: find a peak --lr for train.py.",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--arch", default=d("arch"), help=f"network: {', '.join(ARCHS)}")
+    ap.add_argument("--start-lr", type=float, default=1e-7, help="lr of the first step")
+    ap.add_argument("--end-lr", type=float, default=10.0, help="lr of the last step")
+    ap.add_argument("--num-iter", type=int, default=100, help="steps (one batch each) from --start-lr to --end-lr")
+    ap.add_argument("--mode", default="exp", choices=["exp", "linear"], help="how the lr grows per step")
+    ap.add_argument("--smooth", type=float, default=0.05, help="weight of the new loss in the moving average")
+    ap.add_argument("--diverge", type=float, default=5.0,
+                    help="stop once the smoothed loss passes this multiple of its best")
+    ap.add_argument("--suggest", default="valley", choices=list(SUGGESTIONS),
+                    help="which suggestion goes into the train.py command")
+    ap.add_argument("--val-loss", action="store_true",
+                    help="record the loss on the held-out --val images (1000 if --val is 0) after each step: "
+                         "slower, smoother")
+    ap.add_argument("--batch-size", type=int, default=d("batch_size"), help="as in train.py: the best lr depends on it")
+    ap.add_argument("--optimizer", default=d("optimizer"), help="sgd, adam or adamw")
+    ap.add_argument("--momentum", type=float, default=d("momentum"), help="sgd momentum")
+    ap.add_argument("--nesterov", action="store_true", help="sgd with Nesterov momentum")
+    ap.add_argument("--wd", type=float, default=d("wd"), help="weight decay")
+    ap.add_argument("--no-wd-bn-bias", action="store_true",
+                    help="exempt BatchNorm and bias parameters from weight decay")
+    ap.add_argument("--label-smoothing", type=float, default=d("label_smoothing"), help="of the cross-entropy loss")
+    ap.add_argument("--zero-init-residual", action="store_true", help="last BN of every residual branch starts at 0")
+    data.add_data_args(ap)
+    ap.add_argument("--subset", type=int, default=None, help="use only the first N train and test images")
+    ap.add_argument("--seed", type=int, default=d("seed"), help="initial weights and batch order")
+    ap.add_argument("--amp", default=d("amp"), choices=["auto", "bf16", "fp16", "off"],
+                    help="autocast: auto = bf16 on CUDA and CPU, off on MPS")
+    ap.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    ap.add_argument("--out", default=None, help="output folder (default lr_finder/<arch>-<timestamp>)")
+    ap.add_argument("--force", action="store_true", help="overwrite an existing lr_finder.csv in --out")
+    return ap
+
+
+def check_args(ap, args):
+    """Refuse bad values before anything is created."""
+    if args.arch not in ARCHS:
+        ap.error(f"unknown --arch {args.arch!r}; choose from: {', '.join(ARCHS)}")
+    if args.optimizer not in ("sgd", "adam", "adamw"):
+        ap.error(f"unknown --optimizer {args.optimizer!r}; choose from: sgd, adam, adamw")
+    if not 0 < args.start_lr < args.end_lr:
+        ap.error(f"need 0 < --start-lr < --end-lr, got {args.start_lr:g} and {args.end_lr:g}")
+    for name in ("num_iter", "batch_size", "subset"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not 0 < args.smooth <= 1:
+        ap.error(f"--smooth must be in (0, 1], got {args.smooth:g}")
+    if args.diverge <= 1:
+        ap.error(f"--diverge must be > 1, got {args.diverge:g}")
+    if args.val < 0 or args.wd < 0 or not 0 <= args.label_smoothing < 1:
+        ap.error("--val and --wd must be >= 0, --label-smoothing in [0, 1)")
+
+
+def main(argv=None):
+    ap = get_parser()
+    args = ap.parse_args(argv)
+    check_args(ap, args)
+    out = args.out or os.path.join("lr_finder", f"{args.arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    csv_path, png_path = os.path.join(out, "lr_finder.csv"), os.path.join(out, "lr_finder.png")
+    if os.path.exists(out) and not os.path.isdir(out):
+        ap.error(f"--out {out} exists and is not a folder")
+    if os.path.exists(csv_path) and not args.force:
+        ap.error(f"{csv_path} exists; use --force to overwrite it, or another --out")
+
+    device = train.pick_device()
+    amp_dtype = train.resolve_amp(args.amp, device)
+    torch.manual_seed(args.seed)
+    # --mix-off-epochs only matters at the end of a training run; it still goes into the train.py command
+    data_args = argparse.Namespace(**{**vars(args), "mix_off_epochs": 0})
+    if args.val_loss and not args.val:
+        data_args.val = 1000
+    try:
+        train_loader, val_loader, _, info = data.build_loaders(
+            data_args, device, args.batch_size, channels_last=args.channels_last, seed=args.seed,
+            eval_batch_size=1000, subset=args.subset,
+            log=lambda msg: None if "no --val split" in msg else print(msg))  # no best epoch to pick here
+    except data.DataError as e:
+        ap.error(str(e))
+    torch.manual_seed(args.seed)  # the same initial weights as train.py --seed
+    model = build_model(args.arch, num_classes=len(info["classes"]), zero_init_residual=args.zero_init_residual)
+    model = model.to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = train.build_optimizer(model, argparse.Namespace(**vars(args), lr=args.start_lr))
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    print(f"lr range test: {args.arch}, {args.optimizer}, batch {args.batch_size}, {args.num_iter} steps "
+          f"from {args.start_lr:g} to {args.end_lr:g} ({args.mode}) | {info['n_train']:,} train images"
+          + (f", loss on {info['n_val']:,} held-out" if args.val_loss else "") + f" | {device} amp {amp_dtype}")
+
+    try:
+        curve = find_lr(model, optimizer, train_loader, criterion, start_lr=args.start_lr, end_lr=args.end_lr,
+                        num_iter=args.num_iter, mode=args.mode, smooth=args.smooth, diverge=args.diverge,
+                        val_loader=val_loader if args.val_loss else None, amp_dtype=amp_dtype, progress=True)
+    except KeyboardInterrupt:
+        print("lr_finder.py: interrupted, nothing written", file=sys.stderr)
+        return 130
+    n, lr_end = len(curve["lr"]), curve["lr"][-1]
+    if curve["stopped"]:
+        print(f"stopped after {n} of {args.num_iter} steps at lr {lr_end:.2g}: " +
+              ("the loss is not finite" if curve["stopped"] == "nonfinite" else
+               f"the smoothed loss passed {args.diverge:g}x its best ({min(curve['smooth']):.4f})"))
+    else:
+        print(f"ran all {n} steps; smoothed loss {curve['smooth'][0]:.4f} -> best {min(curve['smooth']):.4f} "
+              f"-> last {curve['smooth'][-1]:.4f} at lr {lr_end:.2g}")
+
+    os.makedirs(out, exist_ok=True)
+    write_csv(curve, csv_path)
+    title = f"LR range test: {args.arch}, {args.optimizer}, batch {args.batch_size}"
+    try:
+        suggestions = suggest_lr(curve)
+    except NoDescent as e:
+        plot_curve(curve, {}, png_path, title=title + " (no usable descent)")
+        print(f"wrote {csv_path} and {png_path}")
+        print(f"no suggestion: {e}")
+        return 1
+    plot_curve(curve, suggestions, png_path, chosen=args.suggest, title=title)
+    print(f"wrote {csv_path} and {png_path}")
+    print(f"suggestions (smoothed {curve['kind']} loss, first {usable_window(curve)[0]} steps and the part "
+          f"after the minimum left out):")
+    for name, value in suggestions.items():
+        print(f"  {name:<9} {value:9.2e}   {SUGGESTIONS[name]}" + ("   <- --suggest" if name == args.suggest else ""))
+    if not curve["stopped"] and int(np.argmin(curve["smooth"])) == n - 1:
+        print(f"note: the loss was still falling at --end-lr {args.end_lr:g}; a higher --end-lr shows the whole curve")
+    lr = suggestions[args.suggest]
+    print(f"chosen ({args.suggest}): {lr:.2g}")
+    print("train with:")
+    print(f"  {train_command(args, lr)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
