@@ -76,6 +76,9 @@ def get_parser():
                     help="evaluate and select an exponential moving average of the weights (e.g. 0.999); 0 = off")
     ap.add_argument("--eval-batch-size", type=int, default=1000)
     ap.add_argument("--save-every", type=int, default=0, metavar="STEPS", help="also write last.pt every N steps")
+    ap.add_argument("--scale-lr", default="linear", choices=["linear", "none"],
+                    help="under torchrun: linear = --lr times the number of processes (--batch-size is per process)")
+    ap.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm statistics over all processes")
     ap.add_argument("--skip-nonfinite", type=int, default=0, metavar="N", help="skip up to N steps with NaN/Inf loss instead of stopping")
     ap.add_argument("--out", default=None, help="run folder (default runs/<arch>-<timestamp>)")
     ap.add_argument("--force", action="store_true", help="allow writing into a folder that holds another run")
@@ -84,7 +87,7 @@ def get_parser():
     return ap
 
 
-RESUME_MAY_CHANGE = {"resume", "data", "download", "no_progress"}
+RESUME_MAY_CHANGE = {"resume", "data", "download", "no_progress"}  # the rest must match the run being resumed
 
 
 def check_args(ap, args):
@@ -100,6 +103,8 @@ def check_args(ap, args):
         ap.error(f"--val must be >= 0, got {args.val}")
     if args.subset is not None and args.subset <= 0:
         ap.error(f"--subset must be positive, got {args.subset}")
+    if args.save_every < 0 or args.skip_nonfinite < 0:
+        ap.error("--save-every and --skip-nonfinite must be >= 0")
     if args.wd < 0 or not 0 <= args.label_smoothing < 1 or not 0 <= args.ema < 1:
         ap.error("--wd must be >= 0, --label-smoothing and --ema in [0, 1)")
 
@@ -155,19 +160,40 @@ def all_sum(t):
     return t
 
 
+def any_rank(flag, device):
+    """True on every rank if `flag` is true on any (a collective: every rank must call it at the same step)."""
+    if not dist.is_initialized():
+        return bool(flag)
+    return all_sum(torch.tensor(float(bool(flag)), device=device)).item() > 0
+
+
+def ranks_agree(model, device):
+    """Whether every rank holds the same weights (a float64 fingerprint of the parameters, compared; BN running
+    stats may differ between ranks after a step, DDP re-broadcasts rank 0's before every forward)."""
+    if not dist.is_initialized():
+        return True
+    fp = sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(model.parameters())).to(device).view(1)
+    lo, hi = fp.clone(), fp.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    return lo.item() == hi.item()
+
+
 # ----------------------------------------------------------------------------- optimisation
 
-def build_optimizer(model, args):
+def build_optimizer(model, args, lr=None):
+    """SGD/Adam/AdamW at `lr` (default --lr), weight decay on all weights or (--no-wd-bn-bias) not on BN/bias."""
+    lr = args.lr if lr is None else lr
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if args.no_wd_bn_bias and p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}]
     if args.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov)
+        return torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=args.nesterov)
     if args.optimizer == "adam":
         # torch's Adam adds L2 to the gradient (as report 004's Adam(weight_decay=5e-4) did); adamw decouples it
-        return torch.optim.Adam(groups, lr=args.lr)
-    return torch.optim.AdamW(groups, lr=args.lr)
+        return torch.optim.Adam(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def lr_factor(step, total, warmup, schedule, milestones=(), gamma=0.1):
@@ -198,12 +224,18 @@ def build_scheduler(optimizer, args, steps_per_epoch):
         optimizer, lambda s: lr_factor(s, total, warmup, args.schedule, ms, args.gamma))
 
 
-def make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler, ema=None):
-    """One optimisation step on a ready batch; returns (loss, logits) still on the device (no sync)."""
+def make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler, ema=None, skip_nonfinite=False):
+    """One optimisation step on a ready batch; returns (loss, logits) still on the device (no sync).
+    skip_nonfinite: a NaN/Inf loss leaves the weights untouched (costs one host sync per step)."""
     def step(x, y):
         with autocast(device, amp_dtype):
             out = model(x)
             loss = criterion(out, y)
+        if skip_nonfinite and not torch.isfinite(loss):
+            with warnings.catch_warnings():  # stepping the schedule without the optimizer is meant here
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                scheduler.step()  # keep the schedule on time
+            return loss.detach(), out.detach()
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -428,6 +460,8 @@ def main(argv=None):
 
     rank, world = setup_distributed()
     main_proc = rank == 0
+    if world > 1 and args.skip_nonfinite:
+        ap.error("--skip-nonfinite works in a single process only (a rank that skips its backward would stall the others)")
     log = print if main_proc else (lambda *a, **k: None)
     out = prepare_run_dir(args, ap)
     device = pick_device(log)
@@ -453,6 +487,11 @@ def main(argv=None):
     torch.manual_seed(args.seed)  # same initial weights on every rank
     raw_model = build_model(args.arch, num_classes=len(info["classes"]), zero_init_residual=args.zero_init_residual)
     n_params, flops = count_params(raw_model), count_flops(raw_model)
+    if args.sync_bn and world > 1 and device.type != "cuda":
+        log("warning: --sync-bn works on CUDA only (torch's SyncBatchNorm); BatchNorm stays per process")
+        args.sync_bn = False
+    if args.sync_bn and world > 1:
+        raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(raw_model)
     raw_model = raw_model.to(device)
     if args.channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
@@ -466,11 +505,13 @@ def main(argv=None):
     if args.compile:
         model = torch.compile(model)
 
-    optimizer = build_optimizer(raw_model, args)
+    lr = args.lr * world if args.scale_lr == "linear" else args.lr  # Goyal et al. 2017: lr grows with the batch
+    optimizer = build_optimizer(raw_model, args, lr)
     scheduler = build_scheduler(optimizer, args, len(train_loader))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    step_fn = make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler, ema)
+    step_fn = make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler, ema,
+                              skip_nonfinite=args.skip_nonfinite > 0)
     eval_model = ema.module if ema is not None else raw_model
 
     start_epoch, start_batch, step, best, best_epoch = 0, 0, 0, -1.0, None
@@ -489,6 +530,17 @@ def main(argv=None):
         best, best_epoch, rows = resume_ckpt["best"], resume_ckpt["best_epoch"], resume_ckpt["metrics"]
         partial = resume_ckpt.get("partial")
         set_rng_state(resume_ckpt["rng"])
+        if resume_ckpt.get("world_size", 1) != world:
+            # an epoch has another number of steps now: put the schedule at the same point of the run, at lr
+            if start_batch:
+                log(f"warning: the run stopped mid-epoch with {resume_ckpt.get('world_size', 1)} processes; with "
+                    f"{world} the shards differ, so epoch {start_epoch + 1} restarts from its first batch")
+            start_batch, partial, step = 0, None, start_epoch * len(train_loader)
+            scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+            scheduler.last_epoch = step
+            for g, f in zip(optimizer.param_groups, scheduler.lr_lambdas):
+                g["initial_lr"], g["lr"] = lr, lr * f(step)
+            scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
         log(f"resuming {out} at epoch {start_epoch + 1}, batch {start_batch}, step {step}")
 
     metrics = MetricsLog(out, rows) if main_proc else None
@@ -502,6 +554,9 @@ def main(argv=None):
     log(f"{args.arch}: {n_params:,} parameters, {flops / 1e6:,.1f} MFLOPs/image | {device_name(device)} | "
         f"amp {args.amp}->{amp_dtype} | {info['n_train']:,} train, {info['n_val']:,} val, {info['n_test']:,} test | "
         f"batch {args.batch_size}x{world} | {len(train_loader)} steps/epoch | run folder {out}")
+    if world > 1:
+        log(f"torchrun: {world} processes, global batch {args.batch_size} x {world} = {args.batch_size * world}, "
+            f"lr {args.lr:g} -> {lr:g} (--scale-lr {args.scale_lr}), BatchNorm {'synced' if args.sync_bn else 'per process'}")
 
     def checkpoint(name, epoch, batch, partial=None, acc=None):
         state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -509,8 +564,14 @@ def main(argv=None):
                  "ema": ema.state_dict() if ema is not None else None,
                  "epoch": epoch, "batch": batch, "step": step, "best": best, "best_epoch": best_epoch,
                  "partial": partial, "metrics": metrics.rows, "rng": rng_state(), "args": vars(args),
-                 "classes": info["classes"], "mean": info["mean"], "std": info["std"], "acc": acc}
+                 "classes": info["classes"], "mean": info["mean"], "std": info["std"], "acc": acc,
+                 "world_size": world}
         save_checkpoint(os.path.join(out, name), state)
+
+    def diverged(epoch, step, value, why=""):
+        return Stop(1, f"loss is {value} at epoch {epoch + 1}, step {step}, lr {scheduler.get_last_lr()[0]:.3g}"
+                       f"{', ' + why if why else ''}: training diverged; the last good checkpoints are kept in {out} "
+                       f"(try a lower --lr, or --skip-nonfinite N)")
 
     stop_signal = []
     old_handlers = {s: signal.signal(s, lambda signum, frame: stop_signal.append(signum))
@@ -525,7 +586,7 @@ def main(argv=None):
             acc_loss = torch.zeros((), device=device, dtype=torch.float64)
             acc_correct = torch.zeros((), device=device, dtype=torch.int64)
             seen = 0
-            if partial is not None:
+            if partial is not None and main_proc:  # the saved sums are over all ranks: rank 0 carries them
                 acc_loss += partial["loss"]
                 acc_correct += partial["correct"]
                 seen = partial["seen"]
@@ -537,27 +598,34 @@ def main(argv=None):
                     continue
                 loss, out_logits = step_fn(x, y)
                 step += 1
+                if args.skip_nonfinite and not torch.isfinite(loss):  # step_fn left the weights alone
+                    bad_steps += 1
+                    if bad_steps > args.skip_nonfinite:
+                        raise diverged(epoch, step, loss.item(), f"after skipping {args.skip_nonfinite} bad steps")
+                    bar.update(1)
+                    continue
                 acc_loss += loss.double() * len(x)
                 acc_correct += n_correct(out_logits, y)
                 seen += len(x)
-                if step % 20 == 0 or i == len(train_loader) - 1:  # sync only now and then: .item() stalls the GPU
-                    cur = loss.item()
-                    if not math.isfinite(cur):
-                        bad_steps += 1
-                        if bad_steps > args.skip_nonfinite:
-                            raise Stop(1, f"loss is {cur} at epoch {epoch + 1}, step {step}, "
-                                          f"lr {scheduler.get_last_lr()[0]:.3g}: training diverged; "
-                                          f"last good checkpoints kept in {out} (try a lower --lr)")
+                at_sync = step % 20 == 0 or i == len(train_loader) - 1  # sync only now and then: .item() stalls the GPU
+                # under torchrun every rank must stop at the same step, so the ranks vote on it at the sync points
+                stopping = any_rank(stop_signal, device) if world > 1 and at_sync else bool(stop_signal and world == 1)
+                saving = stopping or bool(args.save_every and step % args.save_every == 0)
+                if saving or at_sync:
+                    if not math.isfinite(acc_loss.item()):  # checked before any save: a NaN model is never written
+                        raise diverged(epoch, step, loss.item())
                     bar.update(0, loss=f"{acc_loss.item() / seen:.3f}", acc=f"{acc_correct.item() / seen:.3f}",
                                lr=f"{scheduler.get_last_lr()[0]:.3g}", img_s=f"{seen * world / (time.time() - t0):.0f}")
                 bar.update(1)
-                if stop_signal or (args.save_every and step % args.save_every == 0):
+                if saving:
+                    part = all_sum(torch.stack([acc_loss, acc_correct.double(), torch.tensor(
+                        float(seen), device=device, dtype=torch.float64)])).tolist()
                     if main_proc:
                         checkpoint("last.pt", epoch, i + 1, partial={
-                            "loss": acc_loss.item(), "correct": acc_correct.item(), "seen": seen})
-                    if stop_signal:
-                        code = 128 + stop_signal[0]
-                        raise Stop(code, f"stopped by signal {signal.Signals(stop_signal[0]).name} at epoch {epoch + 1}, "
+                            "loss": part[0], "correct": int(part[1]), "seen": int(part[2])})
+                    if stopping:
+                        signum = stop_signal[0] if stop_signal else signal.SIGTERM  # (another rank was signalled)
+                        raise Stop(128 + signum, f"stopped by signal {signal.Signals(signum).name} at epoch {epoch + 1}, "
                                          f"step {step}; resume with: python train.py --resume {out}")
             start_batch, partial = 0, None
             sums = all_sum(torch.stack([acc_loss, acc_correct.double(), torch.tensor(float(seen), device=device,
@@ -566,9 +634,8 @@ def main(argv=None):
             train_time += epoch_time
             row = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
                    "train_loss": sums[0].item() / sums[2].item(), "train_acc": sums[1].item() / sums[2].item()}
-            if not math.isfinite(row["train_loss"]) and bad_steps >= args.skip_nonfinite:
-                raise Stop(1, f"loss is {row['train_loss']} at epoch {epoch + 1}, step {step}: training diverged; "
-                              f"last good checkpoints kept in {out} (try a lower --lr)")
+            if not math.isfinite(row["train_loss"]):  # another rank diverged
+                raise diverged(epoch, step, row["train_loss"])
             t_eval = time.time()
             for split, loader in (("val", val_loader), ("test", None if val_loader is not None else test_loader)):
                 if loader is not None:
@@ -587,16 +654,16 @@ def main(argv=None):
                 bar.close(f"epoch {epoch + 1}/{args.epochs}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  "
                           f"{select} loss {row[select + '_loss']:.4f}  {select} acc {row[select + '_acc']:.4f}  "
                           f"lr {row['lr']:.3g}  {row['epoch_time']:.1f}s  {row['images_per_s']:.0f} img/s")
-            if stop_signal:
-                code = 128 + stop_signal[0]
-                raise Stop(code, f"stopped by signal {signal.Signals(stop_signal[0]).name} after epoch {epoch + 1}; "
+            if any_rank(stop_signal, device):  # a signal during evaluation
+                signum = stop_signal[0] if stop_signal else signal.SIGTERM
+                raise Stop(128 + signum, f"stopped by signal {signal.Signals(signum).name} after epoch {epoch + 1}; "
                                  f"resume with: python train.py --resume {out}")
     except Stop as e:
         print(f"train.py: {e}", file=sys.stderr)
         exit_code = e.code
     except torch.OutOfMemoryError:
-        used = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-        print(f"train.py: out of memory at --batch-size {args.batch_size} ({used:.1f} GiB in use); "
+        used = f" ({torch.cuda.memory_allocated(device) / 2**30:.1f} GiB in use)" if device.type == "cuda" else ""
+        print(f"train.py: out of memory at --batch-size {args.batch_size}{used}; "
               f"try a smaller --batch-size (last.pt in {out} is kept)", file=sys.stderr)
         exit_code = 1
     finally:
@@ -612,6 +679,9 @@ def main(argv=None):
                f"best_{select}_acc": best, "final": metrics.rows[-1] if main_proc and metrics.rows else None,
                "params": n_params, "flops": flops, "device": device_name(device), "world_size": world,
                "train_time_s": train_time, "total_time_s": time.time() - t_run}
+    if world > 1:  # DDP keeps replicas equal by construction; check it, a silent desync would poison the result
+        summary["ranks_agree"] = ranks_agree(raw_model, device)
+        log(f"torchrun: weights {'identical' if summary['ranks_agree'] else 'DIFFER'} on all {world} processes")
     if main_proc:
         final_test = evaluate(eval_model, test_loader, device, amp_dtype)["acc"]
         last_state = {k: v.clone() for k, v in eval_model.state_dict().items()}

@@ -1,0 +1,62 @@
+"""torchrun on the CPU (gloo, 2 processes): the ranks stay identical, the run folder is written once
+with plain state dicts, and a 2-process run stopped by SIGTERM resumes in 1 process.
+(The shards of an epoch being disjoint and covering the data is test_data.py's rank test.)
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from conftest import HERE, run_script
+
+LENET = ["--arch", "lenet", "--batch-size", "50", "--eval-batch-size", "500", "--lr", "0.05"]
+
+
+def torchrun(*args):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "train.py",
+            *map(str, args)]
+
+
+def test_two_processes_train_identical_replicas(tmp_path, data_dir):
+    out = tmp_path / "ddp"
+    r = subprocess.run(torchrun(*LENET, "--epochs", "1", "--subset", "2000", "--data", data_dir, "--out", out),
+                       cwd=HERE, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "global batch 50 x 2 = 100, lr 0.05 -> 0.1 (--scale-lr linear)" in r.stdout
+    assert "weights identical on all 2 processes" in r.stdout
+    assert r.stdout.count("epoch 1/1 ") == 1  # only rank 0 prints
+    summary = json.load(open(out / "summary.json"))
+    assert summary["world_size"] == 2 and summary["ranks_agree"] is True
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert len(rows) == 1 and rows[0]["step"] == 20  # 2,000 images / (50 x 2) per step
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["world_size"] == 2 and not any(k.startswith("module.") for k in ckpt["model"])
+
+
+def test_sigterm_stops_all_ranks_and_one_process_resumes(tmp_path, data_dir):
+    out = tmp_path / "ddp"
+    args = [*LENET, "--epochs", "3", "--subset", "10000", "--data", data_dir, "--out", out]
+    p = subprocess.Popen(torchrun(*args), cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks, which agree on a step to stop at
+    _, err = p.communicate(timeout=120)
+    assert p.returncode != 0
+    assert "stopped by signal SIGTERM" in err and f"python train.py --resume {out}" in err
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["world_size"] == 2 and ckpt["epoch"] in (1, 2)
+
+    r = run_script("train.py", "--resume", out, "--data", data_dir)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stdout
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    # 100 steps an epoch with 2 processes, 200 with one: the schedule goes on from the same point of the run
+    # (an epoch cut mid-way restarts: the shards differ) and ends where a 1-process run ends
+    assert rows[0]["step"] == 100 and rows[-1]["step"] == 3 * 200
+    assert rows[-1]["lr"] == 0.0 and json.load(open(out / "summary.json"))["world_size"] == 1

@@ -1,0 +1,203 @@
+"""train.py beyond the smoke test: every refusal is one line with exit code 2 and creates nothing,
+checkpoints refuse crafted pickles, divergence stops cleanly, the lr schedules have the right
+shape, and every network of models.py trains a step through the real command.
+"""
+import json
+import math
+import os
+import pickle
+
+import pytest
+import torch
+import torch.nn as nn
+
+import train
+from conftest import run_script
+from models import ARCHS
+
+QUICK = ["--arch", "lenet", "--epochs", "1", "--subset", "200", "--batch-size", "50", "--eval-batch-size", "100"]
+
+
+def refused(capsys, argv):
+    """Run train.main in-process; assert exit 2 with one line on stderr, return that line."""
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert err.endswith("\n") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def lenet_run(tmp_path_factory, data_dir):
+    """A finished one-epoch lenet run folder."""
+    out = str(tmp_path_factory.mktemp("runs") / "lenet")
+    assert train.main([*QUICK, "--data", data_dir, "--out", out]) == 0
+    return out
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("flags, says", [
+    (["--arch", "resnet7"], "unknown --arch 'resnet7'; choose from: lenet, rescnn6"),
+    (["--optimizer", "rmsprop"], "unknown --optimizer 'rmsprop'; choose from: sgd, adam, adamw"),
+    (["--epochs", "0"], "--epochs must be positive, got 0"),
+    (["--lr", "-0.1"], "--lr must be positive, got -0.1"),
+    (["--batch-size", "0"], "--batch-size must be positive, got 0"),
+    (["--epochs", "ten"], "argument --epochs: invalid int value: 'ten'"),
+    (["--schedule", "linear"], "argument --schedule: invalid choice: 'linear'"),
+    (["--val", "50000"], "--val 50000 must be at least 0 and below the 200 training images"),
+    (["--data", "{tmp}/nowhere"], "CIFAR-10 in {tmp}/nowhere/cifar-10-batches-py: folder not found; fetch the "
+                                  "official files with --download, or unpack a local copy"),
+    (["--resume", "{tmp}/nothing"], "--resume {tmp}/nothing: checkpoint {tmp}/nothing/last.pt does not exist"),
+    (["--out", "{tmp}/file/run"], "cannot write to run folder {tmp}/file/run: Not a directory"),
+])
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(capsys, tmp_path, monkeypatch, data_dir, flags, says):
+    monkeypatch.chdir(tmp_path)  # the default runs/ folder would land here
+    (tmp_path / "file").write_text("not a folder")
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    argv = [*QUICK, "--data", data_dir, *flags]
+    if "--out" not in flags:
+        argv += ["--out", str(tmp_path / "run")]
+    err = refused(capsys, argv)
+    assert says.replace("{tmp}", str(tmp_path)) in err
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
+    r = run_script("train.py", "--arch", "resnet7", "--out", tmp_path / "run")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown --arch" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_is_not_overwritten(capsys, lenet_run, data_dir):
+    before = {n: os.path.getmtime(os.path.join(lenet_run, n)) for n in os.listdir(lenet_run)}
+    err = refused(capsys, [*QUICK, "--data", data_dir, "--out", lenet_run])
+    assert f"{lenet_run} already holds a run (config.json); use --resume {lenet_run}" in err and "--force" in err
+    assert {n: os.path.getmtime(os.path.join(lenet_run, n)) for n in os.listdir(lenet_run)} == before
+
+
+def test_resume_refuses_a_contradicting_flag(capsys, lenet_run, data_dir):
+    err = refused(capsys, ["--resume", lenet_run, "--arch", "rescnn6", "--data", data_dir])
+    assert "that run has --arch lenet, not rescnn6" in err
+
+
+def test_resume_of_a_finished_run_changes_nothing(lenet_run, data_dir):
+    rows = open(os.path.join(lenet_run, "metrics.jsonl")).read()
+    assert train.main(["--resume", lenet_run, "--data", data_dir]) == 0
+    assert open(os.path.join(lenet_run, "metrics.jsonl")).read() == rows
+
+
+def test_corrupt_checkpoint_is_refused(capsys, tmp_path, lenet_run):
+    run = tmp_path / "run"
+    run.mkdir()
+    good = open(os.path.join(lenet_run, "last.pt"), "rb").read()
+    (run / "last.pt").write_bytes(good[:len(good) // 2])  # a write cut off half way
+    err = refused(capsys, ["--resume", str(run)])
+    assert f"--resume {run}: cannot read checkpoint {run}/last.pt" in err
+
+
+class Exploit:
+    """Unpickling this calls os.system: a checkpoint that runs code when loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_crafted_pickle_is_refused_without_running_code(capsys, tmp_path):
+    marker = tmp_path / "pwned"
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": Exploit(marker), "args": {}}, run / "last.pt")
+    with open(run / "plain.pkl", "wb") as f:  # the same through plain pickle
+        pickle.dump(Exploit(marker), f, protocol=2)
+    err = refused(capsys, ["--resume", str(run)])
+    assert "cannot read checkpoint" in err and not marker.exists()
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        train.load_checkpoint(str(run / "plain.pkl"))
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- divergence
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
+    out = tmp_path / "run"
+    # epoch 1 at lr 0.01 is fine; the step schedule then multiplies the lr by 1e9
+    r = run_script("train.py", "--arch", "lenet", "--epochs", "2", "--subset", "400", "--batch-size", "20",
+                   "--lr", "0.01", "--schedule", "step", "--milestones", "1", "--gamma", "1e9", "--save-every", "3",
+                   "--data", data_dir, "--out", out)
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert "at epoch 2, step" in line and "lr 1e+07" in line and "training diverged" in line
+    ckpt = train.load_checkpoint(str(out / "last.pt"))  # mid-epoch saves every 3 steps went on until the NaN
+    assert ckpt["epoch"] == 1 and 0 < ckpt["batch"] < 20
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert (out / "best.pt").exists() and len(open(out / "metrics.jsonl").readlines()) == 1
+
+
+def test_skip_nonfinite_leaves_the_weights_untouched():
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    step = train.make_train_step(model, opt, sched, nn.CrossEntropyLoss(), torch.device("cpu"), None, scaler,
+                                 skip_nonfinite=True)
+    w = model.weight.detach().clone()
+    loss, _ = step(x * float("nan"), y)
+    assert math.isnan(loss.item()) and torch.equal(model.weight, w) and sched.last_epoch == 1
+    step(x, y)
+    assert not torch.equal(model.weight, w)
+
+
+# ----------------------------------------------------------------------------- schedules
+
+def test_lr_schedule_shapes():
+    f = train.lr_factor
+    total = 1000
+    assert f(0, total, 0, "cosine") == 1.0
+    assert f(500, total, 0, "cosine") == pytest.approx(0.5)
+    assert f(total, total, 0, "cosine") == pytest.approx(0.0)
+    assert [f(s, total, 100, "cosine") for s in (0, 49, 99)] == pytest.approx([0.01, 0.5, 1.0])
+    assert f(100, total, 100, "cosine") == 1.0 and f(550, total, 100, "cosine") == pytest.approx(0.5)
+    assert [f(s, total, 0, "step", [500, 750], 0.1) for s in (0, 499, 500, 750, 999)] == \
+        pytest.approx([1, 1, 0.1, 0.01, 0.01])
+    assert f(0, total, 0, "onecycle") == pytest.approx(1 / 25)
+    assert f(300, total, 0, "onecycle") == pytest.approx(1.0)  # peak after 30% by default
+    assert f(total, total, 0, "onecycle") == pytest.approx(1 / 25e4)
+    assert f(777, total, 50, "constant") == 1.0
+
+
+def test_scheduler_steps_per_iteration_and_milestones_in_fractions():
+    args = train.get_parser().parse_args(["--epochs", "4", "--schedule", "step", "--milestones", "0.5", "0.75"])
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=args.lr)
+    sched = train.build_scheduler(opt, args, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[19] == pytest.approx(0.1) and lrs[20] == pytest.approx(0.01) and lrs[30] == pytest.approx(0.001)
+
+
+def test_wd_exemption_for_bn_and_bias():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    args = train.get_parser().parse_args(["--no-wd-bn-bias"])
+    groups = train.build_optimizer(model, args).param_groups
+    assert [(len(g["params"]), g["weight_decay"]) for g in groups] == [(1, 5e-4), (3, 0.0)]
+
+
+# ----------------------------------------------------------------------------- every network
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_arch_trains_through_the_command(tmp_path, data_dir, arch):
+    out = tmp_path / arch
+    assert train.main(["--arch", arch, "--epochs", "1", "--subset", "20", "--batch-size", "10",
+                       "--eval-batch-size", "20", "--data", data_dir, "--out", str(out)]) == 0
+    summary = json.load(open(out / "summary.json"))
+    assert summary["arch"] == arch and summary["params"] > 0 and summary["flops"] > 0
+    assert 0 <= summary["best_test_acc"] <= 1 and (out / "best.pt").exists()
