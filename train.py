@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -292,8 +293,40 @@ def write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+_saves = [0]
+
+
 def save_checkpoint(path, state):
-    atomic_write(path, lambda f: torch.save(state, f))
+    _saves[0] += 1
+    crash_at = os.environ.get("TRAIN_CRASH_IN_SAVE")  # fault injection for the tests: SIGKILL half way through save N
+
+    def write(f):
+        if crash_at and int(crash_at) == _saves[0]:
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            f.write(buf.getvalue()[:buf.tell() // 2])
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.save(state, f)
+    atomic_write(path, write)
+
+
+def remove_stale_temps(folder):
+    """Temp files of writes cut short by a kill (the real files were never replaced by them)."""
+    for name in os.listdir(folder):
+        if re.fullmatch(r".+\.tmp\d+", name):
+            os.remove(os.path.join(folder, name))
+
+
+def rss_mib():
+    """Resident memory of this process in MiB (Linux /proc; elsewhere the peak from getrusage)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def load_checkpoint(path):
@@ -541,6 +574,8 @@ def main(argv=None):
             for g, f in zip(optimizer.param_groups, scheduler.lr_lambdas):
                 g["initial_lr"], g["lr"] = lr, lr * f(step)
             scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+        if main_proc:
+            remove_stale_temps(out)
         log(f"resuming {out} at epoch {start_epoch + 1}, batch {start_batch}, step {step}")
 
     metrics = MetricsLog(out, rows) if main_proc else None
@@ -642,7 +677,7 @@ def main(argv=None):
                     r = evaluate(eval_model, loader, device, amp_dtype)
                     row[f"{split}_loss"], row[f"{split}_acc"] = r["loss"], r["acc"]
             row.update(epoch_time=epoch_time, eval_time=time.time() - t_eval,
-                       images_per_s=sums[2].item() / epoch_time)
+                       images_per_s=sums[2].item() / epoch_time, rss_mib=round(rss_mib(), 1))
             improved = row[f"{select}_acc"] > best
             if improved:
                 best, best_epoch = row[f"{select}_acc"], epoch + 1

@@ -1,0 +1,102 @@
+"""Faults: a run SIGKILLed at any moment (mid-epoch, in the middle of writing a checkpoint) resumes
+to the same weights and metrics as an uninterrupted run; out of memory ends in one line with last.pt
+kept; 2,000 steps with checkpoints every 200 do not grow resident memory.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from conftest import HERE, run_script
+
+# lenet on 2,000 images, 40 steps an epoch; saves: steps 7..35 (1-5), epoch end best.pt (6) and last.pt (7), ...
+RUN = ["--arch", "lenet", "--epochs", "3", "--subset", "2000", "--batch-size", "50", "--eval-batch-size", "1000",
+       "--lr", "0.05", "--seed", "1", "--save-every", "7"]
+
+
+def metrics(out):
+    """metrics.jsonl without the fields that measure the machine rather than the training."""
+    return [{k: v for k, v in json.loads(line).items() if not any(w in k for w in ("time", "per_s", "rss"))}
+            for line in open(os.path.join(out, "metrics.jsonl"))]
+
+
+def assert_same_run(a, b):
+    wa = torch.load(os.path.join(a, "last.pt"), weights_only=True)["model"]
+    wb = torch.load(os.path.join(b, "last.pt"), weights_only=True)["model"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert metrics(a) == metrics(b) and len(metrics(a)) == 3
+    assert not [n for n in os.listdir(b) if ".tmp" in n]  # no temp file of the killed write is left
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir):
+    out = str(tmp_path_factory.mktemp("faults") / "reference")
+    r = run_script("train.py", *RUN, "--data", data_dir, "--out", out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.mark.parametrize("save", [3, 6, 7, 12])
+def test_sigkill_in_the_middle_of_a_checkpoint_write(tmp_path, data_dir, reference, save):
+    out = str(tmp_path / "run")
+    r = run_script("train.py", *RUN, "--data", data_dir, "--out", out, env={**os.environ, "TRAIN_CRASH_IN_SAVE": str(save)})
+    assert r.returncode == -signal.SIGKILL
+    assert [n for n in os.listdir(out) if ".tmp" in n]  # the write really was cut half way
+    train.load_checkpoint(os.path.join(out, "last.pt"))  # what is there is whole
+    r = run_script("train.py", "--resume", out, "--data", data_dir)
+    assert r.returncode == 0, r.stderr
+    assert_same_run(reference, out)
+
+
+def test_sigkill_at_a_random_moment(tmp_path, data_dir, reference):
+    out = str(tmp_path / "run")
+    p = subprocess.Popen([sys.executable, "train.py", *RUN, "--data", data_dir, "--out", out], cwd=HERE,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not os.path.exists(os.path.join(out, "metrics.jsonl")) and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # somewhere in epoch 2
+    p.kill()
+    p.wait()
+    r = run_script("train.py", "--resume", out, "--data", data_dir)
+    assert r.returncode == 0, r.stderr
+    assert_same_run(reference, out)
+
+
+def test_out_of_memory_is_one_line_and_keeps_last_pt(tmp_path, data_dir, capsys, monkeypatch):
+    real = train.make_train_step
+
+    def make_failing_step(*a, **k):
+        step, calls = real(*a, **k), [0]
+
+        def failing(x, y):
+            calls[0] += 1
+            if calls[0] == 10:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return step(x, y)
+        return failing
+
+    monkeypatch.setattr(train, "make_train_step", make_failing_step)
+    out = tmp_path / "run"
+    code = train.main([*RUN, "--data", data_dir, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert "out of memory at --batch-size 50" in err and "try a smaller --batch-size" in err
+    assert train.load_checkpoint(str(out / "last.pt"))["step"] == 7
+
+
+def test_soak_2000_steps_memory_flat(tmp_path, data_dir):
+    out = tmp_path / "soak"
+    r = run_script("train.py", "--arch", "lenet", "--epochs", "20", "--subset", "3200", "--batch-size", "32",
+                   "--eval-batch-size", "1000", "--save-every", "200", "--data", data_dir, "--out", out)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert rows[-1]["step"] == 2000
+    rss = [row["rss_mib"] for row in rows]
+    assert max(rss[1:]) - rss[1] < 10, rss  # MiB: after the first epoch, nothing accumulates
