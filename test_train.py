@@ -201,3 +201,41 @@ def test_every_arch_trains_through_the_command(tmp_path, data_dir, arch):
     summary = json.load(open(out / "summary.json"))
     assert summary["arch"] == arch and summary["params"] > 0 and summary["flops"] > 0
     assert 0 <= summary["best_test_acc"] <= 1 and (out / "best.pt").exists()
+
+
+# ----------------------------------------------------------------------------- recipes
+
+def test_recipe_fills_defaults_and_explicit_flags_win():
+    args = train.parse_args(train.get_parser(), ["--recipe", "report004-dainet7", "--lr", "0.01", "--epochs", "3"])
+    assert (args.arch, args.optimizer, args.batch_size, args.betas) == ("dainet7", "adam", 128, [0.9, 0.99])
+    assert args.gamma == [0.5, 0.3, 0.1, 0.01, 0.001] and args.lr == 0.01 and args.epochs == 3
+    plain = train.parse_args(train.get_parser(), [])
+    assert (plain.arch, plain.lr, plain.epochs) == ("resnet18", 0.1, 200)
+
+
+def test_list_recipes_names_source_and_result(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--list-recipes"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    for name, r in train.RECIPES.items():
+        assert name in out and r["expect"] in out
+
+
+def test_unknown_recipe(capsys):
+    assert "unknown --recipe 'fastest'; choose from: report000-resnet50" in refused(capsys, ["--recipe", "fastest"])
+
+
+def test_per_milestone_factors():
+    f = train.lr_factor
+    ms, g = [50, 100, 150], [0.5, 0.3, 0.1]
+    assert [f(s, 200, 0, "step", ms, g) for s in (0, 49, 50, 100, 150, 199)] == [1.0, 1.0, 0.5, 0.3, 0.1, 0.1]
+
+
+@pytest.mark.parametrize("recipe", list(train.RECIPES))
+def test_every_recipe_runs_a_tiny_step(tmp_path, data_dir, recipe):
+    out = tmp_path / recipe
+    assert train.main(["--recipe", recipe, "--epochs", "1", "--subset", "20", "--batch-size", "10",
+                       "--eval-batch-size", "20", "--data", data_dir, "--out", str(out)]) == 0
+    config = json.load(open(out / "config.json"))["args"]
+    assert config["recipe"] == recipe and config["arch"] == train.RECIPES[recipe]["arch"]

@@ -49,12 +49,15 @@ class OneLineParser(argparse.ArgumentParser):
 def get_parser():
     ap = OneLineParser(description="Train a CIFAR-10 network. Every flag has a default; see README.md.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--recipe", default=None, help="take every default from a named recipe (--list-recipes)")
+    ap.add_argument("--list-recipes", action="store_true", help="print the recipes with their source and result")
     ap.add_argument("--arch", default="resnet18", help=f"network: {', '.join(ARCHS)}")
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=128, help="per process (per GPU under torchrun)")
     ap.add_argument("--lr", type=float, default=0.1, help="peak learning rate")
     ap.add_argument("--optimizer", default="sgd", help="sgd (momentum 0.9), adam or adamw")
     ap.add_argument("--momentum", type=float, default=0.9)
+    ap.add_argument("--betas", type=float, nargs=2, default=[0.9, 0.999], help="Adam/AdamW betas")
     ap.add_argument("--nesterov", action="store_true")
     ap.add_argument("--wd", type=float, default=5e-4, help="weight decay")
     ap.add_argument("--no-wd-bn-bias", action="store_true", help="exempt BatchNorm and bias parameters from weight decay")
@@ -63,7 +66,8 @@ def get_parser():
     ap.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up from 0 (onecycle: the rising part)")
     ap.add_argument("--milestones", type=float, nargs="+", default=[0.5, 0.75],
                     help="step schedule: epochs (or fractions of --epochs if all < 1) where lr *= --gamma")
-    ap.add_argument("--gamma", type=float, default=0.1)
+    ap.add_argument("--gamma", type=float, nargs="+", default=[0.1],
+                    help="step schedule: lr *= GAMMA at every milestone; or one value per milestone: lr = --lr x that value")
     ap.add_argument("--label-smoothing", type=float, default=0.0)
     ap.add_argument("--zero-init-residual", action="store_true", help="last BN of every residual branch starts at 0")
     data.add_data_args(ap)
@@ -88,6 +92,68 @@ def get_parser():
     return ap
 
 
+# Every report's setting as its report describes it (../shared/seeds), and our own. `--recipe NAME` makes
+# these the defaults; flags given on the command line still win. Keys are train.py's argument names.
+RECIPES = {
+    "report000-resnet50": dict(
+        source="000: ResNet-50, SGD 0.1 momentum 0.9 wd 5e-4, cosine, batch 256, crop+flip, 200 epochs",
+        expect="95.33% (official data, best epoch on test)",
+        arch="resnet50", epochs=200, batch_size=256, lr=0.1, optimizer="sgd", wd=5e-4, schedule="cosine"),
+    "report001-resnet34": dict(
+        source="001: ResNet-34, SGD 5e-3 momentum 0.9 no wd, cosine, batch 128, crop+flip+jitter 0.4, 500 epochs",
+        expect="93.65% (official data, best epoch on test)",
+        arch="resnet34", epochs=500, batch_size=128, lr=5e-3, optimizer="sgd", wd=0.0, schedule="cosine", jitter=0.4),
+    "report001-resnet34-mix": dict(
+        source="001: the report001-resnet34 setting plus CutMix or MixUp (random choice per batch)",
+        expect="96.47% (official data, best epoch on test)",
+        arch="resnet34", epochs=500, batch_size=128, lr=5e-3, optimizer="sgd", wd=0.0, schedule="cosine", jitter=0.4,
+        mix="both"),
+    "report002-resnet9": dict(
+        source="002: ResNet-9, SGD 5e-3 momentum 0.9 wd 5e-4 x batch (0.032), cosine, batch 64, crop+flip, 24 epochs",
+        expect="88% (official data)",
+        arch="resnet9", epochs=24, batch_size=64, lr=5e-3, optimizer="sgd", wd=5e-4 * 64, schedule="cosine"),
+    "report003-rescnn9": dict(
+        source="003: 9-block residual CNN, Adam 1e-4, cosine, 180 epochs (its table; batch and augmentation "
+               "not stated: 128, crop+flip)",
+        expect="90.29% (official data, best epoch on test)",
+        arch="rescnn9", epochs=180, batch_size=128, lr=1e-4, optimizer="adam", wd=0.0, schedule="cosine"),
+    "report004-dainet7": dict(
+        source="004: DaiNet7, Adam 1e-3 betas (0.9, 0.99) wd 5e-4, lr x0.5/0.3/0.1/0.01/0.001 from epochs "
+               "50/100/150/200/230, batch 128, crop+flip, 250 epochs",
+        expect="91.91% (official data, best epoch on test)",
+        arch="dainet7", epochs=250, batch_size=128, lr=1e-3, optimizer="adam", betas=[0.9, 0.99], wd=5e-4,
+        schedule="step", milestones=[50, 100, 150, 200, 230], gamma=[0.5, 0.3, 0.1, 0.01, 0.001]),
+    "report004-resnet50": dict(
+        source="004: ResNet-50 with DaiNet7's setting (Adam 1e-3, step decay, batch 128, crop+flip, 250 epochs)",
+        expect="92.50% (official data, best epoch on test)",
+        arch="resnet50", epochs=250, batch_size=128, lr=1e-3, optimizer="adam", betas=[0.9, 0.99], wd=5e-4,
+        schedule="step", milestones=[50, 100, 150, 200, 230], gamma=[0.5, 0.3, 0.1, 0.01, 0.001]),
+}
+
+
+def list_recipes():
+    lines = []
+    for name, r in RECIPES.items():
+        flags = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                         for k, v in r.items() if k not in ("source", "expect"))
+        lines += [f"{name}", f"    from   {r['source']}", f"    result {r['expect']}", f"    flags  {flags}"]
+    return "\n".join(lines)
+
+
+def parse_args(ap, argv=None):
+    """Parse the command line; --recipe NAME first makes the recipe's values the defaults."""
+    args = ap.parse_args(argv)
+    if args.list_recipes:
+        print(list_recipes())
+        sys.exit(0)
+    if args.recipe:
+        if args.recipe not in RECIPES:
+            ap.error(f"unknown --recipe {args.recipe!r}; choose from: {', '.join(RECIPES)} (--list-recipes)")
+        ap.set_defaults(**{k: v for k, v in RECIPES[args.recipe].items() if k not in ("source", "expect")})
+        args = ap.parse_args(argv)
+    return args
+
+
 RESUME_MAY_CHANGE = {"resume", "data", "download", "no_progress"}  # the rest must match the run being resumed
 
 
@@ -104,6 +170,8 @@ def check_args(ap, args):
         ap.error(f"--val must be >= 0, got {args.val}")
     if args.subset is not None and args.subset <= 0:
         ap.error(f"--subset must be positive, got {args.subset}")
+    if len(args.gamma) not in (1, len(args.milestones)):
+        ap.error(f"--gamma takes one value or one per milestone ({len(args.milestones)}), got {len(args.gamma)}")
     if args.save_every < 0 or args.skip_nonfinite < 0:
         ap.error("--save-every and --skip-nonfinite must be >= 0")
     if args.wd < 0 or not 0 <= args.label_smoothing < 1 or not 0 <= args.ema < 1:
@@ -193,11 +261,11 @@ def build_optimizer(model, args, lr=None):
         return torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=args.nesterov)
     if args.optimizer == "adam":
         # torch's Adam adds L2 to the gradient (as report 004's Adam(weight_decay=5e-4) did); adamw decouples it
-        return torch.optim.Adam(groups, lr=lr)
-    return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(args.betas))
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(args.betas))
 
 
-def lr_factor(step, total, warmup, schedule, milestones=(), gamma=0.1):
+def lr_factor(step, total, warmup, schedule, milestones=(), gamma=(0.1,)):
     """Multiplier of the peak lr at iteration `step` of `total`. One LambdaLR covers every
     shape (torch's SequentialLR chains of warm-up + decay are awkward to checkpoint)."""
     if schedule == "onecycle":  # as torch's OneCycleLR: cosine up from 1/25 over warm-up, cosine down to 1/25e4
@@ -211,7 +279,11 @@ def lr_factor(step, total, warmup, schedule, milestones=(), gamma=0.1):
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
     if schedule == "step":
-        return gamma ** sum(step >= m for m in milestones)
+        passed = sum(step >= m for m in milestones)
+        gamma = [gamma] if isinstance(gamma, (int, float)) else list(gamma)
+        if len(gamma) == 1:
+            return gamma[0] ** passed
+        return gamma[passed - 1] if passed else 1.0
     return 1.0
 
 
@@ -474,7 +546,7 @@ class Stop(Exception):
 
 def main(argv=None):
     ap = get_parser()
-    args = ap.parse_args(argv)
+    args = parse_args(ap, argv)
     resume_ckpt = None
     if args.resume:
         try:
