@@ -281,23 +281,31 @@ class Loader:
 
 # ----------------------------------------------------------------------------- command line
 
-def add_data_args(parser):
+def add_data_args(parser, helps=None):
+    """The data flags (see README); `helps` replaces the help text of some, by dest (a script with other defaults)."""
+    h = {"data": "folder holding cifar-10-batches-py, or that folder",
+         "download": "fetch the official files through torchvision if missing or damaged",
+         "val": "hold out N training images (stratified) to pick the best epoch on",
+         "crop_pad": "random crop with this padding (0 = off)",
+         "pad_mode": None,
+         "no_flip": "no random horizontal flip",
+         "jitter": "colour jitter: brightness/contrast/saturation factors in [1-S, 1+S] (0 = off)",
+         "cutout": "Cutout square side in pixels (0 = off)",
+         "mix": "CutMix/MixUp with soft targets; both = a random one of the two per batch",
+         "mix_alpha": "mixing ratio ~ Beta(A, A)",
+         "mix_off_epochs": "no mixing in the last K epochs", **(helps or {})}
     g = parser.add_argument_group("data")
-    g.add_argument("--data", default="./data", metavar="DIR", help="folder holding cifar-10-batches-py, or that folder")
-    g.add_argument("--download", action="store_true",
-                   help="fetch the official files through torchvision if missing or damaged")
-    g.add_argument("--val", type=int, default=0, metavar="N",
-                   help="hold out N training images (stratified) to pick the best epoch on")
-    g.add_argument("--crop-pad", type=int, default=4, metavar="P", help="random crop with this padding (0 = off)")
-    g.add_argument("--pad-mode", default="zeros", choices=["zeros", "reflect"])
-    g.add_argument("--no-flip", action="store_true", help="no random horizontal flip")
-    g.add_argument("--jitter", type=float, default=0.0, metavar="S",
-                   help="colour jitter: brightness/contrast/saturation factors in [1-S, 1+S] (0 = off)")
-    g.add_argument("--cutout", type=int, default=0, metavar="K", help="Cutout square side in pixels (0 = off)")
-    g.add_argument("--mix", default="none", choices=["none", "cutmix", "mixup", "both"],
-                   help="CutMix/MixUp with soft targets; both = a random one of the two per batch")
-    g.add_argument("--mix-alpha", type=float, default=1.0, metavar="A", help="mixing ratio ~ Beta(A, A)")
-    g.add_argument("--mix-off-epochs", type=int, default=0, metavar="K", help="no mixing in the last K epochs")
+    g.add_argument("--data", default="./data", metavar="DIR", help=h["data"])
+    g.add_argument("--download", action="store_true", help=h["download"])
+    g.add_argument("--val", type=int, default=0, metavar="N", help=h["val"])
+    g.add_argument("--crop-pad", type=int, default=4, metavar="P", help=h["crop_pad"])
+    g.add_argument("--pad-mode", default="zeros", choices=["zeros", "reflect"], help=h["pad_mode"])
+    g.add_argument("--no-flip", action="store_true", help=h["no_flip"])
+    g.add_argument("--jitter", type=float, default=0.0, metavar="S", help=h["jitter"])
+    g.add_argument("--cutout", type=int, default=0, metavar="K", help=h["cutout"])
+    g.add_argument("--mix", default="none", choices=["none", "cutmix", "mixup", "both"], help=h["mix"])
+    g.add_argument("--mix-alpha", type=float, default=1.0, metavar="A", help=h["mix_alpha"])
+    g.add_argument("--mix-off-epochs", type=int, default=0, metavar="K", help=h["mix_off_epochs"])
 
 
 def build_loaders(args, device, batch_size, *, dtype=torch.float32, channels_last=False, seed=0, epochs=None,

@@ -1,0 +1,681 @@
+"""Does BatchNorm smooth the loss landscape? VGG-A with and without BN (report 003, after
+Santurkar et al. 2018, "How Does Batch Normalization Help Optimization?").
+
+    python landscape.py                 # VGG-A without BN at every --lrs
+    python landscape.py --bn            # VGG-A with BN; draws the comparison once both results exist
+    python landscape.py --both --epochs 1 --subset 2000     # both, short enough for a 2-core CPU
+    python landscape.py --plot-only     # redraw from the saved JSON, no training
+
+Each variant is trained from the same initial weights once per learning rate (Adam, batch 128,
+no augmentation, as the course code behind report 003), recording the training loss of every step
+and, every --measure-every steps, the paper's three measures along the current gradient g on the
+same training batch (measure_along_gradient): the loss range of L(w - eta g), the range of
+||grad L(w) - grad L(w - eta g)|| (gradient predictiveness) and max ||delta grad|| / ||delta w||
+(effective beta-smoothness). Results go to --out/<arch>.json; figures (PNG) to --out:
+
+    loss_landscape.png   report 003's figure: per-step training loss, band between min and max over lrs
+    measures.png         the same band for the three measures (Santurkar et al. Fig. 4 style)
+    curves_lr<LR>.png    per lr: training loss per step and validation accuracy per epoch
+    surface_1d.png, surface_2d.png   with --surface: filter-normalised loss slices (Li et al. 2018)
+
+Every figure shows whichever variants have results in --out, VGG-A green and VGG-A + BN red.
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import data
+import train
+from models import build_model
+
+VARIANTS = {"vgg_a": "VGG-A", "vgg_a_bn": "VGG-A + BatchNorm"}
+COLORS = {"vgg_a": "tab:green", "vgg_a_bn": "tab:red"}
+DEFAULT_LRS = [1e-3, 2e-3, 1e-4, 5e-4]  # the course code's list (report 003)
+REPORT_LR = 5e-4                        # the lr whose curves report 003 shows
+DPI = 100
+FIGSIZE = {"loss_landscape": (10, 5), "measures": (16, 4.5), "curves": (12, 4.5),
+           "surface_1d": (7, 4.5), "surface_2d": (12, 5)}
+
+
+# ----------------------------------------------------------------------------- the three measures
+
+def probe_etas(lr, lo=0.5, hi=4.0, n=4):
+    """Step sizes for the measures: n values evenly spaced over [lo*lr, hi*lr]. Santurkar et al. move
+    along the gradient with steps up to 0.4 (they cap the distance at 0.4 x the gradient, at a training
+    lr of 0.1 as we read the paper), i.e. from a fraction of the step SGD takes up to 4x it; hence the
+    default [lr/2, 4 lr]. Our optimizer is Adam, so eta multiplies the raw gradient, not Adam's update."""
+    return [float(lr * m) for m in np.linspace(lo, hi, n)]
+
+
+def measure_along_gradient(model, closure, etas):
+    """The paper's three measures at the current weights w on one fixed batch (closure() returns that
+    batch's loss from a fresh forward pass). With g = grad L(w) and, for each eta in etas,
+    w_eta = w - eta g:
+
+        loss[i]      = L(w_eta)                                        loss_min, loss_max: their range
+        grad_dist[i] = ||g - grad L(w_eta)||                           grad_min, grad_max: its range
+        beta         = max_i ||g - grad L(w_eta)|| / ||w - w_eta||     (||w - w_eta|| = eta ||g||)
+
+    All on the same batch (as the paper), in whatever precision closure computes (the caller runs it
+    in fp32). Afterwards the weights and buffers are exactly as after the first forward pass (BN
+    running statistics see that pass only, as in a normal step) and every p.grad holds g, so an
+    optimizer step can follow. Returns a dict of floats (and lists for loss and grad_dist)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.zero_grad(set_to_none=True)
+    loss0 = closure()
+    loss0.backward()
+    g = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+    w0 = [p.detach().clone() for p in params]
+    buffers = [b.detach().clone() for b in model.buffers()]
+    g_norm = math.sqrt(sum(float(t.double().square().sum()) for t in g))
+    losses, dists, ratios = [], [], []
+    try:
+        for eta in etas:
+            with torch.no_grad():
+                for p, w, gi in zip(params, w0, g):
+                    torch.add(w, gi, alpha=-eta, out=p.data)
+            model.zero_grad(set_to_none=True)
+            loss = closure()
+            loss.backward()
+            dist = math.sqrt(sum(float((gi - (p.grad if p.grad is not None else 0)).double().square().sum())
+                                 for p, gi in zip(params, g)))
+            losses.append(loss.item())
+            dists.append(dist)
+            ratios.append(dist / (eta * g_norm) if eta * g_norm > 0 else 0.0)
+    finally:
+        with torch.no_grad():
+            for p, w, gi in zip(params, w0, g):
+                p.copy_(w)
+                p.grad = gi
+            for b, s in zip(model.buffers(), buffers):
+                b.copy_(s)
+    return {"loss0": loss0.item(), "grad_norm": g_norm, "loss": losses, "grad_dist": dists,
+            "loss_min": min(losses), "loss_max": max(losses), "grad_min": min(dists), "grad_max": max(dists),
+            "beta": max(ratios)}
+
+
+MEASURE_KEYS = ["loss0", "grad_norm", "loss_min", "loss_max", "grad_min", "grad_max", "beta"]
+
+
+# ----------------------------------------------------------------------------- loss surface (Li et al. 2018)
+
+def filter_normalized_direction(model, generator):
+    """A random direction shaped like the parameters, each filter (output unit: slice along dim 0 of a
+    conv or linear weight) rescaled to the norm of the same filter of the weights; biases and BN
+    parameters get 0 (Li et al.'s default of ignoring them)."""
+    d = []
+    for p in model.parameters():
+        if p.dim() <= 1:
+            d.append(torch.zeros_like(p))
+            continue
+        r = torch.randn(p.shape, generator=generator).to(p)
+        shape = (-1,) + (1,) * (p.dim() - 1)
+        d.append(r * (p.detach().flatten(1).norm(dim=1) / r.flatten(1).norm(dim=1).clamp(min=1e-12)).view(shape))
+    return d
+
+
+@torch.no_grad()
+def batches_loss(model, batches):
+    """Mean cross-entropy over fixed batches in train mode (BN uses each batch's statistics: the objective
+    training minimises); running statistics are left as they were."""
+    buffers = [b.clone() for b in model.buffers()]
+    was_training = model.training
+    model.train()
+    total, n = 0.0, 0
+    for x, y in batches:
+        total += float(F.cross_entropy(model(x).float(), y, reduction="sum"))
+        n += len(y)
+    for b, s in zip(model.buffers(), buffers):
+        b.copy_(s)
+    model.train(was_training)
+    return total / n
+
+
+@torch.no_grad()
+def loss_surface(model, batches, res=21, span=1.0, seed=0):
+    """Li et al.'s 1D slice (2*res - 1 points on [-span, span] along one filter-normalised direction)
+    and 2D slice (res x res grid over two directions) around the current weights, in fp32; the
+    weights are restored exactly."""
+    g = torch.Generator().manual_seed(seed)
+    d1, d2 = filter_normalized_direction(model, g), filter_normalized_direction(model, g)
+    params = list(model.parameters())
+    w0 = [p.detach().clone() for p in params]
+
+    def at(a, b):
+        for p, w, x, y in zip(params, w0, d1, d2):
+            p.copy_(w + a * x + b * y)
+        return batches_loss(model, batches)
+
+    try:
+        line = np.linspace(-span, span, 2 * res - 1).tolist()
+        grid = np.linspace(-span, span, res).tolist()
+        loss_1d = [at(a, 0.0) for a in line]
+        loss_2d = [[at(a, b) for a in grid] for b in grid]  # row = second direction (contour's y)
+    finally:
+        for p, w in zip(params, w0):
+            p.copy_(w)
+    return {"alphas": line, "loss_1d": loss_1d, "grid": grid, "loss_2d": loss_2d,
+            "images": sum(len(y) for _, y in batches), "span": span, "seed": seed}
+
+
+# ----------------------------------------------------------------------------- training one variant
+
+def train_lr(arch, lr, loaders, args, device, amp_dtype, show_bar):
+    """Train `arch` at one lr from the seed's initial weights; returns (run record, model)."""
+    train_loader, eval_loader, eval_split, num_classes = loaders
+    torch.manual_seed(args.seed)  # same initial weights for every lr
+    model = build_model(arch, num_classes=num_classes).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)  # the course code's optimizer (no weight decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    etas = probe_etas(lr, *args.eta_range, args.probes)
+    run = {"lr": lr, "etas": etas, "steps_per_epoch": len(train_loader), "train_loss": [],
+           "measure": {"step": [], "loss": [], "grad_dist": [], **{k: [] for k in MEASURE_KEYS}},
+           f"{eval_split}_acc": [], f"{eval_split}_loss": [], "diverged_at_step": None}
+    t0, t_measure, step = time.time(), 0.0, 0
+    model.train()
+    for epoch in range(args.epochs):
+        train_loader.set_epoch(epoch)
+        bar = train.Progress(len(train_loader), epoch, args.epochs, show_bar)
+        losses = []  # on the device: one host sync per epoch (and per measurement)
+        for x, y in train_loader:
+            if args.measure_every and step % args.measure_every == 0:
+                tm = time.time()
+                # fp32, no autocast: the differences measured are far below bf16's resolution
+                m = measure_along_gradient(model, lambda: F.cross_entropy(model(x), y), etas)
+                t_measure += time.time() - tm
+                for k, v in m.items():
+                    run["measure"][k].append(v)
+                run["measure"]["step"].append(step)
+                losses.append(torch.tensor(m["loss0"], device=device))
+                optimizer.step()  # on g, the fp32 gradient the measures started from
+            else:
+                with train.autocast(device, amp_dtype):
+                    loss = F.cross_entropy(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(loss.detach().float())
+            step += 1
+            bar.update(1)
+        epoch_losses = torch.stack(losses).tolist()
+        bad = [i for i, v in enumerate(epoch_losses) if not math.isfinite(v)]
+        run["train_loss"] += epoch_losses[:bad[0]] if bad else epoch_losses
+        if bad:
+            run["diverged_at_step"] = step - len(epoch_losses) + bad[0]
+            bar.close(f"{arch} lr {lr:g}: loss is {epoch_losses[bad[0]]} at step {run['diverged_at_step']}; "
+                      f"this lr stops here")
+            break
+        r = train.evaluate(model, eval_loader, device, amp_dtype)
+        run[f"{eval_split}_acc"].append(r["acc"])
+        run[f"{eval_split}_loss"].append(r["loss"])
+        bar.close(f"{arch} lr {lr:g} epoch {epoch + 1}/{args.epochs}  train loss {np.mean(epoch_losses):.4f}  "
+                  f"{eval_split} acc {r['acc']:.4f}  {time.time() - t0:.0f}s")
+    run.update(time_s=time.time() - t0, measure_time_s=t_measure)
+    return run, model
+
+
+def surface_batches(train_loader, n_images):
+    """The first n_images of epoch 0's training batches, kept fixed for every point of the surface."""
+    train_loader.set_epoch(0)
+    out, n = [], 0
+    for x, y in train_loader:
+        out.append((x[:n_images - n], y[:n_images - n]))
+        n += len(out[-1][1])
+        if n >= n_images:
+            break
+    return out
+
+
+def run_variant(arch, args, loaders, info, device, amp_dtype, path, log=print):
+    """Train `arch` at every lr, write `path` after each lr (atomically), return the result."""
+    show_bar = sys.stdout.isatty() and not args.no_progress
+    result = {"arch": arch, "label": VARIANTS[arch], "complete": False, "config": config_of(args, device, amp_dtype, info),
+              "runs": [], "surface": None}
+    t0 = time.time()
+    for i, lr in enumerate(args.lrs):
+        log(f"== {VARIANTS[arch]}: lr {lr:g} ({i + 1}/{len(args.lrs)}), {args.epochs} epochs x "
+            f"{len(loaders[0])} steps, measures every {args.measure_every or 'never'} steps at eta "
+            f"{', '.join(f'{e:.2g}' for e in probe_etas(lr, *args.eta_range, args.probes))}")
+        run, model = train_lr(arch, lr, loaders, args, device, amp_dtype, show_bar)
+        result["runs"].append(run)
+        if args.surface and lr == args.surface_lr:
+            ts = time.time()
+            log(f"   loss surface around the final weights: {2 * args.surface_res - 1} + "
+                f"{args.surface_res ** 2} points on {args.surface_images} training images")
+            result["surface"] = {"lr": lr, **loss_surface(model, surface_batches(loaders[0], args.surface_images),
+                                                          args.surface_res, seed=args.seed)}
+            result["surface"]["time_s"] = time.time() - ts
+        result["time_s"] = time.time() - t0
+        save_results(result, path)
+    result.update(complete=True, finished=datetime.datetime.now().isoformat(timespec="seconds"))
+    save_results(result, path)
+    log(f"   wrote {path} ({result['time_s']:.0f}s)")
+    return result
+
+
+def config_of(args, device, amp_dtype, info):
+    return {"lrs": args.lrs, "epochs": args.epochs, "batch_size": args.batch_size, "subset": args.subset,
+            "seed": args.seed, "optimizer": "adam", "measure_every": args.measure_every,
+            "eta_range": list(args.eta_range), "probes": args.probes, "measures_precision": "fp32",
+            "amp": str(amp_dtype), "augment": {"crop_pad": args.crop_pad, "flip": not args.no_flip},
+            "data": {k: v for k, v in info.items() if k != "classes"}, "device": train.device_name(device),
+            "torch": torch.__version__, "python": platform.python_version(), "git_commit": train.git_commit(),
+            "started": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+# ----------------------------------------------------------------------------- results on disk
+
+def _clean(v):
+    """JSON-safe: non-finite floats become null (json would write NaN, which is not JSON)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def save_results(result, path):
+    train.write_text(path, json.dumps(_clean(result)))
+
+
+def load_results(path):
+    """A variant's saved result; ValueError with a one-line reason when unreadable."""
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+    if not isinstance(result, dict) or result.get("arch") not in VARIANTS or not isinstance(result.get("runs"), list):
+        raise ValueError(f"{path} is not a result written by landscape.py")
+    return result
+
+
+# ----------------------------------------------------------------------------- bands and summary
+
+def _stack(rows):
+    """Rows of different lengths (a diverged lr stops early; null = NaN) -> 2D float array padded with NaN."""
+    n = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows), n), np.nan)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = np.asarray(r, dtype=float)
+    return out
+
+
+def _nanreduce(fn, a, axis=0):
+    with warnings.catch_warnings():  # all-NaN columns (every lr diverged by then) stay NaN silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn(a, axis=axis)
+
+
+def loss_band(result):
+    """(steps, min over lrs, max over lrs) of the per-step training loss."""
+    a = _stack([r["train_loss"] for r in result["runs"]])
+    return np.arange(a.shape[1]), _nanreduce(np.nanmin, a), _nanreduce(np.nanmax, a)
+
+
+def _width(lo, hi, counts):
+    """hi - lo where at least two lrs have a value (a band over one lr says nothing), else NaN."""
+    return np.where(counts >= 2, hi - lo, np.nan)
+
+
+def measure_band(result, lo_key, hi_key):
+    """(measured steps, min over lrs of lo_key, max over lrs of hi_key)."""
+    runs = [r for r in result["runs"] if r["measure"]["step"]]
+    if not runs:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    longest = max(runs, key=lambda r: len(r["measure"]["step"]))
+    lo = _stack([r["measure"][lo_key] for r in runs])
+    hi = _stack([r["measure"][hi_key] for r in runs])
+    return np.asarray(longest["measure"]["step"]), _nanreduce(np.nanmin, lo), _nanreduce(np.nanmax, hi)
+
+
+def _nanmean(values):
+    a = np.asarray(values, dtype=float)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if len(a) else float("nan")
+
+
+def summarize(result):
+    """One row of the summary table: the mean width of the training-loss band over lrs and the means
+    of the three measures over every measurement of every lr."""
+    _, lo, hi = loss_band(result)
+    counts = np.isfinite(_stack([r["train_loss"] for r in result["runs"]])).sum(0)
+    m = [r["measure"] for r in result["runs"]]
+    split = "val" if any("val_acc" in r for r in result["runs"]) else "test"
+    accs = [(r[f"{split}_acc"][-1], r["lr"]) for r in result["runs"] if r.get(f"{split}_acc")]
+    best = max(accs, default=(float("nan"), None))
+    return {"loss_band": _nanmean(_width(lo, hi, counts)),
+            "loss_var": _nanmean([b - a for x in m for a, b in zip(x["loss_min"], x["loss_max"])
+                                  if a is not None and b is not None]),
+            "grad_pred": _nanmean([v for x in m for v in x["grad_max"]]),
+            "beta": _nanmean([v for x in m for v in x["beta"]]),
+            "final_acc": best[0], "best_lr": best[1], "split": split,
+            "measurements": sum(len(x["step"]) for x in m)}
+
+
+def summary_table(results):
+    rows = [(VARIANTS[a], summarize(r)) for a, r in results.items()]
+    head = ["variant", "loss band", "loss var. along g", "max |dgrad|", "beta-smooth", "final acc (best lr)", "n"]
+    body = [[name, f"{s['loss_band']:.4f}", f"{s['loss_var']:.4g}", f"{s['grad_pred']:.4g}", f"{s['beta']:.4g}",
+             f"{s['split']} {s['final_acc']:.3f} ({s['best_lr']:g})" if s["best_lr"] is not None else "-",
+             str(s["measurements"])] for name, s in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    lines = ["  ".join(x.ljust(w) if i in (0, 5) else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))
+             for r in [head, *body]]
+    lines.append("loss band: mean over steps of (max - min) of the training loss across lrs (steps where at least "
+                 "two lrs ran); the other three: "
+                 "means over every measurement (n) of every lr of loss_max - loss_min, max ||grad L(w) - "
+                 "grad L(w - eta g)|| and max ||dgrad|| / ||dw|| along g")
+    if len(rows) == 2:
+        a, b = rows[0][1]["loss_band"], rows[1][1]["loss_band"]
+        word = "narrower" if b < a else "wider" if b > a else "as wide"
+        lines.append(f"BN's loss band is {word}: {b:.4f} vs {a:.4f} without BN" +
+                     (f" ({b / a:.2f}x)" if a > 0 and math.isfinite(b / a) else ""))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- figures
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _lrs_text(results):
+    parts = []
+    for arch, res in results.items():
+        parts.append(f"{VARIANTS[arch]} lrs " + ", ".join(f"{r['lr']:g}" for r in res["runs"]))
+    return "; ".join(parts)
+
+
+def _band(ax, x, lo, hi, arch):
+    ax.fill_between(x, lo, hi, color=COLORS[arch], alpha=0.35, lw=0, label=VARIANTS[arch])
+    ax.plot(x, lo, color=COLORS[arch], lw=0.8)
+    ax.plot(x, hi, color=COLORS[arch], lw=0.8)
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    _plt().close(fig)
+    return path
+
+
+def plot_loss_landscape(results, path):
+    """Report 003's figure: per-step training loss, band between min and max over the lrs."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=FIGSIZE["loss_landscape"])
+    for arch, res in results.items():
+        _band(ax, *loss_band(res), arch)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("training loss (batch)")
+    ax.set_title(f"Loss landscape: range of the training loss over learning rates\n{_lrs_text(results)}",
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+MEASURE_PANELS = [("loss_min", "loss_max", "loss L(w - eta g)", "(a) loss landscape: L along the gradient", False),
+                  ("grad_min", "grad_max", "||grad L(w) - grad L(w - eta g)||", "(b) gradient predictiveness", True),
+                  ("beta", "beta", "max ||dgrad|| / ||dw||", "(c) effective beta-smoothness", True)]
+
+
+def plot_measures(results, path):
+    """Santurkar et al. Fig. 4: per measured step, the band over lrs (and step sizes) of each measure."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=FIGSIZE["measures"])
+    for ax, (lo_key, hi_key, ylabel, title, log) in zip(axes, MEASURE_PANELS):
+        for arch, res in results.items():
+            x, lo, hi = measure_band(res, lo_key, hi_key)
+            if len(x):
+                _band(ax, x, lo, hi, arch)
+        if log and ax.has_data():
+            ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    etas = {f"[{c['eta_range'][0]:g}, {c['eta_range'][1]:g}] x lr, {c['probes']} steps"
+            for c in (res["config"] for res in results.values())}
+    fig.suptitle(f"Moving along the gradient g, eta in {' / '.join(sorted(etas))}; band over lrs", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_curves(results, lr, path):
+    """At one lr: training loss per step and held-out accuracy per epoch, for each variant that ran it."""
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=FIGSIZE["curves"])
+    split = "val"
+    for arch, res in results.items():
+        for r in res["runs"]:
+            if not math.isclose(r["lr"], lr, rel_tol=1e-9):
+                continue
+            split = "val" if "val_acc" in r else "test"
+            a1.plot(np.arange(len(r["train_loss"])), np.asarray(r["train_loss"], dtype=float),
+                    color=COLORS[arch], lw=0.8, label=VARIANTS[arch])
+            acc = r.get(f"{split}_acc", [])
+            a2.plot(np.arange(1, len(acc) + 1), acc, "o-", color=COLORS[arch], label=VARIANTS[arch])
+    a1.set_xlabel("training step")
+    a1.set_ylabel("training loss (batch)")
+    a1.set_title(f"training loss, lr {lr:g}", fontsize=10)
+    a2.xaxis.set_major_locator(_plt().MaxNLocator(integer=True))
+    a2.set_xlabel("epoch")
+    a2.set_ylabel(f"{split} accuracy")
+    a2.set_title(f"{split} accuracy per epoch, lr {lr:g}", fontsize=10)
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_surface(results, path_1d, path_2d):
+    """Li et al.'s filter-normalised slices around each variant's final weights: a line plot and contours."""
+    plt = _plt()
+    with_surface = {a: r for a, r in results.items() if r.get("surface")}
+    fig, ax = plt.subplots(figsize=FIGSIZE["surface_1d"])
+    for arch, res in with_surface.items():
+        s = res["surface"]
+        ax.plot(s["alphas"], np.asarray(s["loss_1d"], dtype=float), color=COLORS[arch],
+                label=f"{VARIANTS[arch]} (lr {s['lr']:g})")
+    ax.set_xlabel("alpha (filter-normalised random direction)")
+    ax.set_ylabel("training loss")
+    ax.set_title("1D loss slice around the final weights", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path_1d)
+    fig, axes = plt.subplots(1, len(with_surface), figsize=FIGSIZE["surface_2d"], squeeze=False)
+    for ax, (arch, res) in zip(axes[0], with_surface.items()):
+        s = res["surface"]
+        z = np.asarray(s["loss_2d"], dtype=float)
+        # levels at quantiles of the values: a steep rim would otherwise leave the centre without contours
+        levels = np.unique(np.nanquantile(z, np.linspace(0, 1, 16)))
+        cs = ax.contour(s["grid"], s["grid"], z, levels=levels if len(levels) > 1 else 2, cmap="viridis")
+        ax.clabel(cs, fontsize=7, fmt="%.2f")
+        ax.plot([0], [0], "k+", ms=10)
+        ax.set_xlabel("direction 1")
+        ax.set_ylabel("direction 2")
+        ax.set_title(f"{VARIANTS[arch]} (lr {s['lr']:g}, {s['images']} images)", fontsize=10)
+        ax.set_aspect("equal")
+    fig.suptitle("2D loss slice (filter-normalised directions, Li et al. 2018)", fontsize=10)
+    return _save(fig, path_2d)
+
+
+def plot_all(results, out):
+    """Every figure for the variants in `results` (one or both); returns the paths written."""
+    paths = [plot_loss_landscape(results, os.path.join(out, "loss_landscape.png")),
+             plot_measures(results, os.path.join(out, "measures.png"))]
+    lrs = sorted({r["lr"] for res in results.values() for r in res["runs"]}, reverse=True)
+    paths += [plot_curves(results, lr, os.path.join(out, f"curves_lr{lr:g}.png")) for lr in lrs]
+    if any(r.get("surface") for r in results.values()):
+        paths += [os.path.join(out, "surface_1d.png"), os.path.join(out, "surface_2d.png")]
+        plot_surface(results, *paths[-2:])
+    return paths
+
+
+# ----------------------------------------------------------------------------- command line
+
+def get_parser():
+    ap = train.OneLineParser(description="VGG-A with and without BatchNorm at several learning rates: the training "
+                                         "loss band and Santurkar et al.'s landscape measures (report 003).",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--bn", action="store_true", help="train VGG-A with BatchNorm (vgg_a_bn) instead of without")
+    ap.add_argument("--both", action="store_true", help="train both variants")
+    ap.add_argument("--lrs", type=float, nargs="+", default=DEFAULT_LRS, help="Adam learning rates, one run each")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--measure-every", type=int, default=10, metavar="K",
+                    help="the three measures every K steps (0 = never); each costs probes + 1 fp32 forward/backward")
+    ap.add_argument("--probes", type=int, default=4, help="step sizes eta per measurement")
+    ap.add_argument("--eta-range", type=float, nargs=2, default=[0.5, 4.0], metavar=("LO", "HI"),
+                    help="step sizes evenly spaced over [LO*lr, HI*lr]")
+    ap.add_argument("--augment", action="store_true",
+                    help="random crop (--crop-pad, default 4) and flip; default none, as the course code of 003")
+    data.add_data_args(ap, helps={
+        "val": "hold out N training images for the per-epoch validation accuracy (default 5000, with --subset a "
+               "tenth of it)",
+        "crop_pad": "random crop with this padding (default: 4 with --augment, else 0 = off)"})
+    ap.set_defaults(val=None, crop_pad=None)
+    ap.add_argument("--subset", type=int, default=None, help="use only the first N train (and test) images")
+    ap.add_argument("--seed", type=int, default=0, help="initial weights (the same for every lr) and batch order")
+    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                    help="autocast for the training steps (the measures are always fp32): auto = bf16 on CUDA and CPU")
+    ap.add_argument("--surface", action="store_true",
+                    help="also Li et al.'s filter-normalised 1D and 2D loss slices around the final weights")
+    ap.add_argument("--surface-lr", type=float, default=None,
+                    help=f"the lr whose final weights the surface is drawn around (default {REPORT_LR:g} if in "
+                         f"--lrs, else the first)")
+    ap.add_argument("--surface-res", type=int, default=21, metavar="R",
+                    help="2D grid R x R, 1D slice 2R-1 points, on [-1, 1]")
+    ap.add_argument("--surface-images", type=int, default=1024, metavar="N", help="training images the surface loss uses")
+    ap.add_argument("--out", default="landscape", help="folder for the JSON results and the PNGs")
+    ap.add_argument("--force", action="store_true", help="overwrite a variant's existing results")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the figures from the JSON in --out, no training")
+    ap.add_argument("--no-progress", action="store_true", help="plain lines even on a terminal")
+    return ap
+
+
+def check_args(ap, args):
+    """Refuse bad values before anything is created; resolve the defaults that depend on others."""
+    for name in ("epochs", "batch_size", "probes", "surface_res", "surface_images"):
+        if getattr(args, name) <= 0:
+            ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.surface_res < 2:
+        ap.error(f"--surface-res must be at least 2, got {args.surface_res}")
+    if any(not (lr > 0 and math.isfinite(lr)) for lr in args.lrs):
+        ap.error(f"--lrs must be positive, got {' '.join(f'{lr:g}' for lr in args.lrs)}")
+    if len(set(args.lrs)) != len(args.lrs):
+        ap.error("--lrs has a repeated value")
+    if args.measure_every < 0:
+        ap.error(f"--measure-every must be >= 0, got {args.measure_every}")
+    lo, hi = args.eta_range
+    if not 0 < lo <= hi or not math.isfinite(hi):
+        ap.error(f"--eta-range needs 0 < LO <= HI, got {lo:g} {hi:g}")
+    if args.subset is not None and args.subset <= 0:
+        ap.error(f"--subset must be positive, got {args.subset}")
+    if args.val is None:
+        args.val = 5000 if args.subset is None else args.subset // 10
+    if args.val < 0:
+        ap.error(f"--val must be >= 0, got {args.val}")
+    if args.crop_pad is None:
+        args.crop_pad = 4 if args.augment else 0
+    if not args.augment:
+        args.no_flip = True
+    if args.surface_lr is None:
+        args.surface_lr = REPORT_LR if REPORT_LR in args.lrs else args.lrs[0]
+    elif args.surface_lr not in args.lrs:
+        ap.error(f"--surface-lr {args.surface_lr:g} is not one of --lrs")
+    if args.plot_only and args.surface:
+        ap.error("--surface needs the trained weights: drop --plot-only (saved surfaces are redrawn anyway)")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        ap.error(f"--out {args.out} exists and is not a folder")
+
+
+def main(argv=None):
+    ap = get_parser()
+    args = ap.parse_args(argv)
+    check_args(ap, args)
+    asked = list(VARIANTS) if args.both else ["vgg_a_bn"] if args.bn else ["vgg_a"]
+    paths = {a: os.path.join(args.out, f"{a}.json") for a in VARIANTS}
+
+    if args.plot_only:
+        explicit = args.bn or args.both
+        missing = [paths[a] for a in asked if not os.path.exists(paths[a])]
+        if explicit and missing:
+            ap.error(f"--plot-only: no results at {', '.join(missing)}; train first (drop --plot-only)")
+        if not any(os.path.exists(p) for p in paths.values()):
+            ap.error(f"--plot-only: no results in {args.out} ({', '.join(os.path.basename(p) for p in paths.values())}); "
+                     f"train first (drop --plot-only) or point --out at a run")
+    else:
+        for a in asked:
+            if os.path.exists(paths[a]) and not args.force:
+                ap.error(f"{paths[a]} exists; use --force to overwrite it, --plot-only to redraw, or another --out")
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as e:
+            ap.error(f"cannot create --out {args.out}: {e.strerror}")
+
+        device = train.pick_device()
+        amp_dtype = train.resolve_amp(args.amp, device)
+        if device.type == "cuda":  # the measures are fp32 on purpose: no TF32 (training runs under autocast anyway)
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        try:
+            train_loader, val_loader, test_loader, info = data.build_loaders(
+                args, device, args.batch_size, seed=args.seed, eval_batch_size=500, subset=args.subset,
+                log=lambda msg: None if "no --val split" in msg else print(msg))
+        except data.DataError as e:
+            ap.error(str(e))
+        split = "val" if val_loader is not None else "test"
+        loaders = (train_loader, val_loader or test_loader, split, len(info["classes"]))
+        print(f"{' and '.join(VARIANTS[a] for a in asked)} | Adam at lr {', '.join(f'{lr:g}' for lr in args.lrs)} | "
+              f"{args.epochs} epochs, batch {args.batch_size}, {info['n_train']:,} train / {info['n_val']:,} val | "
+              f"{train.device_name(device)}, training amp {amp_dtype}, measures fp32 | out {args.out}")
+        for a in asked:
+            try:
+                run_variant(a, args, loaders, info, device, amp_dtype, paths[a])
+            except KeyboardInterrupt:
+                print(f"landscape.py: interrupted; what finished is in {paths[a]}", file=sys.stderr)
+                return 130
+
+    results = {}
+    for a in VARIANTS:
+        if os.path.exists(paths[a]):
+            try:
+                results[a] = load_results(paths[a])
+            except ValueError as e:
+                ap.error(str(e))
+    if len(results) == 2:
+        c0, c1 = (results[a]["config"] for a in VARIANTS)
+        differ = [k for k in ("lrs", "epochs", "batch_size", "subset", "seed") if c0.get(k) != c1.get(k)]
+        if differ:
+            print(f"note: the two variants were run with different {', '.join(differ)}; compare with care")
+    for a, r in results.items():
+        if not r.get("complete"):
+            print(f"note: {paths[a]} is incomplete ({len(r['runs'])} of {len(r['config']['lrs'])} lrs)")
+    written = plot_all(results, args.out)
+    print(("comparison" if len(results) == 2 else f"{VARIANTS[next(iter(results))]} only") + " figures:")
+    for p in written:
+        print(f"  {p}")
+    print(summary_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""landscape.py: the three measures against hand values on a quadratic, exact restore of weights, BN
+statistics and gradient, the filter-normalised directions, the JSON round trip, the figures from saved
+JSON, bad input, and the command line end to end on a tiny subset (VGG-A and VGG-A + BN on the CPU).
+
+Uses the real CIFAR-10 copy when $CIFAR10_DIR is set, else synthetic pickles.
+"""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import landscape
+from conftest import run_script
+
+
+# ----------------------------------------------------------------------------- helpers
+
+class Quadratic(nn.Module):
+    """L(w) = 1/2 sum_i a_i w_i^2: gradient a * w, curvature a_i along axis i, largest max(a)."""
+
+    def __init__(self, a, w):
+        super().__init__()
+        self.register_buffer("a", torch.tensor(a, dtype=torch.float64))
+        self.w = nn.Parameter(torch.tensor(w, dtype=torch.float64))
+
+    def forward(self):
+        return 0.5 * (self.a * self.w ** 2).sum()
+
+
+def TinyBN():
+    """Conv (4D weight), BatchNorm (running statistics), Linear (2D weight)."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 10))
+
+
+def batch(n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def fake_result(arch, lrs=(1e-3, 5e-4), steps=30, every=5, spread=1.0):
+    """A result shaped like run_variant's: loss curves fanning out by `spread` across lrs."""
+    runs = []
+    for k, lr in enumerate(lrs):
+        t = np.arange(steps)
+        loss = 2.3 * np.exp(-t / 20) + spread * k * t / steps
+        ms = list(range(0, steps, every))
+        m = {"step": ms, "loss0": [float(loss[s]) for s in ms], "grad_norm": [1.0] * len(ms),
+             "loss": [[float(loss[s]) - 0.1, float(loss[s]) + spread * 0.1] for s in ms],
+             "grad_dist": [[0.1, 0.2 * spread] for _ in ms]}
+        m.update(loss_min=[x[0] for x in m["loss"]], loss_max=[x[1] for x in m["loss"]],
+                 grad_min=[x[0] for x in m["grad_dist"]], grad_max=[x[1] for x in m["grad_dist"]],
+                 beta=[10.0 * spread + s / 10 for s in ms])
+        runs.append({"lr": lr, "etas": landscape.probe_etas(lr), "steps_per_epoch": steps // 3,
+                     "train_loss": loss.tolist(), "measure": m, "val_acc": [0.2, 0.3, 0.4 + k / 10],
+                     "val_loss": [2.0, 1.9, 1.8], "diverged_at_step": None, "time_s": 1.0, "measure_time_s": 0.5})
+    return {"arch": arch, "label": landscape.VARIANTS[arch], "complete": True, "runs": runs, "surface": None,
+            "config": {"lrs": list(lrs), "epochs": 3, "batch_size": 128, "subset": None, "seed": 0,
+                       "eta_range": [0.5, 4.0], "probes": 2}, "time_s": 2.0}
+
+
+def exits_with_one_line(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        landscape.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "error" in err, err
+    return err
+
+
+def assert_png(path, figsize):
+    import matplotlib.image as mpimg
+    img = mpimg.imread(path)
+    assert img.shape[:2] == (round(figsize[1] * landscape.DPI), round(figsize[0] * landscape.DPI)), path
+    assert img[..., :3].std() > 0.05, f"{path} looks blank"
+
+
+# ----------------------------------------------------------------------------- the three measures
+
+def test_measures_on_a_quadratic_match_hand_values():
+    # a = (1, 3, 10), w = (1, -2, 0.5): g = a w = (1, -6, 5), L(w) = 7.75.
+    # w - eta g = w (1 - eta a), so L(w - eta g) = 1/2 sum a w^2 (1 - eta a)^2:
+    #   eta 0.05: 1/2 (0.95^2 + 12 * 0.85^2 + 2.5 * 0.5^2) = 5.09875;   eta 0.1: 1/2 (0.81 + 12 * 0.49 + 0) = 3.345
+    # grad L(w) - grad L(w - eta g) = eta a g, norm eta sqrt(1 + 9*36 + 100*25) = eta sqrt(2825);
+    # ||delta w|| = eta ||g|| = eta sqrt(62), so beta = sqrt(2825 / 62) for every eta.
+    model = Quadratic([1.0, 3.0, 10.0], [1.0, -2.0, 0.5])
+    m = landscape.measure_along_gradient(model, model, [0.05, 0.1])
+    assert m["loss0"] == pytest.approx(7.75)
+    assert m["grad_norm"] == pytest.approx(math.sqrt(62))
+    assert m["loss"] == pytest.approx([5.09875, 3.345])
+    assert (m["loss_min"], m["loss_max"]) == pytest.approx((3.345, 5.09875))
+    assert m["grad_dist"] == pytest.approx([0.05 * math.sqrt(2825), 0.1 * math.sqrt(2825)])
+    assert (m["grad_min"], m["grad_max"]) == pytest.approx((0.05 * math.sqrt(2825), 0.1 * math.sqrt(2825)))
+    assert m["beta"] == pytest.approx(math.sqrt(2825 / 62))
+    assert m["beta"] < 10  # never above the largest curvature ...
+    # ... and equal to it when the gradient points along that curvature's axis
+    top = Quadratic([1.0, 3.0, 10.0], [0.0, 0.0, 0.5])
+    assert landscape.measure_along_gradient(top, top, [0.01, 0.02, 0.03])["beta"] == pytest.approx(10.0)
+    # weights back bit for bit, the gradient at w left for the optimizer
+    assert torch.equal(model.w.detach(), torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+    assert torch.allclose(model.w.grad, torch.tensor([1.0, -6.0, 5.0], dtype=torch.float64))
+
+
+def test_measures_leave_weights_and_bn_statistics_as_after_one_plain_step():
+    x, y = batch()
+    torch.manual_seed(0)
+    model = TinyBN()
+    ref = TinyBN()
+    ref.load_state_dict(model.state_dict())
+    w0 = {k: v.clone() for k, v in model.state_dict().items()}
+    m = landscape.measure_along_gradient(model, lambda: F.cross_entropy(model(x), y), landscape.probe_etas(0.1))
+    F.cross_entropy(ref(x), y).backward()  # one plain forward/backward on the same batch
+    for k, v in model.state_dict().items():
+        if "running" in k or "num_batches_tracked" in k:
+            assert torch.equal(v, ref.state_dict()[k]), k          # updated once, not once per probe
+        else:
+            assert torch.equal(v, w0[k]), k                         # weights untouched
+    assert not torch.equal(model.state_dict()["1.running_mean"], w0["1.running_mean"])  # the one update happened
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-6, atol=0)
+    assert len(m["loss"]) == len(m["grad_dist"]) == 4 and m["beta"] > 0
+    assert m["loss_min"] <= m["loss_max"] and m["grad_min"] <= m["grad_max"]
+
+
+def test_probe_etas_span_the_range_evenly():
+    assert landscape.probe_etas(1e-3) == pytest.approx([5e-4, 5e-4 + 3.5e-3 / 3, 5e-4 + 7e-3 / 3, 4e-3])
+    assert landscape.probe_etas(0.1, 1.0, 1.0, 1) == pytest.approx([0.1])
+
+
+# ----------------------------------------------------------------------------- loss surface
+
+def test_filter_normalized_direction_and_surface():
+    torch.manual_seed(0)
+    model = TinyBN()
+    d = landscape.filter_normalized_direction(model, torch.Generator().manual_seed(1))
+    for p, di in zip(model.parameters(), d):
+        assert di.shape == p.shape
+        if p.dim() <= 1:
+            assert not di.any()                                     # biases and BN parameters stay put
+        else:
+            assert torch.allclose(di.flatten(1).norm(dim=1), p.detach().flatten(1).norm(dim=1), rtol=1e-5)
+    batches = [batch(8, seed=s) for s in range(2)]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    s = landscape.loss_surface(model, batches, res=3)
+    assert s["alphas"] == pytest.approx([-1, -0.5, 0, 0.5, 1]) and s["grid"] == pytest.approx([-1, 0, 1])
+    assert len(s["loss_1d"]) == 5 and np.asarray(s["loss_2d"]).shape == (3, 3)
+    centre = landscape.batches_loss(model, batches)
+    assert s["loss_1d"][2] == pytest.approx(centre) and s["loss_2d"][1][1] == pytest.approx(centre)
+    assert s["images"] == 16
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+# ----------------------------------------------------------------------------- results and figures
+
+def test_json_round_trip(tmp_path):
+    r = fake_result("vgg_a_bn")
+    r["runs"][0]["train_loss"][5] = float("nan")
+    r["runs"][0]["measure"]["beta"][1] = float("inf")
+    path = str(tmp_path / "vgg_a_bn.json")
+    landscape.save_results(r, path)
+    back = landscape.load_results(path)
+    assert back["runs"][0]["train_loss"][5] is None and back["runs"][0]["measure"]["beta"][1] is None
+    back["runs"][0]["train_loss"][5] = r["runs"][0]["train_loss"][5] = None
+    back["runs"][0]["measure"]["beta"][1] = r["runs"][0]["measure"]["beta"][1] = None
+    assert back == json.loads(json.dumps(r))
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]     # atomic write leaves no temp file
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read"):
+        landscape.load_results(str(tmp_path / "bad.json"))
+
+
+def test_bands_and_summary_numbers():
+    r = fake_result("vgg_a", lrs=(1e-3, 5e-4), steps=4, every=2)
+    r["runs"][0]["train_loss"] = [1.0, 2.0, 3.0, 4.0]
+    r["runs"][1]["train_loss"] = [2.0, 4.0, 6.0]                 # diverged: one step short
+    x, lo, hi = landscape.loss_band(r)
+    assert list(x) == [0, 1, 2, 3] and list(lo) == [1, 2, 3, 4] and list(hi) == [2, 4, 6, 4]
+    s = landscape.summarize(r)
+    assert s["loss_band"] == pytest.approx((1 + 2 + 3) / 3)       # the last step has one lr: no band
+    assert s["loss_var"] == pytest.approx(0.2) and s["grad_pred"] == pytest.approx(0.2)
+    assert s["measurements"] == 4 and s["best_lr"] == 5e-4 and s["final_acc"] == pytest.approx(0.5)
+
+
+def test_plot_only_draws_the_comparison_from_saved_json(tmp_path, capsys):
+    out = str(tmp_path)
+    landscape.save_results(fake_result("vgg_a", spread=1.0), os.path.join(out, "vgg_a.json"))
+    landscape.save_results(fake_result("vgg_a_bn", spread=0.3), os.path.join(out, "vgg_a_bn.json"))
+    assert landscape.main(["--plot-only", "--out", out]) == 0
+    stdout = capsys.readouterr().out
+    expected = {"loss_landscape.png": "loss_landscape", "measures.png": "measures",
+                "curves_lr0.001.png": "curves", "curves_lr0.0005.png": "curves"}
+    for name, kind in expected.items():
+        assert os.path.join(out, name) in stdout
+        assert_png(os.path.join(out, name), landscape.FIGSIZE[kind])
+    assert "comparison figures" in stdout and "BN's loss band is narrower" in stdout
+    assert not os.path.exists(os.path.join(out, "surface_1d.png"))  # no surface was saved
+
+
+def test_plot_only_single_variant_and_surface(tmp_path, capsys):
+    out = str(tmp_path)
+    r = fake_result("vgg_a_bn")
+    grid = [-1.0, 0.0, 1.0]
+    r["surface"] = {"lr": 5e-4, "alphas": [-1, -0.5, 0, 0.5, 1], "loss_1d": [3, 2.5, 2, 2.4, 3.1], "grid": grid,
+                    "loss_2d": [[4, 3, 4], [3, 2, 3.2], [4.1, 3, 4]], "images": 64, "span": 1.0, "seed": 0}
+    landscape.save_results(r, os.path.join(out, "vgg_a_bn.json"))
+    assert landscape.main(["--plot-only", "--bn", "--out", out]) == 0
+    stdout = capsys.readouterr().out
+    assert "VGG-A + BatchNorm only figures" in stdout and "BN's loss band" not in stdout
+    assert_png(os.path.join(out, "loss_landscape.png"), landscape.FIGSIZE["loss_landscape"])
+    assert_png(os.path.join(out, "surface_1d.png"), landscape.FIGSIZE["surface_1d"])
+    assert_png(os.path.join(out, "surface_2d.png"), landscape.FIGSIZE["surface_2d"])
+    # asking for a variant that has no results is refused
+    err = exits_with_one_line(capsys, ["--plot-only", "--both", "--out", out])
+    assert "vgg_a.json" in err
+
+
+# ----------------------------------------------------------------------------- command line
+
+@pytest.mark.parametrize("argv, says", [
+    (["--lrs", "0"], "--lrs must be positive"),
+    (["--lrs", "1e-3", "1e-3"], "repeated"),
+    (["--epochs", "0"], "--epochs must be positive"),
+    (["--amp", "fp8"], "invalid choice"),
+    (["--eta-range", "4", "1"], "--eta-range"),
+    (["--measure-every", "-1"], "--measure-every"),
+    (["--surface-lr", "0.1"], "--surface-lr"),
+    (["--plot-only", "--surface"], "--surface"),
+    (["--no-such-flag"], "unrecognized"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, says, capsys, tmp_path):
+    assert says in exits_with_one_line(capsys, argv + ["--out", str(tmp_path / "x")])
+
+
+def test_plot_only_without_results_exits_2_with_one_line(tmp_path):
+    r = run_script("landscape.py", "--plot-only", "--out", tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "no results" in r.stderr, r.stderr
+
+
+def test_cli_tiny_subset_trains_both_variants_and_writes_everything(tmp_path, data_dir, capsys):
+    out = str(tmp_path / "ls")
+    # 60 images: 54 train (4 steps of 16) and 6 held out; measures at steps 0 and 3
+    r = run_script("landscape.py", "--both", "--epochs", "1", "--subset", "60", "--batch-size", "16",
+                   "--lrs", "1e-3", "5e-4", "--measure-every", "3", "--probes", "2",
+                   "--surface", "--surface-res", "3", "--surface-images", "16", "--data", data_dir, "--out", out)
+    assert r.returncode == 0, r.stderr
+    for name in ["loss_landscape", "measures", "curves_lr0.001", "curves_lr0.0005", "surface_1d", "surface_2d"]:
+        path = os.path.join(out, name + ".png")
+        assert path in r.stdout and os.path.getsize(path) > 10_000, name
+    assert "BN's loss band is" in r.stdout
+    for arch in landscape.VARIANTS:
+        res = json.load(open(os.path.join(out, f"{arch}.json")))
+        c = res["config"]
+        assert res["complete"] and res["arch"] == arch
+        assert c["lrs"] == [1e-3, 5e-4] and c["epochs"] == 1 and c["batch_size"] == 16 and c["subset"] == 60
+        assert c["seed"] == 0 and c["device"] and c["torch"] == torch.__version__
+        assert c["data"]["n_train"] == 54 and c["data"]["n_val"] == 6
+        assert [run["lr"] for run in res["runs"]] == [1e-3, 5e-4]
+        for run in res["runs"]:
+            assert len(run["train_loss"]) == 4 and all(math.isfinite(v) for v in run["train_loss"])
+            assert run["measure"]["step"] == [0, 3] and len(run["measure"]["beta"]) == 2
+            assert run["measure"]["loss0"][0] == pytest.approx(run["train_loss"][0])
+            assert len(run["val_acc"]) == 1 and run["time_s"] > 0
+        # step 0: same initial weights and batch at every lr, so the same loss
+        assert res["runs"][0]["train_loss"][0] == res["runs"][1]["train_loss"][0]
+        assert res["surface"]["lr"] == 5e-4 and np.asarray(res["surface"]["loss_2d"]).shape == (3, 3)
+    # the results are never overwritten without --force
+    err = exits_with_one_line(capsys, ["--bn", "--out", out, "--data", data_dir])
+    assert "--force" in err
