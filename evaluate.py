@@ -60,7 +60,7 @@ def plot_confusion(cm, classes, path, title):
     cm = cm.float()
     frac = cm / cm.sum(1, keepdim=True).clamp(min=1)
     fig, ax = plt.subplots(figsize=(7, 6))
-    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    im = ax.imshow(frac.numpy(), cmap="Blues", vmin=0, vmax=1)
     n = len(classes)
     for i in range(n):
         for j in range(n):

@@ -1,0 +1,255 @@
+"""visualize.py: every subcommand on the CPU from tiny runs trained here, each PNG of the expected pixel size and not
+blank; the report's HTML holds every run's numbers and its embedded images decode; hooks capture the expected
+shapes for several architectures; bad input is one line and exit 2.
+"""
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+import torch
+
+import train
+import visualize
+from models import ARCHS, build_model
+
+TINY = ["--arch", "lenet", "--epochs", "2", "--subset", "500", "--eval-batch-size", "500", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+    """Two finished lenet runs that differ in batch size (a curves/report comparison)."""
+    root = tmp_path_factory.mktemp("vis_runs")
+    out = []
+    for bs in (50, 100):
+        path = str(root / f"bs{bs}")
+        assert train.main([*TINY, "--batch-size", str(bs), "--data", data_dir, "--out", path]) == 0
+        out.append(path)
+    return out
+
+
+def png(path, size):
+    """Assert the PNG at path is (height, width) = size and not blank; return its pixels."""
+    assert os.path.isfile(path), path
+    img = mpimg.imread(path)
+    assert img.shape[:2] == size, (path, img.shape)
+    rgb = img[..., :3]
+    assert rgb.std() > 0.05, f"{path} looks blank"
+    assert (rgb.min(-1) < 0.9).mean() > 0.01, f"{path} is nearly all white"
+    return img
+
+
+def vis(*argv):
+    return visualize.main([str(a) for a in argv])
+
+
+def refused(capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        vis(*argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+# ----------------------------------------------------------------------------- hooks, no training needed
+
+EXPECTED = {  # default layers (first conv, end of every stage) and their captured (C, H, W)
+    "lenet": {"conv1": (6, 28, 28), "conv2": (16, 10, 10)},
+    "rescnn6": {"stem.0": (16, 32, 32), "stem": (16, 32, 32), "layer1": (32, 16, 16), "layer2": (64, 8, 8),
+                "layer3": (128, 4, 4)},
+    "resnet18": {"conv1": (64, 32, 32), "layer1": (64, 32, 32), "layer2": (128, 16, 16), "layer3": (256, 8, 8),
+                 "layer4": (512, 4, 4)},
+    "resnet9": {"conv1": (64, 32, 32), "relu": (64, 32, 32), "layer1": (64, 16, 16), "layer2": (128, 8, 8),
+                "layer3": (256, 4, 4), "layer4": (512, 2, 2)},
+    "vgg_a": {"features.0": (64, 32, 32), "features.1": (64, 32, 32), "features.4": (128, 16, 16),
+              "features.9": (256, 8, 8), "features.14": (512, 4, 4), "features.19": (512, 2, 2)},
+    "dainet7": {"layer1.0": (64, 32, 32), "layer1": (64, 32, 32), "layer3": (128, 16, 16), "layer6.2": (256, 8, 8)},
+}
+
+
+@pytest.mark.parametrize("arch", list(EXPECTED))
+def test_hooks_capture_stage_ends(arch):
+    torch.manual_seed(0)
+    model = build_model(arch)
+    x = torch.randn(2, 3, 32, 32)
+    names = visualize.stages(model)
+    assert names == list(EXPECTED[arch])
+    info = visualize.trace(model, x, keep=set(names))
+    assert {n: tuple(info[n]["out"].shape) for n in names} == {n: (2, *s) for n, s in EXPECTED[arch].items()}
+    assert model.training  # trace restores the mode
+
+
+def test_every_network_has_stages_and_a_cam_layer():
+    x = torch.zeros(1, 3, 32, 32)
+    # resnet34/101/152 are resnet18/50 with more blocks per stage: skipped to save ~10 s of CPU
+    for arch in [a for a in ARCHS if a not in ("resnet34", "resnet101", "resnet152")]:
+        model = build_model(arch)
+        info = visualize.trace(model, x)
+        names = visualize.stages(model, info)
+        assert len(names) >= 2 and info[names[0]]["type"] == "Conv2d", arch
+        assert all(visualize.is_map(info[n]["shape"]) for n in names), arch
+        sizes = [info[n]["shape"][1] for n in names]
+        assert sizes == sorted(sizes, reverse=True), (arch, names)  # stages go down in resolution
+
+
+def test_grad_cam_leaves_the_forward_alone_even_before_an_inplace_relu():
+    torch.manual_seed(0)
+    model = build_model("vgg_a").eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    # features.18 is a conv whose output the next ReLU(inplace=True) overwrites
+    cam, up, probs, target = visualize.grad_cam(model, x, "features.18")
+    assert cam.shape == (2, 2) and up.shape == (32, 32)
+    assert torch.isfinite(up).all() and 0 <= up.min() and up.max() <= 1
+    assert target == int(ref.argmax()) and torch.allclose(probs, ref.softmax(1)[0], atol=1e-6)
+    # the same map by hand: cut the network at features.18 and differentiate the rest (no in-place ReLU there)
+    with torch.no_grad():
+        a = model.features[:19](x)
+    a.requires_grad_(True)
+    rest = torch.nn.Sequential(torch.nn.ReLU(), *list(model.features)[20:])
+    logits = model.classifier(torch.flatten(rest(a), 1))
+    g, = torch.autograd.grad(logits[0, target], a)
+    manual = torch.relu((g.mean((2, 3), keepdim=True) * a.detach()).sum(1))[0]
+    assert torch.allclose(cam, manual, atol=1e-5)
+
+
+def test_mixed_labels():
+    classes = ["airplane", "automobile", "bird"]
+    assert visualize.mixed_label(torch.tensor(2), classes) == "bird"
+    assert visualize.mixed_label(torch.tensor([0.0, 0.7, 0.3]), classes) == "automobile 0.70 + bird 0.30"
+    assert visualize.mixed_label(torch.tensor([1.0, 0.0, 0.0]), classes) == "airplane"
+
+
+# ----------------------------------------------------------------------------- each subcommand
+
+def test_features_default_layers_from_a_run(runs, capsys):
+    vis("features", runs[0], "--class", "cat")
+    written = re.findall(r"wrote (\S+)", capsys.readouterr().out)
+    assert len(written) == 2  # LeNet: after conv1 and conv2, as report 002 shows
+    assert re.fullmatch(r"features_lenet_\d+_conv1\.png", os.path.basename(written[0]))
+    assert re.fullmatch(r"features_lenet_\d+_conv2\.png", os.path.basename(written[1]))
+    for p in written:
+        assert os.path.dirname(p) == runs[0]
+        png(p, (600, 1200))
+
+
+def test_features_untrained_arch_chosen_layers(tmp_path, data_dir, capsys):
+    vis("features", "--arch", "resnet18", "--data", data_dir, "--index", 5, "--layers", "layer1.0.conv1", "layer3",
+        "--channels", 16, "--out", tmp_path)
+    assert capsys.readouterr().out.count("wrote ") == 2
+    png(tmp_path / "features_resnet18_5_layer1.0.conv1.png", (600, 1200))
+    png(tmp_path / "features_resnet18_5_layer3.png", (600, 1200))
+
+
+def test_filters(runs, tmp_path):
+    vis("filters", runs[0], "--out", tmp_path)
+    png(tmp_path / "filters_lenet.png", (850, 800))
+
+
+def test_curves_overlay_runs_named_in_the_legend(runs, tmp_path):
+    vis("curves", *runs, "--out", tmp_path)
+    png(tmp_path / "curves.png", (500, 1500))  # two runs + train/test styles: a two-row legend
+    labels = visualize.run_labels(runs)
+    assert labels == ["bs50 (batch_size=50)", "bs100 (batch_size=100)"]
+
+
+def test_errors(runs, tmp_path):
+    vis("errors", runs[0], "--count", 12, "--out", tmp_path)
+    png(tmp_path / "errors.png", (530, 1200))
+    png(tmp_path / "confusion_matrix.png", (720, 840))
+    png(tmp_path / "per_class.png", (500, 800))
+
+
+def test_augment_rows_and_sizes(runs, tmp_path, data_dir):
+    vis("augment", "--data", data_dir, "--count", 4, "--cutout", 8, "--out", tmp_path / "a")
+    png(tmp_path / "a" / "augment.png", (835, 660))   # original, crop/flip/jitter/cutout, CutMix, MixUp
+    vis("augment", runs[0], "--count", 4, "--out", tmp_path / "b")  # the run trained without mixing: two rows
+    png(tmp_path / "b" / "augment.png", (445, 660))
+
+
+def test_cam(runs, tmp_path):
+    vis("cam", runs[0], "--index", 0, 1, "--out", tmp_path)
+    png(tmp_path / "cam_lenet_0_1.png", (790, 990))
+
+
+def test_report_holds_every_run_and_embeds_decodable_images(runs, tmp_path):
+    vis("report", *runs, "--out", tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    md = (tmp_path / "report.md").read_text()
+    for run in runs:
+        s = json.load(open(os.path.join(run, "summary.json")))
+        name = os.path.basename(run)
+        for v in (s["best_test_acc"], s["final_test_acc"], s["best_test_acc"]):
+            assert f"{100 * v:.2f}%" in page and f"{100 * v:.2f}%" in md
+        assert f"{s['params']:,}" in page and f"Run {name}" in page
+        assert f"confusion_{name}.png" in md and os.path.exists(tmp_path / f"confusion_{name}.png")
+    assert "--batch-size" in page  # the comparison says what differs
+    blobs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(blobs) == 3  # curves and two confusion matrices
+    for b in blobs:
+        raw = base64.b64decode(b, validate=True)
+        assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+        assert mpimg.imread(io.BytesIO(raw), format="png").shape[0] > 100
+    assert "<script" not in page and "http" not in page.split("<body>")[1]  # self-contained
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="no chromium")
+def test_report_renders_in_headless_chromium(runs, tmp_path):
+    vis("report", runs[0], "--out", tmp_path)
+    shot = tmp_path / "shot.png"
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,1800",
+                    f"file://{tmp_path / 'report.html'}"],
+                   capture_output=True, timeout=120)
+    img = png(shot, (1800, 1200))
+    # the curves and confusion matrix rendered: many distinct colours, not just text on white
+    colours = np.unique((img[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert len(colours) > 500
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("argv, says", [
+    (["features", "{run}", "--layers", "conv9"], "unknown layer 'conv9' for lenet; valid names: conv1, conv2, pool"),
+    (["features", "{run}", "--layers", "fc1"], "layer 'fc1' of lenet outputs shape (120,), not feature maps"),
+    (["features", "{run}", "--class", "unicorn"], "unknown --class 'unicorn'; choose from: airplane, automobile"),
+    (["features", "{run}", "--index", "999999"], "--index 999999 is out of range: the test set has"),
+    (["cam", "{run}", "--class", "cat", "--index", "0", "99999"], "--index 99999 is out of range: the test set has"),
+    (["cam", "{run}", "--target", "unicorn"], "unknown --target 'unicorn'"),
+    (["features", "{tmp}/nothing"], "checkpoint {tmp}/nothing does not exist"),
+    (["features", "{run}", "--arch", "lenet"], "give a run folder or checkpoint, or --arch, not both"),
+    (["features"], "give a run folder or checkpoint, or an untrained network with --arch"),
+    (["filters", "--arch", "resnet7"], "unknown --arch 'resnet7'; choose from: lenet"),
+    (["curves", "{run}", "{tmp}/nothing"], "{tmp}/nothing: no such run folder"),
+    (["curves", "{tmp}"], "{tmp} has no metrics.jsonl or metrics.csv"),
+    (["errors", "{tmp}/nothing"], "checkpoint {tmp}/nothing does not exist"),
+    (["report", "{run}", "{tmp}/nothing"], "{tmp}/nothing: no such run folder"),
+    (["augment", "{tmp}"], "{tmp}: no config.json"),
+    (["features", "{run}", "--data", "{tmp}/nowhere"], "CIFAR-10 in {tmp}/nowhere/cifar-10-batches-py: folder not"),
+    (["errors", "--arch", "lenet"], "unrecognized arguments: --arch"),
+    (["errors", "{run}", "--subset", "0"], "--count and --subset must be positive"),
+    (["sketch"], "argument COMMAND: invalid choice: 'sketch'"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys, argv, says):
+    argv = [a.replace("{run}", runs[0]).replace("{tmp}", str(tmp_path)) for a in argv]
+    before = set(os.listdir(runs[0]))
+    err = refused(capsys, *argv, *(["--out", str(tmp_path / "out")] if argv[0] not in ("sketch", "layers") else []))
+    assert says.replace("{tmp}", str(tmp_path)) in err
+    assert not (tmp_path / "out").exists() and set(os.listdir(runs[0])) == before
+
+
+def test_as_a_script(runs, tmp_path):
+    from conftest import run_script
+    r = run_script("visualize.py", "filters", runs[1], "--out", tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == f"wrote {tmp_path / 'filters_lenet.png'}", r.stderr
+    r = run_script("visualize.py", "cam", runs[1], "--layer", "fc1")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not feature maps" in r.stderr, r.stderr

@@ -1,0 +1,1028 @@
+"""See what the network sees, and how training went: PNG figures (matplotlib, Agg) and a report, for any network
+of models.py and any run folder of train.py.
+
+    python visualize.py features runs/resnet18-...  --class cat     # feature maps after the first conv and every stage
+    python visualize.py features --arch vgg_a --index 7 --layers features.0 features.4   # untrained network
+    python visualize.py filters runs/...                            # the first conv's kernels as RGB tiles
+    python visualize.py curves runs/bs128 runs/bs1024               # loss, accuracy, lr against epoch, runs overlaid
+    python visualize.py errors runs/...                             # mistakes, confusion matrix, per-class bars
+    python visualize.py augment --cutout 8                          # a batch after crop/flip/jitter, CutMix, MixUp
+    python visualize.py cam runs/... --index 3 12 40                # Grad-CAM of the predicted class
+    python visualize.py report runs/a runs/b                        # report.md and a self-contained report.html
+    python visualize.py layers --arch resnet18                      # module names and output shapes, for --layers
+
+Figures go to --out: by default the run folder for a subcommand given one run, else figures/. Existing figures are
+overwritten; every path written is printed. Everything works through forward hooks on named modules, so no network
+needs code of its own here.
+"""
+import argparse
+import base64
+import datetime
+import functools
+import html
+import json
+import math
+import os
+import re
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import data
+from evaluate import confusion, per_class, plot_confusion
+from models import ARCHS, build_model
+from train import OneLineParser, eval_weights, evaluate, load_checkpoint, pick_device, resolve_amp, write_text
+from train import get_parser as train_parser
+
+DPI = 100
+# figure sizes in inches; at DPI these give the pixel sizes the tests check
+FEATURES_SIZE = (12, 6)
+FILTERS_SIZE = (8, 8.5)
+PER_CLASS_SIZE = (8, 5)
+# image grids, in inches: (cell, (gap across, gap down), (left, right, top, bottom) margins)
+ERR_COLS, ERR_GRID = 6, (1.8, (0.2, 0.6), (0.1, 0.1, 1.0, 0.1))
+AUG_GRID = (1.4, (0.1, 0.55), (0.6, 0.1, 0.6, 0.5))
+CAM_GRID = (3.0, (0.3, 0.75), (0.15, 0.15, 1.0, 0.15))
+CURVES_W, CURVES_H, LEGEND_ROW = 15, 4.4, 0.3
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save(fig, path):
+    """Save at DPI with the figure's own size (no tight bbox: the pixel size is known in advance); print the path."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    _plt().close(fig)
+    print(f"wrote {path}")
+    return path
+
+
+def image_grid(rows, cols, layout, title):
+    """rows x cols square image axes laid out in inches (see *_GRID), so titles above and labels below each image get
+    the room they need whatever the grid's size; the title on top. Returns (fig, 2-D array of axes)."""
+    cell, (gw, gh), (left, right, top, bottom) = layout
+    w = left + cols * cell + (cols - 1) * gw + right
+    h = top + rows * cell + (rows - 1) * gh + bottom
+    fig, axes = _plt().subplots(rows, cols, figsize=(w, h), squeeze=False)
+    fig.subplots_adjust(left=left / w, right=1 - right / w, top=1 - top / h, bottom=bottom / h,
+                        wspace=gw / cell, hspace=gh / cell)
+    fig.suptitle(title, fontsize=12, y=1 - 0.12 / h, va="top")
+    return fig, axes
+
+
+# ----------------------------------------------------------------------------- hooks
+
+def is_map(shape):
+    """A (C, H, W) output with more than one pixel: a feature map (not a vector, not a globally pooled 1x1)."""
+    return shape is not None and len(shape) == 3 and shape[1] * shape[2] > 1
+
+
+def trace(model, x, keep=()):
+    """Run model(x) once (eval mode, no grad) with a forward hook on every submodule.
+
+    Returns {name: {"shape", "in", "calls", "type"[, "out"]}} ordered by when each module finished (a container
+    after its children; a module called several times, like LeNet's pool, at its last call): output and input
+    shape without the batch dimension, number of calls, and for names in `keep` the output of the last call
+    (cloned, so later in-place ops such as ReLU(inplace=True) do not change it).
+    """
+    info, handles = {}, []
+
+    def hook(name):
+        def fn(module, inputs, out):
+            rec = info.pop(name, {"calls": 0, "type": type(module).__name__})
+            rec["calls"] += 1
+            rec["shape"] = tuple(out.shape[1:]) if torch.is_tensor(out) else None
+            rec["in"] = tuple(inputs[0].shape[1:]) if inputs and torch.is_tensor(inputs[0]) else None
+            if name in keep and torch.is_tensor(out):
+                rec["out"] = out.detach().float().clone()
+            info[name] = rec
+        return fn
+
+    for name, m in model.named_modules():
+        if name:
+            handles.append(m.register_forward_hook(hook(name)))
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return info
+
+
+def stages(model, info=None, image_size=32):
+    """Default --layers: the first conv, then the end of every stage; the last name is Grad-CAM's layer.
+
+    One rule for every network, from a traced forward pass: along the top-level modules (opening a container inside
+    which the resolution changes more than once, like VGG's `features`), the last one before each change of spatial
+    size, with the last module that still has a spatial output ending the last stage. Modules called more than once
+    (LeNet's pool, a block's shared ReLU) are skipped. This finds ResNet's layer1-4, ResCNN's stem and layers, VGG's
+    ReLU before each max-pool and LeNet's conv1/conv2 with no list to keep up to date.
+    """
+    if info is None:
+        info = trace(model, torch.zeros(1, 3, image_size, image_size))
+    order = {n: i for i, n in enumerate(info)}
+
+    def sizes_inside(name):
+        inner = {r["shape"][1:] for n, r in info.items() if n.startswith(name + ".") and is_map(r["shape"])}
+        if is_map(info[name]["in"]):
+            inner.add(info[name]["in"][1:])
+        return inner
+
+    def spine(module, prefix):
+        for child_name, child in module.named_children():
+            name = prefix + child_name
+            if name not in info:  # defined but never called
+                continue
+            if len(sizes_inside(name)) > 2 and next(child.children(), None) is not None:
+                yield from spine(child, name + ".")
+            else:
+                yield name
+
+    once = [n for n, r in info.items() if r["calls"] == 1 and is_map(r["shape"])]
+    if not once:
+        return []
+    cands = sorted(set(spine(model, "")) & set(once) | {once[-1]}, key=order.get)
+    cands = cands[:cands.index(once[-1]) + 1]
+    ends = [n for i, n in enumerate(cands)
+            if i + 1 == len(cands) or info[cands[i + 1]]["shape"][1:] != info[n]["shape"][1:]]
+    convs = [n for n, r in info.items() if r["type"] == "Conv2d"]
+    first = [convs[0]] if convs and convs[0] not in ends else []
+    return first + ends
+
+
+def grad_cam(model, x, layer, target=None):
+    """Grad-CAM (Selvaraju et al. 2017) of module `layer` for one image x (1,3,H,W).
+
+    The channel weights are the spatial means of d(logit of target)/d(activation); the map is the ReLU of the
+    weighted sum of the activation's channels. Returns (map at the layer's resolution, map upsampled bilinearly
+    to H x W and scaled to [0, 1], probabilities, target)."""
+    module = dict(model.named_modules())[layer]
+    saved = {}
+
+    def hook(m, inputs, out):
+        saved["a"] = out
+        return out.clone()  # what runs downstream (in-place ReLUs included) works on a copy, saved["a"] stays intact
+
+    handle = module.register_forward_hook(hook)
+    was_training = model.training
+    try:
+        with torch.enable_grad():
+            logits = model.eval()(x)
+            target = int(logits.argmax(1)) if target is None else target
+            grad, = torch.autograd.grad(logits[0, target], saved["a"])
+    finally:
+        handle.remove()
+        model.train(was_training)
+    a = saved["a"].detach()
+    cam = F.relu((grad.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True))
+    up = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    up = up / up.max() if up.max() > 0 else up
+    return cam[0, 0], up, logits.detach().float().softmax(1)[0], target
+
+
+# ----------------------------------------------------------------------------- inputs
+
+class Src:
+    """What a subcommand looks at: a trained checkpoint or an untrained network, with its data and display stats."""
+
+    def __init__(self, model, arch, classes, mean, std, root, out, name, ckpt=None):
+        self.model, self.arch, self.classes, self.mean, self.std = model, arch, classes, mean, std
+        self.root, self.out, self.name, self.ckpt = root, out, name, ckpt
+
+    @property
+    def trained(self):
+        return self.ckpt is not None
+
+
+@functools.lru_cache(maxsize=2)
+def _cifar(root):
+    return data.load_cifar10(root)
+
+
+def load_data(ap, root):
+    """load_cifar10 (cached: read once per process), a DataError becoming a one-line exit 2."""
+    try:
+        return _cifar(os.path.abspath(os.path.expanduser(root)))
+    except data.DataError as e:
+        ap.error(str(e))
+
+
+def run_folder(path):
+    return path if os.path.isdir(path) else (os.path.dirname(path) or ".")
+
+
+def run_name(path):
+    return os.path.basename(os.path.normpath(path)) or path
+
+
+def open_source(ap, args, need_data=True):
+    """The checkpoint named by args.source (a run folder or .pt), or an untrained --arch (seeded)."""
+    arch = getattr(args, "arch", None)
+    if args.source and arch:
+        ap.error("give a run folder or checkpoint, or --arch, not both")
+    if args.source:
+        try:
+            ckpt = load_checkpoint(args.source)
+        except ValueError as e:
+            ap.error(str(e))
+        targs = ckpt["args"]
+        root = getattr(args, "data", None) or targs.get("data", "./data")
+        classes = ckpt.get("classes") or (load_data(ap, root)["classes"] if need_data else [str(i) for i in range(10)])
+        model = build_model(targs["arch"], num_classes=len(classes))
+        model.load_state_dict(eval_weights(ckpt))
+        folder = run_folder(args.source)
+        return Src(model.eval(), targs["arch"], classes, ckpt["mean"], ckpt["std"], root,
+                   getattr(args, "out", None) or folder, run_name(folder), ckpt)
+    if not arch:
+        ap.error(f"give a run folder or checkpoint, or an untrained network with --arch ({', '.join(ARCHS)})")
+    if arch not in ARCHS:
+        ap.error(f"unknown --arch {arch!r}; choose from: {', '.join(ARCHS)}")
+    torch.manual_seed(args.seed)
+    model = build_model(arch).eval()
+    root = getattr(args, "data", None) or "./data"
+    classes, mean, std = [str(i) for i in range(10)], [0.5] * 3, [0.25] * 3
+    if need_data:
+        d = load_data(ap, root)
+        mean, std = (t.tolist() for t in data.channel_stats(d["train"][0]))
+        classes = d["classes"]
+    return Src(model, arch, classes, mean, std, root, getattr(args, "out", None) or "figures", f"{arch}-untrained")
+
+
+def pick_indices(ap, args, labels, classes):
+    """Test-set indices from --index (one or several) and --class NAME (then --index counts within that class)."""
+    idx = args.index if isinstance(args.index, list) else [args.index]
+    pool = torch.arange(len(labels))
+    where = f"the test set has {len(labels)} images"
+    if args.cls is not None:
+        if args.cls not in classes:
+            ap.error(f"unknown --class {args.cls!r}; choose from: {', '.join(classes)}")
+        pool = (labels == classes.index(args.cls)).nonzero().flatten()
+        where = f"the test set has {len(pool)} {args.cls} images"
+    for i in idx:
+        if not 0 <= i < len(pool):
+            ap.error(f"--index {i} is out of range: {where}")
+    return [int(pool[i]) for i in idx]
+
+
+def to_rgb(x, mean, std):
+    """Normalised (..., 3, H, W) -> displayable float (..., H, W, 3) in [0, 1]."""
+    m = torch.as_tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (x.detach().float().cpu() * s + m).clamp(0, 1).movedim(-3, -1).numpy()
+
+
+def normalise(x_uint8, mean, std):
+    m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return (x_uint8.float() / 255 - m) / s
+
+
+def mosaic(tiles, ncols, pad=1):
+    """(N, h, w[, c]) -> one (rows*(h+pad)-pad, cols*(w+pad)-pad[, c]) array, the gaps NaN (shown blank)."""
+    n, h, w = tiles.shape[:3]
+    rows = -(-n // ncols)
+    out = np.full((rows * (h + pad) - pad, ncols * (w + pad) - pad, *tiles.shape[3:]), np.nan, dtype=np.float32)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, ncols)
+        out[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = t
+    return out
+
+
+def scale01(t):
+    """Each tile (first dim) min-max scaled to [0, 1] on its own; a constant tile becomes 0."""
+    flat = t.reshape(len(t), -1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - lo) / (hi - lo).clamp(min=1e-12)).reshape(t.shape)
+
+
+def pct(v):
+    return "–" if v is None else f"{100 * v:.2f}%"
+
+
+# ----------------------------------------------------------------------------- features, filters, layers
+
+def valid_layers(ap, src, info, wanted):
+    """Refuse (exit 2, one line listing the valid names) a name that is no module, or a module without feature maps."""
+    maps = [n for n, r in info.items() if is_map(r["shape"])]
+    for name in wanted:
+        if name not in info:
+            ap.error(f"unknown layer {name!r} for {src.arch}; valid names: {', '.join(maps)}")
+        if not is_map(info[name]["shape"]):
+            ap.error(f"layer {name!r} of {src.arch} outputs shape {info[name]['shape']}, not feature maps; "
+                     f"choose from: {', '.join(maps)}")
+
+
+def cmd_features(ap, args):
+    src = open_source(ap, args)
+    d = load_data(ap, src.root)
+    x_test, y_test = d["test"]
+    i = pick_indices(ap, args, y_test, src.classes)[0]
+    x = normalise(x_test[i:i + 1], src.mean, src.std)
+    info = trace(src.model, x)
+    layers = args.layers or stages(src.model, info)
+    valid_layers(ap, src, info, layers)
+    if args.channels <= 0:
+        ap.error(f"--channels must be positive, got {args.channels}")
+    info = trace(src.model, x, keep=set(layers))
+    true = src.classes[int(y_test[i])]
+    caption = f"test #{i}: {true}"
+    if src.trained:
+        with torch.no_grad():
+            probs = src.model(x).float().softmax(1)[0]
+        caption += f"\npredicted {src.classes[int(probs.argmax())]} ({100 * float(probs.max()):.0f}%)"
+    plt = _plt()
+    paths = []
+    for layer in layers:
+        rec = info[layer]
+        fmap = rec["out"][0]
+        c, h, w = fmap.shape
+        k = min(args.channels, c)
+        order = fmap.mean((1, 2)).argsort(descending=True)[:k]  # strongest first
+        tiles = scale01(fmap[order]).numpy()
+        grid = mosaic(tiles, math.ceil(math.sqrt(k)))
+        fig = plt.figure(figsize=FEATURES_SIZE)
+        gs = fig.add_gridspec(1, 2, width_ratios=[1, 2.6], left=0.03, right=0.98, bottom=0.04, top=0.84, wspace=0.08)
+        ax = fig.add_subplot(gs[0])
+        ax.imshow(to_rgb(x[0], src.mean, src.std), interpolation="nearest")
+        ax.set_title(caption, fontsize=11)
+        ax.axis("off")
+        ax = fig.add_subplot(gs[1])
+        ax.imshow(grid, cmap=plt.get_cmap("viridis").with_extremes(bad="white"), vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.axis("off")
+        shown = f"all {c} channels" if k == c else f"the {k} strongest of {c} channels"
+        calls = f", last of {rec['calls']} calls" if rec["calls"] > 1 else ""
+        fig.suptitle(f"{src.arch}{'' if src.trained else ' (untrained)'} · {layer} ({rec['type']}{calls}) → "
+                     f"{c}×{h}×{w}", fontsize=14, y=0.975)
+        fig.text(0.5, 0.895, f"{shown} by mean activation, each scaled to its own range (dark = low, yellow = high)",
+                 ha="center", fontsize=10, color="0.3")
+        paths.append(save(fig, os.path.join(src.out, f"features_{src.arch}_{i}_{layer}.png")))
+    return paths
+
+
+def first_conv(model):
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return name, m
+    return None, None
+
+
+def cmd_filters(ap, args):
+    src = open_source(ap, args, need_data=False)
+    name, conv = first_conv(src.model)
+    if conv is None:
+        ap.error(f"{src.arch} has no Conv2d layer")
+    w = conv.weight.detach().float()
+    o, cin, kh, kw = w.shape
+    tiles = scale01(w).permute(0, 2, 3, 1).numpy() if cin == 3 else scale01(w.mean(1)).numpy()
+    ncols = math.ceil(math.sqrt(o))
+    plt = _plt()
+    fig = plt.figure(figsize=FILTERS_SIZE)
+    ax = fig.add_axes((0.04, 0.03, 0.92, 0.84))
+    grid = mosaic(tiles, ncols)
+    ax.imshow(np.nan_to_num(grid, nan=1.0), cmap=None if cin == 3 else "gray", interpolation="nearest")
+    ax.axis("off")
+    fig.suptitle(f"{src.arch}{'' if src.trained else ' (untrained)'} · {name}: {o} kernels of {cin}×{kh}×{kw}",
+                 fontsize=14, y=0.975)
+    fig.text(0.5, 0.905, ("as RGB" if cin == 3 else "mean over input channels, gray")
+             + ", each kernel scaled to its own range", ha="center", fontsize=10, color="0.3")
+    return [save(fig, os.path.join(src.out, f"filters_{src.arch}.png"))]
+
+
+def cmd_layers(ap, args):
+    src = open_source(ap, args, need_data=False)
+    info = trace(src.model, torch.zeros(1, 3, 32, 32))
+    default = stages(src.model, info)
+    width = max(len(n) for n in info)
+    print(f"{src.arch}: modules in the order they finish a forward pass; * = default --layers, "
+          f"last * = Grad-CAM's layer")
+    for n, r in info.items():
+        shape = "×".join(map(str, r["shape"])) if r["shape"] is not None else "-"
+        print(f"{'*' if n in default else ' '} {n:<{width}}  {r['type']:<18} {shape}"
+              + (f"  ({r['calls']} calls)" if r["calls"] > 1 else ""))
+    return []
+
+
+# ----------------------------------------------------------------------------- curves
+
+SKIP_IN_LABEL = {"out", "data", "resume", "download", "no_progress", "force"}
+
+
+def read_metrics(ap, run):
+    if not os.path.isdir(run):
+        ap.error(f"{run}: no such run folder")
+    path = os.path.join(run, "metrics.jsonl")
+    if os.path.exists(path):
+        with open(path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    elif os.path.exists(os.path.join(run, "metrics.csv")):
+        import csv
+        with open(os.path.join(run, "metrics.csv")) as f:
+            rows = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+    else:
+        ap.error(f"{run} has no metrics.jsonl or metrics.csv (not a train.py run folder, or no epoch finished)")
+    if not rows:
+        ap.error(f"{run}: no epoch finished yet")
+    return rows
+
+
+def read_json(run, name):
+    try:
+        with open(os.path.join(run, name)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def run_names(runs):
+    """Folder names, with the parent folder where two runs share one."""
+    names = [run_name(r) for r in runs]
+    if len(set(names)) < len(names):
+        names = [os.path.join(os.path.basename(os.path.dirname(os.path.normpath(r))), n) for r, n in zip(runs, names)]
+    return names
+
+
+def differing_args(runs):
+    """(each run's train.py flags from config.json, the names of the flags in which the runs differ)."""
+    cfgs = [(read_json(r, "config.json") or {}).get("args", {}) for r in runs]
+    keys = sorted({k for c in cfgs for k in c} - SKIP_IN_LABEL)
+    return cfgs, [k for k in keys if len({json.dumps(c.get(k)) for c in cfgs}) > 1]
+
+
+def run_labels(runs):
+    """Each run's name plus the training flags in which the runs differ: 'bs128 (batch_size=128)'."""
+    names = run_names(runs)
+    cfgs, diff = differing_args(runs)
+    out = []
+    for n, c in zip(names, cfgs):
+        extra = ", ".join(f"{k}={c.get(k)}" for k in diff[:4])
+        out.append(f"{n} ({extra})" if extra else n)
+    return out
+
+
+def eval_split(rows):
+    return "val" if any("val_acc" in r for r in rows) else "test"
+
+
+def plot_curves(ap, runs, path, title=None):
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+    plt = _plt()
+    labels = run_labels(runs)
+    metrics = [read_metrics(ap, r) for r in runs]
+    n_legend = len(runs) + 2
+    ncol = min(n_legend, 3)
+    legend_rows = -(-n_legend // ncol)
+    height = CURVES_H + LEGEND_ROW * legend_rows
+    fig, axes = plt.subplots(1, 3, figsize=(CURVES_W, height))
+    colours = plt.get_cmap("tab10").colors
+    splits = set()
+    for k, (rows, label) in enumerate(zip(metrics, labels)):
+        col = colours[k % 10]
+        split = eval_split(rows)
+        splits.add(split)
+        ep = [r["epoch"] for r in rows]
+        mark = dict(marker="o", markersize=3) if len(rows) <= 30 else {}
+        for ax, key in ((axes[0], "loss"), (axes[1], "acc")):
+            ax.plot(ep, [r.get(f"train_{key}") for r in rows], color=col, ls="-", **mark)
+            ax.plot(ep, [r.get(f"{split}_{key}") for r in rows], color=col, ls="--", **mark)
+        axes[2].plot(ep, [r.get("lr") for r in rows], color=col, **mark)
+    split = "/".join(sorted(splits))
+    for ax, what in zip(axes, ("loss", "accuracy", "learning rate (at the end of the epoch)")):
+        ax.set_xlabel("epoch")
+        ax.set_title(what)
+        ax.grid(alpha=0.3)
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[1].yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{100 * v:.0f}%"))
+    handles = [Line2D([], [], color=colours[k % 10], lw=3) for k in range(len(runs))]
+    handles += [Line2D([], [], color="k", ls="-"), Line2D([], [], color="k", ls="--")]
+    fig.legend(handles, labels + ["train", split], loc="lower center", ncol=ncol, fontsize=10, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=14)
+    bottom = (LEGEND_ROW * legend_rows + 0.65) / height
+    fig.subplots_adjust(left=0.05, right=0.985, top=1 - (0.75 if title else 0.45) / height, bottom=bottom,
+                        wspace=0.22)
+    return save(fig, path)
+
+
+def cmd_curves(ap, args):
+    for r in args.runs:
+        read_metrics(ap, r)  # refuse bad folders before drawing anything
+    out = args.out or (args.runs[0] if len(args.runs) == 1 else "figures")
+    title = run_labels(args.runs)[0] if len(args.runs) == 1 else f"{len(args.runs)} runs"
+    return [plot_curves(ap, args.runs, os.path.join(out, "curves.png"), title)]
+
+
+# ----------------------------------------------------------------------------- errors
+
+def predict_test_set(ap, src, subset=None, batch_size=500):
+    """Probabilities (N, classes) of the checkpoint on the test set (the run's own --subset unless given), computed
+    as train.py evaluated (same autocast), so the accuracy matches summary.json. Returns (x uint8, y, probs, acc)."""
+    d = load_data(ap, src.root)
+    x, y = d["test"]
+    subset = subset if subset is not None else src.ckpt["args"].get("subset")
+    if subset:
+        x, y = x[:subset], y[:subset]
+    device = pick_device(lambda m: None)
+    amp = resolve_amp(src.ckpt["args"].get("amp", "off"), device, lambda m: None)
+    loader = data.Loader(x, y, batch_size, device=device, mean=torch.tensor(src.mean), std=torch.tensor(src.std))
+    res = evaluate(src.model.to(device), loader, device, amp, return_outputs=True)
+    src.model.cpu()
+    return x, y, res["logits"].float().softmax(1).cpu(), res["acc"]
+
+
+def cmd_errors(ap, args):
+    if args.count <= 0 or (args.subset is not None and args.subset <= 0):
+        ap.error(f"--count and --subset must be positive, got {args.count} and {args.subset}")
+    src = open_source(ap, args)
+    x, y, probs, acc = predict_test_set(ap, src, args.subset)
+    conf, pred = probs.max(1)
+    wrong = (pred != y).nonzero().flatten()
+    wrong = wrong[conf[wrong].argsort(descending=True)][:args.count]  # most confident mistakes first
+    n_wrong = int((pred != y).sum())
+    fig, axes = image_grid(-(-args.count // ERR_COLS), ERR_COLS, ERR_GRID,
+                           f"{src.name} ({src.arch}): {n_wrong} of {len(y)} test images misclassified "
+                           f"(accuracy {pct(acc)});\nthe {len(wrong)} most confident mistakes")
+    imgs = to_rgb(normalise(x[wrong], src.mean, src.std), src.mean, src.std)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < len(wrong):
+            i = int(wrong[k])
+            ax.imshow(imgs[k], interpolation="nearest")
+            ax.set_title(f"#{i} true: {src.classes[int(y[i])]}\npredicted: {src.classes[int(pred[i])]} "
+                         f"{100 * float(conf[i]):.0f}%", fontsize=9, color="firebrick")
+    paths = [save(fig, os.path.join(src.out, "errors.png"))]
+    n = len(src.classes)
+    paths.append(os.path.join(src.out, "confusion_matrix.png"))
+    plot_confusion(confusion(pred, y, n), src.classes, paths[-1], f"{src.name}: test accuracy {pct(acc)}")
+    print(f"wrote {paths[-1]}")
+    paths.append(plot_per_class(per_class(pred, y, n), src.classes, acc, os.path.join(src.out, "per_class.png"),
+                                f"{src.name}: per-class test accuracy"))
+    return paths
+
+
+def plot_per_class(accs, classes, overall, path, title):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=PER_CLASS_SIZE)
+    ypos = np.arange(len(classes))[::-1]
+    bars = ax.barh(ypos, accs, color=["firebrick" if a < overall else "steelblue" for a in accs])
+    ax.axvline(overall, color="k", ls="--", lw=1, label=f"overall {pct(overall)}")
+    for b, a in zip(bars, accs):
+        ax.text(min(a, 1) + 0.01, b.get_y() + b.get_height() / 2, f"{100 * a:.1f}%", va="center", fontsize=9,
+                bbox=dict(facecolor="white", edgecolor="none", pad=0.5), zorder=3)
+    ax.set_yticks(ypos, classes)
+    ax.set_xlim(0, 1.12)
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{100 * v:.0f}%"))
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+# ----------------------------------------------------------------------------- augment
+
+def wrap(text, width):
+    """Break ' + '-joined text into lines of about `width` characters."""
+    lines = [""]
+    for part in text.split(" + "):
+        if lines[-1] and len(lines[-1]) + len(part) + 3 > width:
+            lines.append("+ " + part)
+        else:
+            lines[-1] += (" + " if lines[-1] else "") + part
+    return "\n".join(lines)
+
+
+def mixed_label(t, classes):
+    """A label or soft target -> 'cat 0.62 + ship 0.38' (the two largest shares; one class: its name)."""
+    if t.ndim == 0:
+        return classes[int(t)]
+    top = t.argsort(descending=True)[:2]
+    parts = [(classes[int(j)], float(t[j])) for j in top if t[j] > 0.005]
+    if len(parts) == 1:
+        return parts[0][0]
+    return " + ".join(f"{c} {v:.2f}" for c, v in parts)
+
+
+def cmd_augment(ap, args):
+    """Rows: the original images, then crop/flip/jitter/cutout, then that plus CutMix, plus MixUp (as --mix asks),
+    all from one Loader draw (same seed and epoch), so every row holds the same images in the same order."""
+    if args.count <= 1:
+        ap.error(f"--count must be at least 2 (mixing pairs images of the batch), got {args.count}")
+    if not 0 <= args.crop_pad < 32 or args.cutout < 0 or args.jitter < 0 or args.mix_alpha <= 0:
+        ap.error("need 0 <= --crop-pad < 32, --cutout >= 0, --jitter >= 0 and --mix-alpha > 0")
+    d = load_data(ap, args.data or "./data")
+    x, y = d["train"]
+    cfg = read_json(args.run, "config.json") if args.run else None
+    if cfg and cfg.get("data", {}).get("mean"):  # the run's own normalisation
+        mean, std = cfg["data"]["mean"], cfg["data"]["std"]
+    else:
+        mean, std = (t.tolist() for t in data.channel_stats(x))
+    g = torch.Generator().manual_seed(args.seed)
+    pick = torch.randperm(len(y), generator=g)[:args.count]
+    xs, ys = x[pick], y[pick]
+
+    def batch(**kw):
+        loader = data.Loader(xs, ys, args.count, mean=mean, std=std, train=True, seed=args.seed, **kw)
+        return next(iter(loader))
+
+    aug = dict(crop=args.crop_pad, pad_mode=args.pad_mode, flip=not args.no_flip, jitter=args.jitter,
+               cutout=args.cutout, mix_alpha=args.mix_alpha)
+    what = [f"crop pad {args.crop_pad}" if args.crop_pad else None, None if args.no_flip else "flip",
+            f"jitter {args.jitter:g}" if args.jitter else None, f"cutout {args.cutout}" if args.cutout else None]
+    rows = [("original", batch(crop=0, flip=False)),
+            (" + ".join(w for w in what if w) or "no augmentation", batch(**aug))]
+    if args.mix in ("cutmix", "both"):
+        rows.append((f"+ CutMix (α={args.mix_alpha:g})", batch(mix="cutmix", **aug)))
+    if args.mix in ("mixup", "both"):
+        rows.append((f"+ MixUp (α={args.mix_alpha:g})", batch(mix="mixup", **aug)))
+    n = args.count
+    src = f"the data flags of {run_name(args.run)}" if args.run else "these flags"
+    fig, axes = image_grid(len(rows), n, AUG_GRID,
+                           f"One training batch as the network sees it ({src}; seed {args.seed})")
+    for r, (title, (bx, by)) in enumerate(rows):
+        imgs = to_rgb(bx, mean, std)
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(imgs[c], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(mixed_label(by[c], d["classes"]).replace(" + ", "\n+ "), fontsize=8, linespacing=1.0)
+        axes[r, 0].set_ylabel(wrap(title, 24), fontsize=9)
+    out = args.out or (args.run if args.run else "figures")
+    return [save(fig, os.path.join(out, "augment.png"))]
+
+
+# ----------------------------------------------------------------------------- Grad-CAM
+
+def cmd_cam(ap, args):
+    src = open_source(ap, args)
+    d = load_data(ap, src.root)
+    x_test, y_test = d["test"]
+    idx = pick_indices(ap, args, y_test, src.classes)
+    info = trace(src.model, torch.zeros(1, 3, 32, 32))
+    layer = args.layer
+    if layer is None:
+        ends = stages(src.model, info)
+        if not ends:
+            ap.error(f"{src.arch} has no module with a spatial output for Grad-CAM")
+        layer = ends[-1]
+    valid_layers(ap, src, info, [layer])
+    target = None
+    if args.target is not None:
+        if args.target not in src.classes:
+            ap.error(f"unknown --target {args.target!r}; choose from: {', '.join(src.classes)}")
+        target = src.classes.index(args.target)
+    kind = "" if src.trained else " (untrained)"
+    fig, axes = image_grid(len(idx), 3, CAM_GRID, f"Grad-CAM · {src.arch}{kind} · "
+                           f"{'predicted class' if target is None else args.target}")
+    for row, i in zip(axes, idx):
+        x = normalise(x_test[i:i + 1], src.mean, src.std)
+        cam, up, probs, t = grad_cam(src.model, x, layer, target)
+        img = to_rgb(x[0], src.mean, src.std)
+        pred = int(probs.argmax())
+        row[0].imshow(img, interpolation="nearest")
+        row[0].set_title(f"test #{i}: {src.classes[int(y_test[i])]}\npredicted {src.classes[pred]} "
+                         f"({100 * float(probs[pred]):.0f}%)", fontsize=10,
+                         color="black" if pred == int(y_test[i]) else "firebrick")
+        row[1].imshow(cam.numpy(), cmap="jet", interpolation="nearest")
+        row[1].set_title(f"{layer}: {cam.shape[0]}×{cam.shape[1]} map\nfor {src.classes[t]} "
+                         f"({100 * float(probs[t]):.0f}%)", fontsize=10)
+        row[2].imshow(img, interpolation="nearest")
+        row[2].imshow(up.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
+        row[2].set_title(f"upsampled {up.shape[0]}×{up.shape[1]}, overlaid", fontsize=10)
+        for ax in row:
+            ax.axis("off")
+    name = f"cam_{src.arch}_{'_'.join(map(str, idx[:8]))}{'_etc' if len(idx) > 8 else ''}.png"
+    return [save(fig, os.path.join(src.out, name))]
+
+
+# ----------------------------------------------------------------------------- report
+
+def fmt_time(s):
+    if s is None:
+        return "–"
+    s = float(s)
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.2f} h"
+
+
+def run_results(ap, run):
+    """Numbers of one run: from summary.json, or (an unfinished run) from metrics.jsonl and config.json."""
+    rows = read_metrics(ap, run)
+    cfg = read_json(run, "config.json") or {}
+    summary = read_json(run, "summary.json")
+    split = (summary or {}).get("select_split") or eval_split(rows)
+    best_row = max(rows, key=lambda r: r.get(f"{split}_acc", -1))
+    s = summary or {}
+    args = cfg.get("args", {})
+    return {
+        "arch": s.get("arch") or args.get("arch"), "split": split,
+        "epochs": f"{rows[-1]['epoch']}/{s.get('epochs') or args.get('epochs')}",
+        "best_epoch": s.get("best_epoch") or best_row["epoch"],
+        "best_select": s.get(f"best_{split}_acc", best_row.get(f"{split}_acc")),
+        "best_test": s.get("best_test_acc"), "final_test": s.get("final_test_acc", rows[-1].get("test_acc")),
+        "time": s.get("total_time_s") or sum(r.get("epoch_time", 0) + r.get("eval_time", 0) for r in rows),
+        "epoch_time": s.get("epoch_time_s") or rows[-1].get("epoch_time"),
+        "images_per_s": s.get("images_per_s") or rows[-1].get("images_per_s"),
+        "params": s.get("params") or cfg.get("params"), "flops": s.get("flops") or cfg.get("flops"),
+        "device": s.get("device") or cfg.get("device"), "finished": summary is not None,
+    }
+
+
+RESULT_COLUMNS = ["run", "arch", "epochs", "picked on", "best epoch", "best acc (picked on)",
+                  "test acc (best)", "test acc (final)", "time", "s/epoch", "train img/s", "params", "MFLOPs"]
+
+
+def result_row(name, r):
+    return [name + ("" if r["finished"] else " (unfinished)"), r["arch"], r["epochs"], r["split"], str(r["best_epoch"]),
+            pct(r["best_select"]), pct(r["best_test"]), pct(r["final_test"]), fmt_time(r["time"]),
+            "–" if r["epoch_time"] is None else f"{r['epoch_time']:.1f}",
+            "–" if r["images_per_s"] is None else f"{r['images_per_s']:,.0f}",
+            "–" if r["params"] is None else f"{r['params']:,}",
+            "–" if r["flops"] is None else f"{r['flops'] / 1e6:,.1f}"]
+
+
+KEY_ARGS = ["arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "wd"]
+
+
+def config_rows(cfg):
+    """The settings worth reading: the key ones, then every flag that differs from train.py's default."""
+    args = cfg.get("args", {})
+    defaults = vars(train_parser().parse_args([]))
+    keys = KEY_ARGS + [k for k in args if k not in KEY_ARGS and k not in SKIP_IN_LABEL and k in defaults
+                       and args[k] != defaults[k]]
+    rows = [[f"--{k.replace('_', '-')}", json.dumps(args[k]) if not isinstance(args[k], str) else args[k]]
+            for k in keys if k in args]
+    d = cfg.get("data", {})
+    if all(isinstance(d.get(k), int) for k in ("n_train", "n_val", "n_test")):
+        rows.append(["images", f"{d['n_train']:,} train, {d['n_val']:,} val, {d['n_test']:,} test"])
+    for k in ("device", "world_size", "amp", "torch", "git_commit", "started"):
+        if cfg.get(k) is not None:
+            rows.append([k.replace("_", " "), str(cfg[k])])
+    return rows
+
+
+class Doc:
+    """A small document written both as Markdown and as self-contained HTML (images base64-embedded)."""
+
+    def __init__(self):
+        self.blocks = []
+
+    def h(self, level, text):
+        self.blocks.append(("h", level, text))
+
+    def p(self, text):
+        self.blocks.append(("p", text))
+
+    def table(self, head, rows, numeric=()):
+        self.blocks.append(("table", head, rows, set(numeric)))
+
+    def img(self, path, alt):
+        self.blocks.append(("img", path, alt))
+
+    def markdown(self, folder):
+        out = []
+        for b in self.blocks:
+            if b[0] == "h":
+                out.append("#" * b[1] + " " + b[2])
+            elif b[0] == "p":
+                out.append(b[1])
+            elif b[0] == "table":
+                _, head, rows, num = b
+                cell = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+                out.append("\n".join(["| " + " | ".join(map(cell, head)) + " |",
+                                      "|" + "|".join("--:" if i in num else "---" for i in range(len(head))) + "|"]
+                                     + ["| " + " | ".join(map(cell, r)) + " |" for r in rows]))
+            else:
+                out.append(f"![{b[2]}]({os.path.relpath(b[1], folder)})")
+        return "\n\n".join(out) + "\n"
+
+    def html(self, title):
+        e = html.escape
+        parts = []
+        for b in self.blocks:
+            if b[0] == "h":
+                parts.append(f"<h{b[1]}>{e(b[2])}</h{b[1]}>")
+            elif b[0] == "p":
+                parts.append(f"<p>{e(b[1])}</p>")
+            elif b[0] == "table":
+                _, head, rows, num = b
+                cls = lambda i: ' class="num"' if i in num else ""  # noqa: E731
+                th = "".join(f"<th{cls(i)}>{e(str(h))}</th>" for i, h in enumerate(head))
+                trs = "".join("<tr>" + "".join(f"<td{cls(i)}>{e(str(c))}</td>" for i, c in enumerate(r)) + "</tr>\n"
+                              for r in rows)
+                parts.append(f'<div class="scroll"><table>\n<thead><tr>{th}</tr></thead>\n<tbody>\n{trs}'
+                             "</tbody></table></div>")
+            else:
+                with open(b[1], "rb") as f:
+                    b64 = base64.b64encode(f.read()).decode()
+                parts.append(f'<figure><img src="data:image/png;base64,{b64}" alt="{e(b[2])}">'
+                             f"<figcaption>{e(b[2])}</figcaption></figure>")
+        return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{e(title)}</title>
+<style>
+body {{ font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", Arial, sans-serif; max-width: 1180px;
+       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }}
+h1 {{ font-size: 1.7em; border-bottom: 2px solid #ddd; padding-bottom: .3em; }}
+h2 {{ font-size: 1.35em; margin-top: 1.8em; border-bottom: 1px solid #eee; }}
+h3 {{ font-size: 1.1em; margin-top: 1.4em; }}
+.scroll {{ overflow-x: auto; }}
+table {{ border-collapse: collapse; margin: .8em 0; font-size: .9em; }}
+th, td {{ border: 1px solid #ccc; padding: .3em .6em; text-align: left; }}
+td {{ white-space: nowrap; }}
+th {{ background: #f3f3f3; vertical-align: bottom; }}
+tr:nth-child(even) td {{ background: #fafafa; }}
+.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
+figure {{ margin: 1em 0; }}
+img {{ max-width: 100%; height: auto; border: 1px solid #eee; }}
+figcaption {{ color: #666; font-size: .85em; }}
+</style>
+</head>
+<body>
+{chr(10).join(parts)}
+</body>
+</html>
+"""
+
+
+def cmd_report(ap, args):
+    runs = args.runs
+    results = [run_results(ap, r) for r in runs]  # refuses a bad folder before anything is written
+    out = args.out or (runs[0] if len(runs) == 1 else "figures")
+    os.makedirs(out, exist_ok=True)
+    names = run_names(runs)
+    title = f"CIFAR-10 training report: {', '.join(names)}"
+    doc = Doc()
+    doc.h(1, title)
+    doc.p(f"Generated by visualize.py on {datetime.datetime.now():%Y-%m-%d %H:%M} from "
+          + ", ".join(os.path.abspath(r) for r in runs) + ". The best epoch is picked on the split in 'picked on' "
+          "(val when the run held one out; test flatters the result); 'test acc (best)' is that epoch's checkpoint "
+          "on the test set, 'test acc (final)' the last epoch's weights.")
+    doc.h(2, "Results" if len(runs) == 1 else "Comparison")
+    doc.table(RESULT_COLUMNS, [result_row(n, r) for n, r in zip(names, results)], numeric=range(4, 13))
+    cfgs, keys = differing_args(runs)
+    if keys:
+        doc.p("The runs differ in:")
+        doc.table(["run"] + [f"--{k.replace('_', '-')}" for k in keys],
+                  [[n] + [str(c.get(k, "–")) for k in keys] for n, c in zip(names, cfgs)])
+    doc.h(2, "Training curves")
+    doc.img(plot_curves(ap, runs, os.path.join(out, "curves.png"), None),
+            "loss, accuracy and learning rate against epoch (solid: train, dashed: " + "/".join(
+                sorted({r["split"] for r in results})) + ")")
+    per_class_cols, cms, tested = [], [], []
+    for run, name in zip(runs, names):
+        src = open_source(ap, argparse.Namespace(source=run, arch=None, data=args.data, out=out, seed=0))
+        x, y, probs, acc = predict_test_set(ap, src)
+        pred = probs.argmax(1)
+        n = len(src.classes)
+        per_class_cols.append(per_class(pred, y, n))
+        tested.append((name, acc, len(y), os.path.basename(checkpoint_file(run))))
+        path = os.path.join(out, f"confusion_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png")
+        plot_confusion(confusion(pred, y, n), src.classes, path, f"{name}: test accuracy {pct(acc)}")
+        print(f"wrote {path}")
+        cms.append(path)
+        classes = src.classes
+    doc.h(2, "Per-class test accuracy")
+    doc.p("Recomputed from " + "; ".join(f"{name}'s {ck} on {k:,} test images ({pct(a)})"
+                                         for name, a, k, ck in tested) + ".")
+    rows = [[c] + [f"{100 * col[i]:.1f}%" for col in per_class_cols] for i, c in enumerate(classes)]
+    rows.append(["all"] + [pct(a) for _, a, _, _ in tested])
+    doc.table(["class"] + names, rows, numeric=range(1, len(names) + 1))
+    for run, name, cm in zip(runs, names, cms):
+        doc.h(2, f"Run {name}")
+        cfg = read_json(run, "config.json") or {}
+        doc.h(3, "Configuration")
+        doc.table(["setting", "value"], config_rows(cfg))
+        doc.h(3, "Confusion matrix")
+        doc.img(cm, f"{name}: confusion matrix on the test set (rows: true class, columns: predicted)")
+    md, page = os.path.join(out, "report.md"), os.path.join(out, "report.html")
+    write_text(md, doc.markdown(out))
+    print(f"wrote {md}")
+    write_text(page, doc.html(title))
+    print(f"wrote {page}")
+    return [md, page]
+
+
+def checkpoint_file(run):
+    """The file load_checkpoint reads for a run folder (best.pt, else last.pt)."""
+    for name in ("best.pt", "last.pt"):
+        if os.path.exists(os.path.join(run, name)):
+            return os.path.join(run, name)
+    return run
+
+
+# ----------------------------------------------------------------------------- command line
+
+def get_parser():
+    ap = OneLineParser(description="Figures of what a CIFAR-10 network sees and how its training went (PNG), "
+                                   "and a Markdown/HTML report.")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    ap.commands = {}
+
+    def add(name, help_, source=None, out_default="figures/"):
+        """source: None, "run" (a checkpoint is needed) or "any" (a checkpoint, or an untrained --arch)."""
+        p = ap.commands[name] = sub.add_parser(name, help=help_, description=help_, formatter_class=fmt)
+        if source:
+            p.add_argument("source", nargs="?" if source == "any" else None,
+                           help="a run folder (uses best.pt) or a .pt checkpoint")
+        if source == "any":
+            p.add_argument("--arch", default=None, help=f"an untrained network instead: {', '.join(ARCHS)}")
+            p.add_argument("--seed", type=int, default=0, help="initialisation seed of an untrained --arch")
+        if out_default:
+            p.add_argument("--out", default=None, help=f"output folder (default: {out_default})")
+        return p
+
+    def pick_args(p, several=False):
+        p.add_argument("--data", default=None, help="CIFAR-10 folder (default: the run's, else ./data)")
+        p.add_argument("--index", type=int, nargs="+" if several else None, default=[0] if several else 0,
+                       help="test image(s) by position (with --class: position among that class's images)")
+        p.add_argument("--class", dest="cls", default=None, metavar="NAME", help="pick the test image from this class")
+
+    p = add("features", "feature maps of one test image after chosen layers, one grid per layer", "any",
+            "the run folder, else figures/")
+    pick_args(p)
+    p.add_argument("--layers", nargs="+", default=None, metavar="NAME",
+                   help="module names as in model.named_modules() (see the `layers` subcommand); "
+                        "default: the first conv and the end of every stage")
+    p.add_argument("--channels", type=int, default=64, help="show at most this many channels per layer (strongest)")
+
+    add("filters", "the first conv layer's kernels as a grid of RGB tiles", "any", "the run folder, else figures/")
+
+    p = add("curves", "loss, accuracy and learning rate against epoch, several runs overlaid",
+            out_default="the run folder for one run, else figures/")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+
+    p = add("errors", "misclassified test images, the confusion matrix and per-class accuracy bars", "run",
+            "the run folder")
+    p.add_argument("--data", default=None, help="CIFAR-10 folder (default: the run's)")
+    p.add_argument("--count", type=int, default=36, help="how many mistakes to show (most confident first)")
+    p.add_argument("--subset", type=int, default=None, help="first N test images (default: as the run was tested)")
+
+    p = add("augment", "one training batch after crop/flip/jitter/cutout, CutMix and MixUp, labels under each image",
+            out_default="RUN_DIR if given, else figures/")
+    p.add_argument("run", nargs="?", default=None, metavar="RUN_DIR",
+                   help="take the data flags from this run's config.json (flags given here still win)")
+    data.add_data_args(p)
+    p.set_defaults(data=None, jitter=0.4, mix="both")  # show every augmentation unless told otherwise
+    p.add_argument("--count", type=int, default=8, help="images in the batch")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("cam", "Grad-CAM heat map of the predicted class over the input image", "any",
+            "the run folder, else figures/")
+    pick_args(p, several=True)
+    p.add_argument("--layer", default=None, help="module to explain (default: the end of the last stage)")
+    p.add_argument("--target", default=None, metavar="CLASS", help="explain this class instead of the predicted one")
+
+    p = add("report", "report.md and a self-contained report.html: configuration, results, curves, "
+                      "confusion matrix and per-class table; several runs become one comparison",
+            out_default="the run folder for one run, else figures/")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--data", default=None, help="CIFAR-10 folder (default: each run's)")
+
+    add("layers", "print every module's name, type and output shape (the names --layers takes)", "any", None)
+    return ap
+
+
+COMMANDS = {"features": cmd_features, "filters": cmd_filters, "curves": cmd_curves, "errors": cmd_errors,
+            "augment": cmd_augment, "cam": cmd_cam, "report": cmd_report, "layers": cmd_layers}
+
+
+def main(argv=None):
+    ap = get_parser()
+    args = ap.parse_args(argv)
+    if args.command == "augment" and args.run:
+        # the run's data flags become the defaults, so flags given on the command line still win
+        cfg = read_json(args.run, "config.json")
+        if cfg is None:
+            ap.error(f"{args.run}: no config.json (not a train.py run folder)")
+        sub = ap.commands["augment"]
+        dest = set(vars(args))
+        sub.set_defaults(**{k: v for k, v in cfg["args"].items() if k in dest and k not in ("out", "seed", "run")})
+        args = ap.parse_args(argv)
+    COMMANDS[args.command](ap.commands[args.command], args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
