@@ -239,3 +239,20 @@ def test_every_recipe_runs_a_tiny_step(tmp_path, data_dir, recipe):
                        "--eval-batch-size", "20", "--data", data_dir, "--out", str(out)]) == 0
     config = json.load(open(out / "config.json"))["args"]
     assert config["recipe"] == recipe and config["arch"] == train.RECIPES[recipe]["arch"]
+
+
+def test_ema_warms_up_then_decays_at_the_given_rate():
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=train.ema_warmup(0.9), use_buffers=True)
+    ema.update_parameters(model)  # the first update copies
+    w = model[0].weight
+    expected = w.detach().clone()
+    for n in range(1, 30):
+        with torch.no_grad():
+            w.add_(1.0)
+        model[1].num_batches_tracked += 1
+        keep = min(0.9, (1 + n) / (10 + n))  # 0.18, 0.25, ... then 0.9 from n = 80/... (capped)
+        expected = keep * expected + (1 - keep) * w.detach()
+        ema.update_parameters(model)
+        assert torch.allclose(ema.module[0].weight, expected, atol=1e-5), n
+    assert ema.module[1].num_batches_tracked == model[1].num_batches_tracked

@@ -297,6 +297,23 @@ def build_scheduler(optimizer, args, steps_per_epoch):
         optimizer, lambda s: lr_factor(s, total, warmup, args.schedule, ms, args.gamma))
 
 
+def ema_warmup(decay):
+    """AveragedModel's multi_avg_fn: an EMA whose decay warms up as min(decay, (1 + n) / (10 + n)) after n updates
+    (as timm's EMA). Without it the random initial weights, which under BatchNorm and weight decay are much larger
+    than trained ones, dominate the average for thousands of steps: resnet18 with a plain 0.999 EMA over 40 epochs
+    evaluated at 10% (H100, measured). The decay is a tensor op on n, so no host sync per step."""
+    @torch.no_grad()
+    def update(ema_params, params, n):
+        if not torch.is_floating_point(ema_params[0]):  # BN's num_batches_tracked: the model's count
+            for e, p in zip(ema_params, params):
+                e.copy_(p)
+            return
+        keep = torch.clamp((1 + n) / (10 + n), max=decay).to(ema_params[0].dtype)
+        torch._foreach_mul_(ema_params, keep)
+        torch._foreach_add_(ema_params, torch._foreach_mul(params, 1 - keep))
+    return update
+
+
 def make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler, ema=None, skip_nonfinite=False):
     """One optimisation step on a ready batch; returns (loss, logits) still on the device (no sync).
     skip_nonfinite: a NaN/Inf loss leaves the weights untouched (costs one host sync per step)."""
@@ -603,7 +620,7 @@ def main(argv=None):
     ema = None
     if args.ema:
         ema = torch.optim.swa_utils.AveragedModel(
-            raw_model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True)
+            raw_model, multi_avg_fn=ema_warmup(args.ema), use_buffers=True)
     model = raw_model
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
