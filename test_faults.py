@@ -17,7 +17,7 @@ from conftest import HERE, run_script
 
 # lenet on 2,000 images, 40 steps an epoch; saves: steps 7..35 (1-5), epoch end best.pt (6) and last.pt (7), ...
 RUN = ["--arch", "lenet", "--epochs", "3", "--subset", "2000", "--batch-size", "50", "--eval-batch-size", "1000",
-       "--lr", "0.05", "--seed", "1", "--save-every", "7"]
+       "--lr", "0.05", "--seed", "1", "--save-every", "7", "--ema", "0.9", "--ema-every", "3"]
 
 
 def metrics(out):
@@ -27,9 +27,11 @@ def metrics(out):
 
 
 def assert_same_run(a, b):
-    wa = torch.load(os.path.join(a, "last.pt"), weights_only=True)["model"]
-    wb = torch.load(os.path.join(b, "last.pt"), weights_only=True)["model"]
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    ca = torch.load(os.path.join(a, "last.pt"), weights_only=True)
+    cb = torch.load(os.path.join(b, "last.pt"), weights_only=True)
+    for part in ("model", "ema"):  # the weights and their moving average (updated every 3rd step)
+        wa, wb = ca[part], cb[part]
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), part
     assert metrics(a) == metrics(b) and len(metrics(a)) == 3
     assert not [n for n in os.listdir(b) if ".tmp" in n]  # no temp file of the killed write is left
 

@@ -79,6 +79,9 @@ def get_parser():
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                     help="evaluate and select an exponential moving average of the weights (e.g. 0.999); 0 = off")
+    ap.add_argument("--ema-every", type=int, default=4, metavar="K",
+                    help="update the EMA every K steps with decay DECAY**K (the update costs a fifth of a resnet18 "
+                         "step on an H100 when done every step)")
     ap.add_argument("--eval-batch-size", type=int, default=1000)
     ap.add_argument("--save-every", type=int, default=0, metavar="STEPS", help="also write last.pt every N steps")
     ap.add_argument("--scale-lr", default="linear", choices=["linear", "none"],
@@ -174,6 +177,8 @@ def check_args(ap, args):
         ap.error(f"--gamma takes one value or one per milestone ({len(args.milestones)}), got {len(args.gamma)}")
     if args.save_every < 0 or args.skip_nonfinite < 0:
         ap.error("--save-every and --skip-nonfinite must be >= 0")
+    if args.ema_every < 1:
+        ap.error(f"--ema-every must be positive, got {args.ema_every}")
     if args.wd < 0 or not 0 <= args.label_smoothing < 1 or not 0 <= args.ema < 1:
         ap.error("--wd must be >= 0, --label-smoothing and --ema in [0, 1)")
 
@@ -314,8 +319,10 @@ def ema_warmup(decay):
     return update
 
 
-def make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler, ema=None, skip_nonfinite=False):
+def make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler, ema=None, skip_nonfinite=False,
+                    ema_every=1):
     """One optimisation step on a ready batch; returns (loss, logits) still on the device (no sync).
+    ema: an AveragedModel updated every `ema_every` steps (counted by the scheduler, so a resumed run keeps the beat).
     skip_nonfinite: a NaN/Inf loss leaves the weights untouched (costs one host sync per step)."""
     def step(x, y):
         with autocast(device, amp_dtype):
@@ -331,7 +338,7 @@ def make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, s
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        if ema is not None:
+        if ema is not None and scheduler.last_epoch % ema_every == 0:
             ema.update_parameters(model)
         return loss.detach(), out.detach()
     return step
@@ -577,7 +584,7 @@ def main(argv=None):
                 ap.error(f"--resume {args.resume}: that run has --{k.replace('_', '-')} {saved.get(k)}, "
                          f"not {v}; drop the flag or start a new run")
         saved.update(resume=args.resume, data=args.data, download=args.download, no_progress=args.no_progress)
-        args = argparse.Namespace(**saved)
+        args = argparse.Namespace(**{**{k: ap.get_default(k) for k in vars(args)}, **saved})  # flags newer than the run
     check_args(ap, args)
 
     rank, world = setup_distributed()
@@ -620,7 +627,7 @@ def main(argv=None):
     ema = None
     if args.ema:
         ema = torch.optim.swa_utils.AveragedModel(
-            raw_model, multi_avg_fn=ema_warmup(args.ema), use_buffers=True)
+            raw_model, multi_avg_fn=ema_warmup(args.ema ** args.ema_every), use_buffers=True)
     model = raw_model
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -633,7 +640,7 @@ def main(argv=None):
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     step_fn = make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler, ema,
-                              skip_nonfinite=args.skip_nonfinite > 0)
+                              skip_nonfinite=args.skip_nonfinite > 0, ema_every=args.ema_every)
     eval_model = ema.module if ema is not None else raw_model
 
     start_epoch, start_batch, step, best, best_epoch = 0, 0, 0, -1.0, None
