@@ -70,6 +70,12 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_fp16_without_cuda_falls_back_to_bf16_with_a_warning(capsys, tmp_path, data_dir):
+    assert train.main([*QUICK, "--amp", "fp16", "--data", data_dir, "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: --amp fp16 needs CUDA; using bf16 autocast on cpu" in out and "amp fp16->torch.bfloat16" in out
+
+
 def test_existing_run_is_not_overwritten(capsys, lenet_run, data_dir):
     before = {n: os.path.getmtime(os.path.join(lenet_run, n)) for n in os.listdir(lenet_run)}
     err = refused(capsys, [*QUICK, "--data", data_dir, "--out", lenet_run])
