@@ -1,22 +1,17 @@
-"""data.py and bench.py: loading, errors, splits, augmentation, reproducibility, sharding, speed bench.
+"""data.py: loading, errors, splits, augmentation, reproducibility, sharding.
 
 Synthetic pickles (data.make_synthetic) always; the real copy too when $CIFAR10_DIR is set
 (the folder that contains cifar-10-batches-py).
 """
 import argparse
-import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
-import bench
 import data
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 REAL = os.environ.get("CIFAR10_DIR")
 real_only = pytest.mark.skipif(not REAL, reason="set CIFAR10_DIR to the folder holding cifar-10-batches-py")
 RAW = dict(mean=[0.0, 0.0, 0.0], std=[1 / 255] * 3)  # normalisation that leaves the 0..255 pixel values as they are
@@ -352,28 +347,3 @@ def test_build_loaders_real():
     assert torch.bincount(val.labels).tolist() == [500] * 10 and torch.bincount(tr.labels).tolist() == [4500] * 10
     x, y = next(iter(tr))
     assert x.shape == (512, 3, 32, 32) and x.dtype == torch.float32 and -2.1 < x.mean() < 1.0 and 0.5 < x.std() < 1.5
-
-
-# ----------------------------------------------------------------------------- bench.py
-
-def test_speed_ratio_and_summary():
-    assert bench.speed_ratio(300.0, 10.0) == 30.0
-    s = bench.summarize([100.0, 80.0, 120.0])
-    assert s["median"] == 100.0 and s["min"] == 80.0 and abs(s["spread"] - 0.4) < 1e-12
-    assert bench.speed_ratio(s, bench.summarize([10.0, 10.0])) == 10.0
-    with pytest.raises(ValueError):
-        bench.speed_ratio(1.0, 0.0)
-    busy = bench.cpu_busy(0.05)
-    assert busy is None or 0 <= busy <= 1
-
-
-def test_bench_data_quick(tmp_path):
-    out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, "bench.py", "data", "--quick", "--images", "1024", "--repeats", "1",
-                        "--batch-size", "256", "--out", str(out)],
-                       cwd=HERE, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    res = json.loads(out.read_text())
-    assert res["bench"] == "data" and res["ratio"] > 0 and res["ours_images_per_s"] > 0
-    assert res["torchvision_images_per_s"] > 0 and res["torch"] == torch.__version__ and res["device"]
-    assert "ratio" in r.stdout

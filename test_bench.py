@@ -1,0 +1,179 @@
+"""bench.py: the arithmetic of the figures (by hand), the bare loop against train.py's step, the shared JSON
+file, bad input, and the three subcommands run as a user runs them (--quick, CPU, lenet)."""
+import json
+import os
+
+import pytest
+import torch
+
+import bench
+import train
+from conftest import run_script
+from models import build_model
+
+
+# ----------------------------------------------------------------------------- the figures, by hand
+
+def test_summary_ratio_overhead_by_hand():
+    s = bench.summarize([100.0, 80.0, 120.0])
+    assert s["median"] == 100.0 and s["min"] == 80.0 and s["max"] == 120.0 and s["spread"] == pytest.approx(0.4)
+    assert bench.summarize([5.0, 7.0])["median"] == 6.0 and bench.summarize([0.0])["spread"] == 0.0
+    assert bench.speed_ratio(300.0, 10.0) == 30.0
+    assert bench.speed_ratio(s, bench.summarize([10.0, 10.0])) == 10.0
+    # overhead = bare / train - 1: train.py at 100 img/s, bare at 104 -> train.py 4% slower
+    assert bench.overhead_pct(100.0, 104.0) == pytest.approx(4.0)
+    assert bench.overhead_pct(200.0, 190.0) == pytest.approx(-5.0)  # train.py faster: noise, reads negative
+    assert bench.overhead_pct(s, bench.summarize([90.0, 110.0, 130.0])) == pytest.approx(10.0)
+    # per A B pair: +5%, -5%, +10% -> median +5%
+    assert bench.paired_overhead_pct([100.0, 200.0, 100.0], [105.0, 190.0, 110.0]) == pytest.approx(5.0)
+    for bad in ((1.0, 0.0), (-1.0, 1.0)):
+        with pytest.raises(ValueError):
+            bench.speed_ratio(*bad)
+    busy = bench.cpu_busy(0.05)
+    assert busy is None or 0 <= busy <= 1
+
+
+def test_time_passes_alternates_contenders():
+    calls = []
+    rates = bench.time_passes([lambda: calls.append("A"), lambda: calls.append("B")], 10, 3, torch.device("cpu"))
+    assert "".join(calls) == "AB" + "ABABAB"  # one warm-up each, then A B per round
+    assert [len(r) for r in rates] == [3, 3] and all(v > 0 for r in rates for v in r)
+    calls.clear()
+    rates = bench.time_passes([lambda: calls.append("A"), lambda: calls.append("B")], 10, 3, torch.device("cpu"),
+                              warmup=0, budget_s=0.0)
+    assert "".join(calls) == "AB" and [len(r) for r in rates] == [1, 1]  # over budget: no second round
+
+
+# ----------------------------------------------------------------------------- the bare loop does train.py's work
+
+def test_bare_step_does_what_train_step_does():
+    """Same weights, same batch, two steps each: same weights after, and both schedules moved on twice,
+    so the speed comparison weighs the step function's wrapper and nothing else."""
+    device, targs = torch.device("cpu"), bench.train_args("lenet", 8)
+    torch.manual_seed(0)
+    base = build_model("lenet")
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    models, schedulers = [], []
+    for make_step in (train.make_train_step, bench.make_bare_step):
+        raw, model = bench.place(build_model("lenet"), device, False, False)
+        raw.load_state_dict(base.state_dict())
+        optimizer, scheduler, scaler, criterion = bench.training_parts(raw, targs, device, None, 10)
+        step = make_step(model, optimizer, scheduler, criterion, device, None, scaler)
+        for _ in range(2):
+            step(x, y)
+        models.append(raw)
+        schedulers.append(scheduler)
+    for a, b in zip(*(m.state_dict().values() for m in models)):
+        torch.testing.assert_close(a, b)
+    assert schedulers[0].last_epoch == schedulers[1].last_epoch == 2
+    assert not torch.equal(models[0].conv1.weight, base.conv1.weight)
+
+
+# ----------------------------------------------------------------------------- the JSON file
+
+def test_save_section_keeps_other_sections(tmp_path, capsys):
+    path = str(tmp_path / "bench.json")
+    (tmp_path / "bench.json").write_text(json.dumps({"bench": "data", "ratio": 3.0}))  # bench.py's old flat layout
+    env = {"device": "cpu", "torch": torch.__version__}
+    bench.save_section(path, "step", {"rows": [1]}, env)
+    bench.save_section(path, "epoch", {"total_s": 2.0}, {**env, "device": "other"})
+    res = json.loads((tmp_path / "bench.json").read_text())
+    assert res == {"device": "other", "torch": torch.__version__, "step": {"rows": [1]}, "epoch": {"total_s": 2.0}}
+    bench.save_section(path, "step", {"rows": [2]}, env)  # a rerun replaces its own section only
+    assert json.loads((tmp_path / "bench.json").read_text())["epoch"] == {"total_s": 2.0}
+    assert os.listdir(tmp_path) == ["bench.json"]  # the temp file was renamed into place
+    (tmp_path / "bench.json").write_text("{half a fi")
+    assert bench.save_section(path, "data", {"ratio": 1.0}, env) == {**env, "data": {"ratio": 1.0}}
+    assert "unreadable" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_unknown_arch_one_line_exit_2():
+    r = run_script("bench.py", "step", "--arch", "lenet5", timeout=60)
+    assert r.returncode == 2 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1 and "lenet5" in r.stderr and "resnet18" in r.stderr
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["step", "--batch-size", "0"], "--batch-size"),
+    (["step", "--warmup", "0"], "--warmup"),
+    (["epoch", "--subset", "-5"], "--subset"),
+    (["epoch", "--device", "bogus"], "--device"),
+    (["data", "--device", "cuda"], "CUDA"),
+])
+def test_bad_flags_one_line_exit_2(argv, words, capsys):
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(SystemExit) as e:
+        bench.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and words in err
+
+
+# ----------------------------------------------------------------------------- the subcommands, as a user runs them
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+    """data, step and epoch --quick on the CPU, all into one JSON file: (that file's content, {cmd: process})."""
+    out = str(tmp_path_factory.mktemp("bench") / "bench.json")
+    # one thread: on a small CPU that something else keeps busy, two threads wait on each other many times
+    # longer (see bench.cpu_busy); these tests check what is written, not how fast it ran
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = {
+        "data": run_script("bench.py", "data", "--quick", "--images", "1024", "--repeats", "1", "--batch-size", 256,
+                           "--device", "cpu", "--out", out, timeout=120, env=env),
+        "step": run_script("bench.py", "step", "--arch", "lenet", "--quick", "--repeats", 3, "--device", "cpu",
+                           "--out", out, timeout=120, env=env),
+        "epoch": run_script("bench.py", "epoch", "--arch", "lenet", "--quick", "--data", data_dir, "--subset", 1000,
+                            "--device", "cpu", "--out", out, timeout=120, env=env),
+    }
+    for cmd, p in procs.items():
+        assert p.returncode == 0, f"bench.py {cmd}: {p.stderr}"
+    with open(out) as f:
+        return json.load(f), procs
+
+
+def test_one_file_holds_every_section(runs):
+    res, _ = runs
+    assert list(res) == ["device", "torch", "torchvision", "python", "threads", "measured", "data", "step", "epoch"]
+    assert res["torch"] == torch.__version__ and res["device"].startswith("cpu")
+    for cmd in ("data", "step", "epoch"):
+        assert res[cmd]["torch"] == torch.__version__ and res[cmd]["device"] == res["device"]
+
+
+def test_data_quick(runs):
+    res, procs = runs
+    d = res["data"]
+    assert d["ratio"] > 0 and d["ours_images_per_s"] > 0 and d["torchvision_images_per_s"] > 0
+    assert "ratio" in procs["data"].stdout
+
+
+def test_step_quick(runs):
+    res, procs = runs
+    s = res["step"]
+    assert s["arch"] == "lenet" and s["batch_size"] == 128 and s["limit_overhead_pct"] == 5.0
+    assert "--quick on the CPU" in s["compile_skipped"] and "compile settings skipped" in procs["step"].stdout
+    assert [(r["amp"], r["channels_last"], r["compile"]) for r in s["rows"]] == [
+        ("fp32", False, False), ("fp32", True, False), ("bf16", False, False), ("bf16", True, False)]
+    for r in s["rows"]:
+        assert r["train_images_per_s"] > 0 and r["bare_images_per_s"] > 0 and r["steps_per_repeat"] >= 1
+        # a slowed-down machine may end the rounds early (time_passes' budget), always after whole A B pairs
+        assert 1 <= len(r["train"]["runs"]) == len(r["bare"]["runs"]) <= s["repeats"] == 3
+        assert r["overhead_pct"] == pytest.approx((r["bare_images_per_s"] / r["train_images_per_s"] - 1) * 100)
+        assert r["pass"] == (r["overhead_pct"] < 5.0) and isinstance(r["noisy"], bool)
+    assert s["all_pass"] == all(r["pass"] for r in s["rows"])
+    table = [line for line in procs["step"].stdout.splitlines() if line.startswith(("  fp32", "  bf16"))]
+    assert len(table) == 4 and all(("PASS" in line) != ("FAIL" in line) for line in table)
+
+
+def test_epoch_quick(runs):
+    res, procs = runs
+    e = res["epoch"]
+    assert (e["arch"], e["n_train"], e["steps"], e["amp"]) == ("lenet", 1000, 8, "bf16") and 0 < e["n_test"] <= 1000
+    for key in ("data_s", "compute_s", "eval_s", "train_s", "total_s", "train_images_per_s", "total_images_per_s",
+                "peak_memory_bytes"):
+        assert e[key] > 0, key
+    assert e["data_s"] + e["compute_s"] <= e["train_s"] and e["total_s"] == pytest.approx(e["train_s"] + e["eval_s"])
+    assert "RSS" in e["peak_memory_kind"] and "peak memory" in procs["epoch"].stdout
+    assert 0 <= e["test_acc"] <= 1
