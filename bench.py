@@ -188,13 +188,14 @@ def torchvision_loader(images, labels, mean, std, batch_size, workers, device):
 
 
 def bench_images(root, n):
-    """n training images (uint8 CPU) from root, or synthetic ones when root is None or unreadable."""
+    """n training images (uint8 CPU) from root, or synthetic ones when root is None."""
     if root is not None:
         try:
             x, y = data.load_cifar10(root)["train"]
             return x[:n], y[:n], root
         except data.DataError as e:
-            print(f"{e}\nusing synthetic images instead", file=sys.stderr)
+            print(f"bench.py: error: {e}", file=sys.stderr)
+            sys.exit(2)
     g = torch.Generator().manual_seed(0)
     return (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
             torch.randint(0, 10, (n,), generator=g), "synthetic")

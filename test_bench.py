@@ -177,3 +177,9 @@ def test_epoch_quick(runs):
     assert e["data_s"] + e["compute_s"] <= e["train_s"] and e["total_s"] == pytest.approx(e["train_s"] + e["eval_s"])
     assert "RSS" in e["peak_memory_kind"] and "peak memory" in procs["epoch"].stdout
     assert 0 <= e["test_acc"] <= 1
+
+
+def test_data_from_a_missing_folder_is_refused(tmp_path):
+    r = run_script("bench.py", "data", "--quick", "--data", tmp_path / "nowhere", "--out", tmp_path / "b.json")
+    assert r.returncode == 2 and "CIFAR-10 in" in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "b.json").exists()
