@@ -283,6 +283,7 @@ def get_parser():
     ap.add_argument("--optimizer", default=d("optimizer"), help="sgd, adam or adamw")
     ap.add_argument("--momentum", type=float, default=d("momentum"), help="sgd momentum")
     ap.add_argument("--nesterov", action="store_true", help="sgd with Nesterov momentum")
+    ap.add_argument("--betas", type=float, nargs=2, default=d("betas"), help="adam/adamw betas")
     ap.add_argument("--wd", type=float, default=d("wd"), help="weight decay")
     ap.add_argument("--no-wd-bn-bias", action="store_true",
                     help="exempt BatchNorm and bias parameters from weight decay")
@@ -348,7 +349,7 @@ def main(argv=None):
     model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = train.build_optimizer(model, argparse.Namespace(**vars(args), lr=args.start_lr))
+    optimizer = train.build_optimizer(model, args, lr=args.start_lr)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     print(f"lr range test: {args.arch}, {args.optimizer}, batch {args.batch_size}, {args.num_iter} steps "
           f"from {args.start_lr:g} to {args.end_lr:g} ({args.mode}) | {info['n_train']:,} train images"
