@@ -89,8 +89,25 @@ def test_out_of_memory_is_one_line_and_keeps_last_pt(tmp_path, data_dir, capsys,
     code = train.main([*RUN, "--data", data_dir, "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
-    assert "out of memory at --batch-size 50" in err and "try a smaller --batch-size" in err
+    assert "out of memory at --batch-size 50 (evaluation: --eval-batch-size 1000)" in err
+    assert "try a smaller batch size" in err
     assert train.load_checkpoint(str(out / "last.pt"))["step"] == 7
+
+
+def test_out_of_memory_in_the_final_evaluation(tmp_path, data_dir, capsys, monkeypatch):
+    real, calls = train.evaluate, [0]
+
+    def failing_final_eval(*a, **k):
+        calls[0] += 1
+        if calls[0] > 3:  # after the 3 epochs' evaluations: the final report's
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "evaluate", failing_final_eval)
+    code = train.main([*RUN, "--data", data_dir, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "out of memory" in err
+    assert train.load_checkpoint(str(tmp_path / "run" / "last.pt"))["epoch"] == 3
 
 
 def test_soak_2000_steps_memory_flat(tmp_path, data_dir):

@@ -705,6 +705,12 @@ def main(argv=None):
                        f"{', ' + why if why else ''}: training diverged; the last good checkpoints are kept in {out} "
                        f"(try a lower --lr, or --skip-nonfinite N)")
 
+    def out_of_memory():
+        used = f" ({torch.cuda.memory_allocated(device) / 2**30:.1f} GiB in use)" if device.type == "cuda" else ""
+        print(f"train.py: out of memory at --batch-size {args.batch_size} (evaluation: --eval-batch-size "
+              f"{args.eval_batch_size}){used}; try a smaller batch size (last.pt in {out} is kept)", file=sys.stderr)
+        return 1
+
     stop_signal = []
     old_handlers = {s: signal.signal(s, lambda signum, frame: stop_signal.append(signum))
                     for s in (signal.SIGINT, signal.SIGTERM)}
@@ -794,10 +800,7 @@ def main(argv=None):
         print(f"train.py: {e}", file=sys.stderr)
         exit_code = e.code
     except torch.OutOfMemoryError:
-        used = f" ({torch.cuda.memory_allocated(device) / 2**30:.1f} GiB in use)" if device.type == "cuda" else ""
-        print(f"train.py: out of memory at --batch-size {args.batch_size}{used}; "
-              f"try a smaller --batch-size (last.pt in {out} is kept)", file=sys.stderr)
-        exit_code = 1
+        exit_code = out_of_memory()
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
@@ -815,11 +818,14 @@ def main(argv=None):
         summary["ranks_agree"] = ranks_agree(raw_model, device)
         log(f"torchrun: weights {'identical' if summary['ranks_agree'] else 'DIFFER'} on all {world} processes")
     if main_proc:
-        final_test = evaluate(eval_model, test_loader, device, amp_dtype)["acc"]
-        last_state = {k: v.clone() for k, v in eval_model.state_dict().items()}
-        eval_model.load_state_dict(eval_weights(load_checkpoint(os.path.join(out, "best.pt"))))
-        best_test = evaluate(eval_model, test_loader, device, amp_dtype)["acc"]
-        eval_model.load_state_dict(last_state)
+        try:
+            final_test = evaluate(eval_model, test_loader, device, amp_dtype)["acc"]
+            last_state = {k: v.clone() for k, v in eval_model.state_dict().items()}
+            eval_model.load_state_dict(eval_weights(load_checkpoint(os.path.join(out, "best.pt"))))
+            best_test = evaluate(eval_model, test_loader, device, amp_dtype)["acc"]
+            eval_model.load_state_dict(last_state)
+        except torch.OutOfMemoryError:
+            return out_of_memory()
         epochs_run = max(1, args.epochs - start_epoch)
         summary.update(final_test_acc=final_test, best_test_acc=best_test,
                        epoch_time_s=train_time / epochs_run,
