@@ -190,7 +190,7 @@ def pick_device(log=print):
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
-    log("warning: no GPU found, training on the CPU (expect ~100x slower than a modern GPU)")
+    log("warning: no GPU found, running on the CPU (expect it to be ~100x slower than on a modern GPU)")
     return torch.device("cpu")
 
 
