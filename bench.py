@@ -28,16 +28,13 @@ import argparse
 import copy
 import datetime
 import json
-import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
 import time
 
 import torch
-import torch.nn as nn
 import torchvision
 from torchvision.transforms import v2
 
@@ -57,14 +54,6 @@ def pick_device(name="auto"):
 
 def device_name(device):
     return train.device_name(device) + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
-
-
-def sync(device):
-    """Wait for queued device work, so a timer measures the work and not its launch."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def cpu_busy(seconds=0.5):
@@ -117,7 +106,7 @@ def time_passes(passes, n_images, repeats, device, warmup=1, budget_s=float("inf
     for one_pass in passes:
         for _ in range(warmup):
             one_pass()
-    sync(device)
+    train.sync(device)
     rates = [[] for _ in passes]
     start = time.perf_counter()
     for k in range(repeats):
@@ -126,7 +115,7 @@ def time_passes(passes, n_images, repeats, device, warmup=1, budget_s=float("inf
         for one_pass, r in zip(passes, rates):
             t = time.perf_counter()
             one_pass()
-            sync(device)
+            train.sync(device)
             r.append(n_images / (time.perf_counter() - t))
     return rates
 
@@ -149,15 +138,6 @@ def place(model, device, channels_last, compile_):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, torch.compile(model) if compile_ else model
-
-
-def training_parts(raw_model, targs, device, amp_dtype, steps_per_epoch):
-    """Optimizer, scheduler, gradient scaler and loss, built as train.main builds them."""
-    optimizer = train.build_optimizer(raw_model, targs)
-    scheduler = train.build_scheduler(optimizer, targs, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    criterion = nn.CrossEntropyLoss(label_smoothing=targs.label_smoothing)
-    return optimizer, scheduler, scaler, criterion
 
 
 def amp_name(amp_dtype):
@@ -188,14 +168,10 @@ def torchvision_loader(images, labels, mean, std, batch_size, workers, device):
 
 
 def bench_images(root, n):
-    """n training images (uint8 CPU) from root, or synthetic ones when root is None."""
+    """n training images (uint8 CPU) from root, or synthetic ones when root is None (a bad root: DataError)."""
     if root is not None:
-        try:
-            x, y = data.load_cifar10(root)["train"]
-            return x[:n], y[:n], root
-        except data.DataError as e:
-            print(f"bench.py: error: {e}", file=sys.stderr)
-            sys.exit(2)
+        x, y = data.load_cifar10(root)["train"]
+        return x[:n], y[:n], root
     g = torch.Generator().manual_seed(0)
     return (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
             torch.randint(0, 10, (n,), generator=g), "synthetic")
@@ -294,7 +270,7 @@ def fastest_step(step, x, y, n, device):
     for _ in range(n):
         t = time.perf_counter()
         step(x, y)
-        sync(device)
+        train.sync(device)
         times.append(time.perf_counter() - t)
     return min(times)
 
@@ -311,7 +287,7 @@ def bench_setting(base, targs, batch, device, amp, channels_last, compile_, args
     steps = []
     for make_step in (train.make_train_step, make_bare_step):
         raw, model = place(copy.deepcopy(base), device, channels_last, compile_)
-        optimizer, scheduler, scaler, criterion = training_parts(raw, targs, device, amp_dtype, steps_per_epoch)
+        optimizer, scheduler, scaler, criterion = train.training_parts(raw, targs, device, amp_dtype, steps_per_epoch)
         steps.append(make_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler))
     # both warm up untimed; the faster one's step time sizes each timed repeat to about --seconds
     per_step = min(fastest_step(s, x, y, args.warmup, device) for s in steps)
@@ -412,8 +388,7 @@ def peak_memory(device):
     """(bytes, what they are): the device's peak allocation on CUDA, else the process's peak RSS."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
-    kib = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib,
+    return (train.peak_rss_bytes(),
             "peak RSS of the whole process, Python, libraries, data and model together (ru_maxrss)")
 
 
@@ -425,13 +400,13 @@ def timed_epoch(loader, step, device, epoch, split):
     t_data = t_compute = 0.0
     seen = 0
     batches = iter(loader)
-    sync(device)
+    train.sync(device)
     t_start = time.perf_counter()
     for i in range(len(loader)):
         t0 = time.perf_counter()
         x, y = next(batches)
         if split:
-            sync(device)
+            train.sync(device)
         t1 = time.perf_counter()
         loss, out = step(x, y)
         acc_loss += loss.double() * len(x)  # the metrics train.py keeps on the device
@@ -440,9 +415,9 @@ def timed_epoch(loader, step, device, epoch, split):
         if i % 20 == 19:  # train.py reads the loss every 20 steps
             loss.item()
         if split:
-            sync(device)
+            train.sync(device)
         t_data, t_compute = t_data + t1 - t0, t_compute + time.perf_counter() - t1
-    sync(device)
+    train.sync(device)
     return {"train_s": time.perf_counter() - t_start, "data_s": t_data, "compute_s": t_compute,
             "images": seen, "train_loss": acc_loss.item() / seen, "train_acc": acc_correct.item() / seen}
 
@@ -477,7 +452,7 @@ def bench_epoch(args):
     torch.manual_seed(targs.seed)
     raw, model = place(build_model(args.arch, num_classes=len(info["classes"])), device, args.channels_last,
                        args.compile)
-    optimizer, scheduler, scaler, criterion = training_parts(raw, targs, device, amp_dtype, len(loader))
+    optimizer, scheduler, scaler, criterion = train.training_parts(raw, targs, device, amp_dtype, len(loader))
     step = train.make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler)
 
     source = args.data or "synthetic"
@@ -499,7 +474,7 @@ def bench_epoch(args):
     res = timed_epoch(loader, step, device, 0, split=True)
     t = time.perf_counter()
     test = train.evaluate(raw, test_loader, device, amp_dtype)  # train.py evaluates the raw (uncompiled) model
-    sync(device)
+    train.sync(device)
     res["eval_s"] = time.perf_counter() - t
     total = res["train_s"] + res["eval_s"]
     if device.type != "cpu":  # syncs cost GPU idle time: the same loop once more without them, for the total
@@ -552,7 +527,7 @@ def resolve_device(ap, name):
 
 def save_section(path, name, section, environment):
     """Add `section` under `name` to the JSON file at path, keeping the other subcommands' sections.
-    Written to a temp file and renamed into place, so an interrupted run never leaves half a file."""
+    Written atomically (train.write_text), so an interrupted run never leaves half a file."""
     try:
         with open(path) as f:
             old = json.load(f)
@@ -568,10 +543,7 @@ def save_section(path, name, section, environment):
             merged[key] = section
         elif isinstance(old.get(key), dict):
             merged[key] = old[key]
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(merged, f, indent=2)
-    os.replace(tmp, path)
+    train.write_text(path, json.dumps(merged, indent=2))
     return merged
 
 

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 import data
 from models import build_model
-from train import OneLineParser, autocast, eval_weights, evaluate, load_checkpoint, pick_device, resolve_amp, write_text
+from train import (OneLineParser, autocast, eval_weights, evaluate, load_checkpoint, pick_device, resolve_amp, sync,
+                   write_text)
 
 
 class TTA(nn.Module):
@@ -82,14 +83,14 @@ def images_per_s(model, loader, device, amp_dtype, repeats=1):
     x0, _ = next(iter(loader))
     with torch.no_grad(), autocast(device, amp_dtype):
         model.eval()(x0)
+    sync(device)  # the warm-up's queued work stays out of the timing
     n, t0 = 0, time.perf_counter()
     with torch.no_grad(), autocast(device, amp_dtype):
         for _ in range(repeats):
             for x, _ in loader:
                 model(x)
                 n += len(x)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     return n / (time.perf_counter() - t0)
 
 

@@ -57,7 +57,7 @@ def test_bare_step_does_what_train_step_does():
     for make_step in (train.make_train_step, bench.make_bare_step):
         raw, model = bench.place(build_model("lenet"), device, False, False)
         raw.load_state_dict(base.state_dict())
-        optimizer, scheduler, scaler, criterion = bench.training_parts(raw, targs, device, None, 10)
+        optimizer, scheduler, scaler, criterion = train.training_parts(raw, targs, device, None, 10)
         step = make_step(model, optimizer, scheduler, criterion, device, None, scaler)
         for _ in range(2):
             step(x, y)

@@ -3,7 +3,6 @@ with plain state dicts, and a 2-process run stopped by SIGTERM resumes in 1 proc
 (The shards of an epoch being disjoint and covering the data is test_data.py's rank test.)
 """
 import json
-import os
 import signal
 import subprocess
 import sys

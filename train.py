@@ -200,6 +200,14 @@ def device_name(device):
     return f"{device.type} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def sync(device):
+    """Wait for queued device work, so a timer measures the work and not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def resolve_amp(amp, device, log=print):
     """Map --amp to an autocast dtype (or None), falling back with a warning where unsupported."""
     if amp == "auto":
@@ -268,6 +276,14 @@ def build_optimizer(model, args, lr=None):
         # torch's Adam adds L2 to the gradient (as report 004's Adam(weight_decay=5e-4) did); adamw decouples it
         return torch.optim.Adam(groups, lr=lr, betas=tuple(args.betas))
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(args.betas))
+
+
+def training_parts(raw_model, args, device, amp_dtype, steps_per_epoch, lr=None):
+    """Optimizer, per-iteration scheduler, gradient scaler (on for fp16 only) and loss of a run with `args`."""
+    optimizer = build_optimizer(raw_model, args, lr)
+    scheduler = build_scheduler(optimizer, args, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return optimizer, scheduler, scaler, nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
 
 
 def lr_factor(step, total, warmup, schedule, milestones=(), gamma=(0.1,)):
@@ -414,15 +430,20 @@ def remove_stale_temps(folder):
             os.remove(os.path.join(folder, name))
 
 
+def peak_rss_bytes():
+    """The process's peak resident memory (getrusage: KiB on Linux, bytes on macOS)."""
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
 def rss_mib():
-    """Resident memory of this process in MiB (Linux /proc; elsewhere the peak from getrusage)."""
+    """Resident memory of this process in MiB (Linux /proc; elsewhere the peak)."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
-        import resource
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+        return peak_rss_bytes() / 2**20
 
 
 def load_checkpoint(path):
@@ -636,10 +657,7 @@ def main(argv=None):
         model = torch.compile(model)
 
     lr = args.lr * world if args.scale_lr == "linear" else args.lr  # Goyal et al. 2017: lr grows with the batch
-    optimizer = build_optimizer(raw_model, args, lr)
-    scheduler = build_scheduler(optimizer, args, len(train_loader))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    optimizer, scheduler, scaler, criterion = training_parts(raw_model, args, device, amp_dtype, len(train_loader), lr)
     step_fn = make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler, ema,
                               skip_nonfinite=args.skip_nonfinite > 0, ema_every=args.ema_every)
     eval_model = ema.module if ema is not None else raw_model
@@ -711,6 +729,16 @@ def main(argv=None):
               f"{args.eval_batch_size}){used}; try a smaller batch size (last.pt in {out} is kept)", file=sys.stderr)
         return 1
 
+    def stopped(where):
+        signum = stop_signal[0] if stop_signal else signal.SIGTERM  # (under torchrun another rank was signalled)
+        return Stop(128 + signum, f"stopped by signal {signal.Signals(signum).name} {where}; "
+                                  f"resume with: python train.py --resume {out}")
+
+    def epoch_sums(acc_loss, acc_correct, seen):
+        """Loss sum, correct and images of this epoch so far, over all ranks (float64, on the device)."""
+        return all_sum(torch.stack([acc_loss, acc_correct.double(),
+                                    torch.tensor(float(seen), device=device, dtype=torch.float64)]))
+
     stop_signal = []
     old_handlers = {s: signal.signal(s, lambda signum, frame: stop_signal.append(signum))
                     for s in (signal.SIGINT, signal.SIGTERM)}
@@ -750,24 +778,21 @@ def main(argv=None):
                 stopping = any_rank(stop_signal, device) if world > 1 and at_sync else bool(stop_signal and world == 1)
                 saving = stopping or bool(args.save_every and step % args.save_every == 0)
                 if saving or at_sync:
-                    if not math.isfinite(acc_loss.item()):  # checked before any save: a NaN model is never written
+                    loss_sum = acc_loss.item()
+                    if not math.isfinite(loss_sum):  # checked before any save: a NaN model is never written
                         raise diverged(epoch, step, loss.item())
-                    bar.update(0, loss=f"{acc_loss.item() / seen:.3f}", acc=f"{acc_correct.item() / seen:.3f}",
+                    bar.update(0, loss=f"{loss_sum / seen:.3f}", acc=f"{acc_correct.item() / seen:.3f}",
                                lr=f"{scheduler.get_last_lr()[0]:.3g}", img_s=f"{seen * world / (time.time() - t0):.0f}")
                 bar.update(1)
                 if saving:
-                    part = all_sum(torch.stack([acc_loss, acc_correct.double(), torch.tensor(
-                        float(seen), device=device, dtype=torch.float64)])).tolist()
+                    part = epoch_sums(acc_loss, acc_correct, seen).tolist()
                     if main_proc:
                         checkpoint("last.pt", epoch, i + 1, partial={
                             "loss": part[0], "correct": int(part[1]), "seen": int(part[2])})
                     if stopping:
-                        signum = stop_signal[0] if stop_signal else signal.SIGTERM  # (another rank was signalled)
-                        raise Stop(128 + signum, f"stopped by signal {signal.Signals(signum).name} at epoch {epoch + 1}, "
-                                         f"step {step}; resume with: python train.py --resume {out}")
+                        raise stopped(f"at epoch {epoch + 1}, step {step}")
             start_batch, partial = 0, None
-            sums = all_sum(torch.stack([acc_loss, acc_correct.double(), torch.tensor(float(seen), device=device,
-                                                                                       dtype=torch.float64)]))
+            sums = epoch_sums(acc_loss, acc_correct, seen)
             epoch_time = time.time() - t0
             train_time += epoch_time
             row = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
@@ -793,9 +818,7 @@ def main(argv=None):
                           f"{select} loss {row[select + '_loss']:.4f}  {select} acc {row[select + '_acc']:.4f}  "
                           f"lr {row['lr']:.3g}  {row['epoch_time']:.1f}s  {row['images_per_s']:.0f} img/s")
             if any_rank(stop_signal, device):  # a signal during evaluation
-                signum = stop_signal[0] if stop_signal else signal.SIGTERM
-                raise Stop(128 + signum, f"stopped by signal {signal.Signals(signum).name} after epoch {epoch + 1}; "
-                                 f"resume with: python train.py --resume {out}")
+                raise stopped(f"after epoch {epoch + 1}")
     except Stop as e:
         print(f"train.py: {e}", file=sys.stderr)
         exit_code = e.code
