@@ -1,5 +1,6 @@
 """Shared test fixtures: the data folder (the real copy from $CIFAR10_DIR, else synthetic pickles)
 and running a script as a user does."""
+import json
 import os
 import subprocess
 import sys
@@ -25,3 +26,9 @@ def run_script(script, *args, timeout=600, **kw):
     """`python SCRIPT ARGS...` in the repo folder as a user runs it: the CompletedProcess (code, stdout, stderr)."""
     return subprocess.run([sys.executable, script, *map(str, args)], cwd=HERE, capture_output=True, text=True,
                           timeout=timeout, **kw)
+
+
+def training_metrics(run_dir):
+    """A run's metrics.jsonl rows without the fields that measure the machine rather than the training."""
+    return [{k: v for k, v in json.loads(line).items() if not any(w in k for w in ("time", "per_s", "rss"))}
+            for line in open(os.path.join(run_dir, "metrics.jsonl"))]

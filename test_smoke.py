@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import HERE, run_script
+from conftest import HERE, run_script, training_metrics
 
 
 # 4,000 train / 1,000 test images, rescnn6 (0.7M params): ~20 s an epoch on 2 cores in bf16.
@@ -68,9 +68,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, data_dir, two_epoch_r
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert open(os.path.join(full, "metrics.jsonl")).read().count("\n") == 2
-    strip = lambda path: [{k: v for k, v in json.loads(line).items() if not any(w in k for w in ("time", "per_s", "rss"))}
-                          for line in open(path)]
-    assert strip(os.path.join(full, "metrics.jsonl")) == strip(os.path.join(out, "metrics.jsonl"))
+    assert training_metrics(full) == training_metrics(out)
 
 
 def test_evaluate_reads_the_run(tmp_path, data_dir, two_epoch_run):
