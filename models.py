@@ -12,6 +12,7 @@ import argparse
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torchvision.models import resnet as tv_resnet
 from torchvision.models import vgg as tv_vgg
 
@@ -116,6 +117,66 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+class FastNet(nn.Module):
+    """Ours, for time-to-accuracy (recipe `fast`), after Keller Jordan's airbench94: a frozen 2x2 conv
+    that whitens image patches (set from data by init_from_data), then three groups of
+    conv-pool-BN-GELU-conv-BN-GELU (64/256/256 channels), a global max and a linear head.
+    Few layers at low resolution, because here compute, not depth, is the budget. BatchNorm has no
+    learnable scale (its bias only) and convs start as identities on their first input channels,
+    both as in airbench. 1,972,792 parameters, 1,440 of them frozen (whitening filters, BN scales)."""
+
+    whiten_bias_epochs = 3  # then the whitening bias stays put, and backward stops before the first conv (airbench)
+
+    def __init__(self, num_classes=10, widths=(64, 256, 256)):
+        super().__init__()
+        self.whiten = nn.Conv2d(3, 24, 2, bias=True)  # 12 eigen-patches of 2x2x3 and their negatives
+        self.whiten.weight.requires_grad_(False)
+        groups, cin = [], 24
+        for w in widths:
+            groups.append(nn.ModuleDict(dict(
+                conv1=nn.Conv2d(cin, w, 3, padding=1, bias=False), norm1=nn.BatchNorm2d(w, eps=1e-12, momentum=0.4),
+                conv2=nn.Conv2d(w, w, 3, padding=1, bias=False), norm2=nn.BatchNorm2d(w, eps=1e-12, momentum=0.4))))
+            cin = w
+        self.groups = nn.ModuleList(groups)
+        self.head = nn.Linear(cin, num_classes, bias=False)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.requires_grad_(False)
+
+    def reset_parameters(self):
+        """Convs: PyTorch's default, with the first in_channels filters the identity (dirac); head std 1/width."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)):
+                m.reset_parameters()
+            if isinstance(m, nn.Conv2d) and m is not self.whiten:
+                nn.init.dirac_(m.weight[:m.in_channels])
+        nn.init.normal_(self.head.weight, std=1 / self.head.in_features)
+        return self
+
+    @torch.no_grad()
+    def init_from_data(self, images, eps=5e-4):
+        """Whitening filters from normalised training images (N,3,H,W): the eigenvectors of the 2x2-patch
+        covariance scaled by 1/sqrt(eigenvalue), and their negatives (so the GELU after keeps both signs)."""
+        k = self.whiten.kernel_size[0]
+        patches = images.float().unfold(2, k, 1).unfold(3, k, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * k * k)
+        cov = patches.T @ patches / len(patches)
+        eigval, eigvec = torch.linalg.eigh(cov)
+        filters = (eigvec.T / (eigval + eps).sqrt()[:, None]).reshape(-1, 3, k, k)
+        self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight))
+
+    def set_epoch(self, epoch):
+        """Called by train.py at the start of every epoch (single process: under DDP every parameter must
+        keep its gradient)."""
+        self.whiten.bias.requires_grad_(epoch < self.whiten_bias_epochs)
+
+    def forward(self, x):
+        x = F.gelu(self.whiten(x))
+        for g in self.groups:
+            x = F.gelu(g.norm1(F.max_pool2d(g.conv1(x), 2)))
+            x = F.gelu(g.norm2(g.conv2(x)))
+        return self.head(torch.amax(x, dim=(2, 3)))
+
+
 # ----------------------------------------------------------------------------- torchvision ResNets, CIFAR stem
 
 def cifar_resnet(block, layers, num_classes=10, maxpool=False, zero_init_residual=False):
@@ -146,6 +207,7 @@ REGISTRY = {
     "resnet152": (lambda n: cifar_resnet(NECK, [3, 8, 36, 3], n), "001: ResNet-152, CIFAR stem"),
     "vgg_a": (lambda n: VGG(False, n), "003: VGG-A (Santurkar et al. 2018)"),
     "vgg_a_bn": (lambda n: VGG(True, n), "003: VGG-A with BatchNorm"),
+    "fastnet": (FastNet, "ours: airbench-style net for time-to-accuracy"),
 }
 ARCHS = list(REGISTRY)
 
@@ -172,11 +234,14 @@ def init_weights(model, zero_init_residual=False):
 
 
 def build_model(name, num_classes=10, zero_init_residual=False):
-    """Build a registered network with standard initialisation. Unknown names raise ValueError."""
+    """Build a registered network with standard initialisation (or its own, where it has reset_parameters).
+    Unknown names raise ValueError."""
     if name not in REGISTRY:
         raise ValueError(f"unknown architecture {name!r}; choose from: {', '.join(ARCHS)}")
-    builder, _ = REGISTRY[name]
-    return init_weights(builder(num_classes), zero_init_residual)
+    model = REGISTRY[name][0](num_classes)
+    if hasattr(model, "reset_parameters"):
+        return model.reset_parameters()
+    return init_weights(model, zero_init_residual)
 
 
 def count_params(model):

@@ -18,6 +18,7 @@ PARAMS = {
     "resnet152": 58_156_618,
     "vgg_a": 9_750_922,
     "vgg_a_bn": 9_756_426,
+    "fastnet": 1_972_792,
 }
 
 
@@ -101,3 +102,39 @@ def test_compile_on_cpu():
     compiled = torch.compile(model)
     with torch.no_grad():
         assert torch.allclose(compiled(x), model(x), atol=1e-5)
+
+
+def test_fastnet_whitening_filters_decorrelate_patches():
+    """After init_from_data, the first 12 whitening channels of 2x2 patches have identity covariance
+    (up to the eps regulariser) and the other 12 are their negatives."""
+    torch.manual_seed(0)
+    base = torch.nn.functional.avg_pool2d(torch.randn(300, 1, 18, 18), 3, 1)  # smooth, so neighbours correlate
+    x = torch.cat([base, 0.8 * base + 0.3 * torch.randn_like(base), base - 0.5 * torch.randn_like(base)], 1)
+    model = build_model("fastnet")
+    model.init_from_data(x)
+    w = model.whiten.weight
+    assert not w.requires_grad and torch.equal(w[12:], -w[:12])
+    y = torch.nn.functional.conv2d(x, w[:12]).permute(1, 0, 2, 3).reshape(12, -1)
+    cov = y @ y.T / y.shape[1]
+    assert torch.allclose(cov, torch.eye(12), atol=0.05), cov.diagonal()
+    raw = torch.nn.functional.conv2d(x, torch.randn(12, 3, 2, 2)).permute(1, 0, 2, 3).reshape(12, -1)
+    assert not torch.allclose(raw @ raw.T / raw.shape[1], torch.eye(12), atol=0.5)  # the test can fail
+
+
+def test_fastnet_frozen_parts_and_identity_start():
+    model = build_model("fastnet")
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen == ["whiten.weight"] + [f"groups.{i}.norm{j}.weight" for i in range(3) for j in (1, 2)]
+    conv2 = model.groups[1].conv2.weight  # 256 -> 256: every filter starts as the identity
+    assert torch.equal(conv2[:, :, 1, 1], torch.eye(256)) and conv2.abs().sum() == 256
+
+
+def test_fastnet_whitening_bias_trains_for_three_epochs_then_backward_stops_early():
+    model = build_model("fastnet")
+    x = torch.randn(4, 3, 32, 32)
+    for epoch, trains in ((0, True), (2, True), (3, False), (7, False)):
+        model.set_epoch(epoch)
+        model.zero_grad(set_to_none=True)
+        model(x).sum().backward()
+        assert (model.whiten.bias.grad is not None) == trains
+        assert model.groups[0].conv1.weight.grad is not None
