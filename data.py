@@ -137,7 +137,8 @@ class Loader:
     """Batches (x, y) on `device` from uint8 images (N,3,H,W) and int labels.
 
     train=True: a fresh shuffle and fresh augmentation draws per epoch (set_epoch), crop with padding
-    `crop` (0 = off), flip, jitter strength, Cutout side, mix ("none"/"cutmix"/"mixup"/"both", soft
+    `crop` (0 = off), flip (True: a coin per image and epoch, "alternate": each image mirrored on every other
+    epoch), jitter strength, Cutout side, mix ("none"/"cutmix"/"mixup"/"both", soft
     targets (B, num_classes)); rank/world_size give each process its shard of one common permutation.
     train=False: no shuffle, no augmentation, no mixing, order preserved.
     """
@@ -191,6 +192,13 @@ class Loader:
         self._rows = (torch.arange(c, device=self.device)[:, None] * hp * wp
                       + torch.arange(self.h, device=self.device)[None, :] * wp).view(1, -1)
 
+    def clean_images(self, n: int):
+        """The first n images normalised, without augmentation (float32, on the device): for data-dependent init."""
+        if not self.train:
+            return self._normalise(self.images[:n]).float()
+        p = self.crop
+        return self._normalise(self.src[:min(n, self.n), :, p:p + self.h, p:p + self.w]).float()
+
     def set_epoch(self, epoch: int):
         """Pick the epoch whose draws the next iteration replays; switches mixing off for the last K epochs."""
         self.epoch = epoch
@@ -224,6 +232,9 @@ class Loader:
         dy = torch.randint(0, 2 * p + 1, (m,), generator=g, device=dev)
         dx = torch.randint(0, 2 * p + 1, (m,), generator=g, device=dev)
         flip = torch.rand(m, generator=g, device=dev) < 0.5
+        if self.flip == "alternate":  # airbench: every image mirrored on every other epoch, from a random start
+            g0 = torch.Generator(device=dev).manual_seed(_seed(self.seed, 2**32))  # per image, the same each epoch
+            flip = (torch.rand(self.n, generator=g0, device=dev) < 0.5)[shard] ^ bool(self.epoch % 2)
         factors = torch.rand(m, 3, generator=g, device=dev)
         centres = torch.randint(0, max(self.h, self.w), (m, 2), generator=g, device=dev)
         mix_seeds = torch.randint(0, 2**31 - 1, (n,), generator=g, device=dev).tolist()  # one sync an epoch
@@ -289,6 +300,8 @@ def add_data_args(parser, helps=None):
          "crop_pad": "random crop with this padding (0 = off)",
          "pad_mode": None,
          "no_flip": "no random horizontal flip",
+         "alt_flip": "flip every image on every other epoch (random start per image) instead of a coin per epoch: "
+                     "each image is seen both ways in any two epochs (airbench)",
          "jitter": "colour jitter: brightness/contrast/saturation factors in [1-S, 1+S] (0 = off)",
          "cutout": "Cutout square side in pixels (0 = off)",
          "mix": "CutMix/MixUp with soft targets; both = a random one of the two per batch",
@@ -301,11 +314,17 @@ def add_data_args(parser, helps=None):
     g.add_argument("--crop-pad", type=int, default=4, metavar="P", help=h["crop_pad"])
     g.add_argument("--pad-mode", default="zeros", choices=["zeros", "reflect"], help=h["pad_mode"])
     g.add_argument("--no-flip", action="store_true", help=h["no_flip"])
+    g.add_argument("--alt-flip", action="store_true", help=h["alt_flip"])
     g.add_argument("--jitter", type=float, default=0.0, metavar="S", help=h["jitter"])
     g.add_argument("--cutout", type=int, default=0, metavar="K", help=h["cutout"])
     g.add_argument("--mix", default="none", choices=["none", "cutmix", "mixup", "both"], help=h["mix"])
     g.add_argument("--mix-alpha", type=float, default=1.0, metavar="A", help=h["mix_alpha"])
     g.add_argument("--mix-off-epochs", type=int, default=0, metavar="K", help=h["mix_off_epochs"])
+
+
+def flip_mode(args):
+    """Loader's flip from the flags: False, True (a coin per image and epoch) or "alternate"."""
+    return False if args.no_flip else "alternate" if getattr(args, "alt_flip", False) else True
 
 
 def build_loaders(args, device, batch_size, *, dtype=torch.float32, channels_last=False, seed=0, epochs=None,
@@ -328,7 +347,7 @@ def build_loaders(args, device, batch_size, *, dtype=torch.float32, channels_las
         raise DataError(f"{len(x)} training images cannot be shared among {world_size} processes")
     common = dict(device=device, mean=mean, std=std, num_classes=len(d["classes"]), dtype=dtype,
                   channels_last=channels_last)
-    train = Loader(x, y, batch_size, train=True, crop=args.crop_pad, pad_mode=args.pad_mode, flip=not args.no_flip,
+    train = Loader(x, y, batch_size, train=True, crop=args.crop_pad, pad_mode=args.pad_mode, flip=flip_mode(args),
                    jitter=args.jitter, cutout=args.cutout, mix=args.mix, mix_alpha=args.mix_alpha,
                    mix_off_epochs=args.mix_off_epochs, epochs=epochs, seed=seed, rank=rank, world_size=world_size,
                    drop_last=(len(x) // world_size) % batch_size == 1,  # a 1-image batch breaks BatchNorm in train mode

@@ -14,34 +14,11 @@ import sys
 import time
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 import data
 from models import build_model
-from train import (OneLineParser, autocast, eval_weights, evaluate, load_checkpoint, pick_device, resolve_amp, sync,
-                   write_text)
-
-
-class TTA(nn.Module):
-    """Test-time augmentation: average the logits of the image and its mirror; with translate,
-    also of 2-pixel shifted copies (reflect-padded), weighted half and half as in airbench."""
-
-    def __init__(self, model, translate=False):
-        super().__init__()
-        self.model, self.translate = model, translate
-
-    def both(self, x):
-        return 0.5 * (self.model(x) + self.model(x.flip(3)))
-
-    def forward(self, x):
-        out = self.both(x)
-        if self.translate:
-            p = F.pad(x, (2, 2, 2, 2), mode="reflect")
-            h, w = x.shape[-2:]
-            shifted = 0.5 * (self.both(p[..., :h, :w]) + self.both(p[..., 4:, 4:]))
-            out = 0.5 * out + 0.5 * shifted
-        return out
+from train import (TTA, OneLineParser, autocast, eval_weights, evaluate, load_checkpoint, pick_device, resolve_amp,
+                   sync, write_text)
 
 
 def per_class(pred, labels, n):
@@ -103,7 +80,7 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=1000)
     ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
     ap.add_argument("--tta", action="store_true", help="also report flip test-time augmentation")
-    ap.add_argument("--translate", action="store_true", help="with --tta, add 2-pixel translations")
+    ap.add_argument("--translate", action="store_true", help="with --tta, add copies shifted 1 pixel up-left and down-right")
     ap.add_argument("--subset", type=int, default=None, help="evaluate only the first N test images")
     ap.add_argument("--out", default=None, help="folder for confusion_matrix.png (default: the checkpoint's folder)")
     ap.add_argument("--json", default=None, metavar="PATH", help="write the numbers as JSON")

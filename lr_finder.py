@@ -76,13 +76,16 @@ def find_lr(model, optimizer, loader, criterion=None, *, start_lr=1e-7, end_lr=1
                 raise ValueError("find_lr: the loader yields no batches")
             epoch += 1
 
+    # every group keeps its ratio to the swept lr (--bias-lr-scale, muon's --aux-lr)
+    ratios = [g["lr"] / optimizer.param_groups[0]["lr"] if optimizer.param_groups[0]["lr"] else 1.0
+              for g in optimizer.param_groups]
     try:
         model.train()
         avg, best, beta = 0.0, math.inf, 1.0 - smooth
         for i, (x, y) in zip(range(num_iter), batches()):
             lr = lr_at(i, num_iter, start_lr, end_lr, mode)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            for group, r in zip(optimizer.param_groups, ratios):
+                group["lr"] = lr * r
             with train.autocast(device, amp_dtype):
                 loss = criterion(model(x), y)
             optimizer.zero_grad(set_to_none=True)

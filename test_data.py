@@ -204,6 +204,39 @@ def test_flip_about_half():
     assert torch.equal(out[flipped][:, 1].flip(-1), out[~flipped][:1, 1].expand(int(flipped.sum()), 32, 32))
 
 
+@pytest.mark.parametrize("crop,pad_mode", [(0, "zeros"), (2, "reflect"), (4, "zeros")])
+def test_clean_images_are_the_first_images_normalised_unaugmented(synth, crop, pad_mode):
+    x, y = data.load_cifar10(synth)["train"]
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    want = (x[:30] / 255 - mean.view(3, 1, 1)) / std.view(3, 1, 1)
+    for train in (True, False):
+        loader = data.Loader(x, y, 64, mean=mean, std=std, train=train, crop=crop, pad_mode=pad_mode,
+                             dtype=torch.bfloat16)
+        got = loader.clean_images(30)
+        assert got.dtype == torch.float32 and got.shape == (30, 3, 32, 32)
+        assert torch.allclose(got, want, atol=0.03)  # bf16 rounding of the normalised values
+
+
+def test_alternate_flip_mirrors_each_image_every_other_epoch():
+    n = 2000
+    x = position_image().expand(n, 3, 32, 32).contiguous()
+    loader = data.Loader(x, torch.arange(n), 500, train=True, crop=0, flip="alternate", **RAW)
+
+    def flipped(epoch):  # by image (the label is the image's index)
+        out = batches(loader, epoch)
+        xs, ys = torch.cat([b for b, _ in out]), torch.cat([t for _, t in out])
+        f = torch.empty(n, dtype=torch.bool)
+        f[ys] = xs[:, 1, 0, 0] == 131
+        return f
+
+    f0, f1, f2 = flipped(0), flipped(1), flipped(2)
+    assert 0.45 < f0.float().mean() < 0.55
+    assert torch.equal(f1, ~f0) and torch.equal(f2, f0)  # both ways in any two epochs
+    coin = data.Loader(x, torch.arange(n), 500, train=True, crop=0, flip=True, **RAW)
+    loader = coin
+    assert not torch.equal(flipped(1), ~flipped(0))  # a coin per epoch does not alternate
+
+
 def test_eval_loader_keeps_order_and_pixels(synth):
     x, y = data.load_cifar10(synth)["test"]
     mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])

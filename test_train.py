@@ -6,6 +6,8 @@ import json
 import math
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -262,3 +264,86 @@ def test_ema_warms_up_then_decays_at_the_given_rate():
         ema.update_parameters(model)
         assert torch.allclose(ema.module[0].weight, expected, atol=1e-5), n
     assert ema.module[1].num_batches_tracked == model[1].num_batches_tracked
+
+
+# ----------------------------------------------------------------------------- the fast recipe's parts
+
+def opt_args(**kw):
+    base = dict(optimizer="muon", lr=0.24, momentum=0.6, aux_lr=0.02, aux_momentum=0.85, bias_lr_scale=10.0,
+                wd=0.1, no_wd_bn_bias=False, nesterov=True, betas=[0.9, 0.999])
+    return train.argparse.Namespace(**{**base, **kw})
+
+
+def test_orthogonalise_approximates_u_vt():
+    torch.manual_seed(0)
+    for shape in ((64, 200), (200, 64)):
+        g = torch.randn(*shape)
+        o = train.orthogonalise(g).float()
+        s = torch.linalg.svdvals(o)
+        assert o.shape == g.shape and s.min() > 0.5 and s.max() < 1.3, s
+        u, _, vt = torch.linalg.svd(g, full_matrices=False)
+        cos = (o * (u @ vt)).sum() / (o.norm() * (u @ vt).norm())
+        assert cos > 0.95, cos
+
+
+def test_muon_groups_and_one_exact_step():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 36, 4))
+    model[1].weight.requires_grad_(False)  # frozen parameters stay out of the optimizer
+    opt = train.build_optimizer(model, opt_args())
+    g = [(len(x["params"]), x["lr"], x["momentum"], x["weight_decay"], x["muon"]) for x in opt.param_groups]
+    assert g == [(1, 0.24, 0.6, 0.0, True), (1, 0.02, 0.85, 0.1, False), (2, pytest.approx(0.2), 0.85, 0.01, False)]
+    conv, head = model[0].weight, model[3].weight
+    w0, h0 = conv.detach().clone(), head.detach().clone()
+    model(torch.randn(5, 3, 8, 8)).square().mean().backward()
+    gc, gh = conv.grad.clone(), head.grad.clone()
+    opt.step()
+    # muon: Nesterov on a zero buffer gives g + 0.6 g; the weights rescaled to norm sqrt(8), then the orthogonal step
+    want = w0 * (8 ** 0.5 / w0.norm()) - 0.24 * train.orthogonalise((1.6 * gc).reshape(8, -1)).view_as(w0)
+    assert torch.allclose(conv, want, atol=1e-6)
+    # the head: plain Nesterov SGD with L2 weight decay, as torch.optim.SGD
+    assert torch.allclose(head, h0 - 0.02 * 1.85 * (gh + 0.1 * h0), atol=1e-6)
+
+
+def test_bias_lr_scale_keeps_the_decay_per_step():
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    opt = train.build_optimizer(model, opt_args(optimizer="sgd", lr=0.1, bias_lr_scale=64.0, wd=5e-4))
+    (w, wlr, wwd), (v, vlr, vwd) = [(len(x["params"]), x["lr"], x["weight_decay"]) for x in opt.param_groups]
+    assert (w, v) == (1, 3) and wlr == 0.1 and vlr == pytest.approx(6.4)
+    assert wlr * wwd == pytest.approx(vlr * vwd)
+
+
+def test_linear_schedule():
+    f = train.lr_factor
+    assert [f(s, 100, 0, "linear") for s in (0, 50, 99)] == [1.0, 0.5, pytest.approx(0.01)]
+    assert [f(s, 100, 10, "linear") for s in (0, 9, 10, 55)] == [0.1, 1.0, 1.0, 0.5]
+
+
+def test_tta_flag_reports_a_second_figure(tmp_path, data_dir):
+    out = tmp_path / "tta"
+    assert train.main([*QUICK, "--tta", "translate", "--data", data_dir, "--out", str(out)]) == 0
+    s = json.load(open(out / "summary.json"))
+    assert s["tta"] == "translate" and 0 <= s["tta_test_acc"] <= 1 and s["tta_eval_s"] > 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_stops_the_page_faults_of_reallocation():
+    """A CPU run re-allocates the same big activations every step: with keep_freed_memory they come back
+    without page faults (the first rounds fill the heap), without it every round faults them in again."""
+    code = ("import resource, sys, torch, train\n"
+            "if sys.argv[1] == '1': train.keep_freed_memory()\n"
+            "out = []\n"
+            "for i in range(4):\n"
+            "    f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "    x, y = torch.ones(50_000_000), torch.ones(20_000_000)\n"
+            "    out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)\n"
+            "    del x, y\n"
+            "print(out[0], out[-1])\n")
+    faults = {}
+    for on in ("0", "1"):
+        r = subprocess.run([sys.executable, "-c", code, on], cwd=os.path.dirname(train.__file__),
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        faults[on] = [int(v) for v in r.stdout.split()]
+    assert faults["0"][1] > 0.5 * faults["0"][0] > 20_000  # 280 MB: ~68,000 pages each round
+    assert faults["1"][1] < 0.05 * faults["1"][0]

@@ -637,7 +637,7 @@ def cmd_augment(ap, args):
         loader = data.Loader(xs, ys, args.count, mean=mean, std=std, train=True, seed=args.seed, **kw)
         return next(iter(loader))
 
-    aug = dict(crop=args.crop_pad, pad_mode=args.pad_mode, flip=not args.no_flip, jitter=args.jitter,
+    aug = dict(crop=args.crop_pad, pad_mode=args.pad_mode, flip=data.flip_mode(args), jitter=args.jitter,
                cutout=args.cutout, mix_alpha=args.mix_alpha)
     what = [f"crop pad {args.crop_pad}" if args.crop_pad else None, None if args.no_flip else "flip",
             f"jitter {args.jitter:g}" if args.jitter else None, f"cutout {args.cutout}" if args.cutout else None]
