@@ -290,6 +290,8 @@ def get_parser():
     ap.add_argument("--wd", type=float, default=d("wd"), help="weight decay")
     ap.add_argument("--no-wd-bn-bias", action="store_true",
                     help="exempt BatchNorm and bias parameters from weight decay")
+    ap.add_argument("--bias-lr-scale", type=float, default=d("bias_lr_scale"), metavar="S",
+                    help="biases and BN parameters at S x the swept lr, with weight decay / S")
     ap.add_argument("--label-smoothing", type=float, default=d("label_smoothing"), help="of the cross-entropy loss")
     ap.add_argument("--zero-init-residual", action="store_true", help="last BN of every residual branch starts at 0")
     data.add_data_args(ap)
@@ -318,8 +320,8 @@ def check_args(ap, args):
         ap.error(f"--smooth must be in (0, 1], got {args.smooth:g}")
     if args.diverge <= 1:
         ap.error(f"--diverge must be > 1, got {args.diverge:g}")
-    if args.val < 0 or args.wd < 0 or not 0 <= args.label_smoothing < 1:
-        ap.error("--val and --wd must be >= 0, --label-smoothing in [0, 1)")
+    if args.val < 0 or args.wd < 0 or not 0 <= args.label_smoothing < 1 or args.bias_lr_scale <= 0:
+        ap.error("--val and --wd must be >= 0, --bias-lr-scale > 0, --label-smoothing in [0, 1)")
 
 
 def main(argv=None):
@@ -350,6 +352,8 @@ def main(argv=None):
     torch.manual_seed(args.seed)  # the same initial weights as train.py --seed
     model = build_model(args.arch, num_classes=len(info["classes"]), zero_init_residual=args.zero_init_residual)
     model = model.to(device)
+    if hasattr(model, "init_from_data"):  # fastnet's whitening filters, as train.py sets them
+        model.init_from_data(train_loader.clean_images(5000))
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = train.build_optimizer(model, args, lr=args.start_lr)

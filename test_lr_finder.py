@@ -268,3 +268,38 @@ def test_cli_refuses_to_overwrite(tmp_path, capsys):
         lr_finder.main(["--arch", "lenet", "--out", str(tmp_path)])
     assert e.value.code == 2 and "--force" in capsys.readouterr().err
     assert (tmp_path / "lr_finder.csv").read_text() == "precious\n"
+
+
+def test_every_param_group_keeps_its_ratio_to_the_swept_lr():
+    torch.manual_seed(0)
+    model = Tiny()
+    weights = [p for p in model.parameters() if p.ndim > 1]
+    vectors = [p for p in model.parameters() if p.ndim <= 1]
+    optimizer = torch.optim.SGD([{"params": weights, "lr": 0.1}, {"params": vectors, "lr": 6.4}], lr=0.1)
+    seen, criterion = [], nn.CrossEntropyLoss()
+
+    def spy(out, y):
+        seen.append([g["lr"] for g in optimizer.param_groups])
+        return criterion(out, y)
+
+    lr_finder.find_lr(model, optimizer, image_batches(), spy, start_lr=1e-4, end_lr=1, num_iter=10)
+    assert len(seen) == 10 and seen[0][0] == pytest.approx(1e-4)
+    assert all(v == pytest.approx(64 * w) for w, v in seen)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.1, 6.4]  # put back afterwards
+
+
+def test_cli_fastnet_gets_its_whitening_and_the_command_keeps_bias_lr_scale(tmp_path, data_dir, capsys, monkeypatch):
+    import models
+    calls, real = [], models.FastNet.init_from_data
+
+    def spy(self, images, **kw):
+        calls.append(images.shape)
+        return real(self, images, **kw)
+
+    monkeypatch.setattr(models.FastNet, "init_from_data", spy)
+    code = lr_finder.main(["--arch", "fastnet", "--subset", "500", "--num-iter", "6", "--batch-size", "50",
+                           "--bias-lr-scale", "64", "--data", data_dir, "--out", str(tmp_path / "f")])
+    assert code in (0, 1) and len((tmp_path / "f" / "lr_finder.csv").read_text().splitlines()) == 7
+    assert calls == [(500, 3, 32, 32)]
+    args = lr_finder.get_parser().parse_args(["--arch", "fastnet", "--bias-lr-scale", "64"])
+    assert lr_finder.train_command(args, 0.1) == "python train.py --arch fastnet --bias-lr-scale 64.0 --lr 0.1"

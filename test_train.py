@@ -47,7 +47,10 @@ def lenet_run(tmp_path_factory, data_dir):
     (["--lr", "-0.1"], "--lr must be positive, got -0.1"),
     (["--batch-size", "0"], "--batch-size must be positive, got 0"),
     (["--epochs", "ten"], "argument --epochs: invalid int value: 'ten'"),
-    (["--schedule", "linear"], "argument --schedule: invalid choice: 'linear'"),
+    (["--schedule", "triangle"], "argument --schedule: invalid choice: 'triangle'"),
+    (["--bias-lr-scale", "0"], "--bias-lr-scale must be positive, got 0.0"),
+    (["--optimizer", "muon", "--aux-lr", "-1"], "--aux-lr must be positive, got -1.0"),
+    (["--tta", "mirror"], "argument --tta: invalid choice: 'mirror'"),
     (["--val", "50000"], "--val 50000 must be at least 0 and below the 200 training images"),
     (["--data", "{tmp}/nowhere"], "CIFAR-10 in {tmp}/nowhere/cifar-10-batches-py: folder not found; fetch the "
                                   "official files with --download, or unpack a local copy"),
