@@ -92,7 +92,8 @@ def find_lr(model, optimizer, loader, criterion=None, *, start_lr=1e-7, end_lr=1
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            loss = loss.item() if val_loader is None else mean_loss(model, val_loader, criterion, device, amp_dtype)
+            loss = (loss.item() if val_loader is None
+                    else train.evaluate(model, val_loader, device, amp_dtype, criterion=criterion)["loss"])
             if math.isfinite(loss):
                 avg = beta * avg + (1 - beta) * loss
                 smoothed = avg / (1 - beta ** (i + 1))  # bias correction: the average starts at 0
@@ -119,22 +120,6 @@ def find_lr(model, optimizer, loader, criterion=None, *, start_lr=1e-7, end_lr=1
             p.grad = g
         model.train(was_training)
     return curve
-
-
-@torch.no_grad()
-def mean_loss(model, loader, criterion, device, amp_dtype=None):
-    """Loss averaged over every image of `loader`, in eval mode (the caller's mode is kept)."""
-    was_training = model.training
-    model.eval()
-    total, n = 0.0, 0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        with train.autocast(device, amp_dtype):
-            out = model(x)
-        total += criterion(out.float(), y).item() * len(x)
-        n += len(x)
-    model.train(was_training)
-    return total / n
 
 
 # ----------------------------------------------------------------------------- suggestions

@@ -350,3 +350,17 @@ def test_keep_freed_memory_stops_the_page_faults_of_reallocation():
         faults[on] = [int(v) for v in r.stdout.split()]
     assert faults["0"][1] > 0.5 * faults["0"][0] > 20_000  # 280 MB: ~68,000 pages each round
     assert faults["1"][1] < 0.05 * faults["1"][0]
+
+
+def test_evaluate_with_a_criterion_gives_its_mean_over_every_image():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).train()
+    batches = [(torch.randn(n, 3, 2, 2), torch.randint(0, 3, (n,))) for n in (5, 5, 2)]  # a short last batch
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    smooth = nn.CrossEntropyLoss(label_smoothing=0.2)
+    got = train.evaluate(model, batches, torch.device("cpu"), criterion=smooth)
+    plain = train.evaluate(model, batches, torch.device("cpu"))
+    with torch.no_grad():
+        want_smooth, want_plain = smooth(model(x), y).item(), nn.functional.cross_entropy(model(x), y).item()
+    assert got["loss"] == pytest.approx(want_smooth, rel=1e-6) and plain["loss"] == pytest.approx(want_plain, rel=1e-6)
+    assert abs(want_smooth - want_plain) > 1e-3 and got["acc"] == plain["acc"] and model.training

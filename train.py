@@ -463,18 +463,21 @@ def n_correct(logits, y):
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, amp_dtype=None, return_outputs=False):
-    """Mean loss and accuracy over a loader (and the logits, if asked). Restores train mode."""
+def evaluate(model, loader, device, amp_dtype=None, return_outputs=False, criterion=None):
+    """Mean loss (cross-entropy, or `criterion`: a mean-reducing loss) and accuracy over a loader (and the
+    logits, if asked), in eval mode. Restores the caller's mode."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     outs, n = [], 0
     for x, y in loader:
+        x, y = x.to(device), y.to(device)
         with autocast(device, amp_dtype):
             out = model(x)
         out = out.float()
-        loss_sum += F.cross_entropy(out, y, reduction="sum")
+        loss_sum += (F.cross_entropy(out, y, reduction="sum") if criterion is None
+                     else criterion(out, y).double() * len(y))
         correct += n_correct(out, y)
         n += len(y)
         if return_outputs:
