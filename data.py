@@ -232,6 +232,7 @@ class Loader:
         dy = torch.randint(0, 2 * p + 1, (m,), generator=g, device=dev)
         dx = torch.randint(0, 2 * p + 1, (m,), generator=g, device=dev)
         flip = torch.rand(m, generator=g, device=dev) < 0.5
+        # (the coins above are drawn in every mode, so the draws after them stay the same)
         if self.flip == "alternate":  # airbench: every image mirrored on every other epoch, from a random start
             g0 = torch.Generator(device=dev).manual_seed(_seed(self.seed, 2**32))  # per image, the same each epoch
             flip = (torch.rand(self.n, generator=g0, device=dev) < 0.5)[shard] ^ bool(self.epoch % 2)

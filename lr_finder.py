@@ -337,8 +337,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)  # the same initial weights as train.py --seed
     model = build_model(args.arch, num_classes=len(info["classes"]), zero_init_residual=args.zero_init_residual)
     model = model.to(device)
-    if hasattr(model, "init_from_data"):  # fastnet's whitening filters, as train.py sets them
-        model.init_from_data(train_loader.clean_images(5000))
+    train.init_from_data(model, train_loader)  # fastnet's whitening filters, as train.py sets them
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = train.build_optimizer(model, args, lr=args.start_lr)

@@ -220,21 +220,20 @@ def test_clean_images_are_the_first_images_normalised_unaugmented(synth, crop, p
 def test_alternate_flip_mirrors_each_image_every_other_epoch():
     n = 2000
     x = position_image().expand(n, 3, 32, 32).contiguous()
-    loader = data.Loader(x, torch.arange(n), 500, train=True, crop=0, flip="alternate", **RAW)
+    alternate = data.Loader(x, torch.arange(n), 500, train=True, crop=0, flip="alternate", **RAW)
+    coin = data.Loader(x, torch.arange(n), 500, train=True, crop=0, flip=True, **RAW)
 
-    def flipped(epoch):  # by image (the label is the image's index)
+    def flipped(loader, epoch):  # by image (the label is the image's index)
         out = batches(loader, epoch)
         xs, ys = torch.cat([b for b, _ in out]), torch.cat([t for _, t in out])
         f = torch.empty(n, dtype=torch.bool)
         f[ys] = xs[:, 1, 0, 0] == 131
         return f
 
-    f0, f1, f2 = flipped(0), flipped(1), flipped(2)
+    f0, f1, f2 = flipped(alternate, 0), flipped(alternate, 1), flipped(alternate, 2)
     assert 0.45 < f0.float().mean() < 0.55
     assert torch.equal(f1, ~f0) and torch.equal(f2, f0)  # both ways in any two epochs
-    coin = data.Loader(x, torch.arange(n), 500, train=True, crop=0, flip=True, **RAW)
-    loader = coin
-    assert not torch.equal(flipped(1), ~flipped(0))  # a coin per epoch does not alternate
+    assert not torch.equal(flipped(coin, 1), ~flipped(coin, 0))  # a coin per epoch does not alternate
 
 
 def test_eval_loader_keeps_order_and_pixels(synth):

@@ -432,6 +432,16 @@ def ema_warmup(decay):
     return update
 
 
+def init_from_data(model, train_loader, n=5000):
+    """Data-dependent initialisation, for a model that has one (fastnet's whitening filters), from the first n
+    training images unaugmented; returns the seconds it took (0 for other models)."""
+    if not hasattr(model, "init_from_data"):
+        return 0.0
+    t = time.time()
+    model.init_from_data(train_loader.clean_images(n))
+    return time.time() - t
+
+
 def make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler, ema=None, skip_nonfinite=False,
                     ema_every=1):
     """One optimisation step on a ready batch; returns (loss, logits) still on the device (no sync).
@@ -767,12 +777,7 @@ def main(argv=None):
     if args.sync_bn and world > 1:
         raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(raw_model)
     raw_model = raw_model.to(device)
-    if hasattr(raw_model, "init_from_data") and resume_ckpt is None:  # fastnet's whitening filters, from 5,000 images
-        t = time.time()
-        raw_model.init_from_data(train_loader.clean_images(5000))
-        init_time = time.time() - t
-    else:
-        init_time = 0.0
+    init_time = init_from_data(raw_model, train_loader) if resume_ckpt is None else 0.0  # (resume loads them)
     if args.channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
     ema = None
