@@ -17,7 +17,8 @@ from conftest import HERE, run_script, training_metrics
 
 # lenet on 2,000 images, 40 steps an epoch; saves: steps 7..35 (1-5), epoch end best.pt (6) and last.pt (7), ...
 RUN = ["--arch", "lenet", "--epochs", "3", "--subset", "2000", "--batch-size", "50", "--eval-batch-size", "1000",
-       "--lr", "0.05", "--seed", "1", "--save-every", "7", "--ema", "0.9", "--ema-every", "3"]
+       "--lr", "0.05", "--seed", "1", "--save-every", "7", "--ema", "0.9", "--ema-every", "3",
+       "--lookahead", "0.9", "--lookahead-k", "9"]
 
 
 def assert_same_run(a, b):
@@ -26,6 +27,8 @@ def assert_same_run(a, b):
     for part in ("model", "ema"):  # the weights and their moving average (updated every 3rd step)
         wa, wb = ca[part], cb[part]
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), part
+    # lookahead's slow weights (synced every 9th step: the saves every 7th fall between syncs)
+    assert all(torch.equal(x, y) for x, y in zip(ca["lookahead"]["slow"], cb["lookahead"]["slow"], strict=True))
     assert training_metrics(a) == training_metrics(b) and len(training_metrics(a)) == 3
     assert not [n for n in os.listdir(b) if ".tmp" in n]  # no temp file of the killed write is left
 

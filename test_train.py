@@ -51,6 +51,8 @@ def lenet_run(tmp_path_factory, data_dir):
     (["--bias-lr-scale", "0"], "--bias-lr-scale must be positive, got 0.0"),
     (["--optimizer", "muon", "--aux-lr", "-1"], "--aux-lr must be positive, got -1.0"),
     (["--tta", "mirror"], "argument --tta: invalid choice: 'mirror'"),
+    (["--lookahead", "1"], "--label-smoothing, --ema and --lookahead in [0, 1)"),
+    (["--lookahead-k", "0"], "--ema-every and --lookahead-k must be positive, got 4 and 0"),
     (["--val", "50000"], "--val 50000 must be at least 0 and below the 200 training images"),
     (["--data", "{tmp}/nowhere"], "CIFAR-10 in {tmp}/nowhere/cifar-10-batches-py: folder not found; fetch the "
                                   "official files with --download, or unpack a local copy"),
@@ -267,6 +269,29 @@ def test_ema_warms_up_then_decays_at_the_given_rate():
         ema.update_parameters(model)
         assert torch.allclose(ema.module[0].weight, expected, atol=1e-5), n
     assert ema.module[1].num_batches_tracked == model[1].num_batches_tracked
+
+
+
+def test_lookahead_syncs_every_k_steps_with_a_growing_pull_and_at_the_end():
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    la = train.Lookahead(model, alpha=0.5, k=2, total_steps=5)
+    slow = model[0].weight.detach().clone()
+    for step in range(1, 6):
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+            model[1].running_mean.add_(1.0)
+        model[1].num_batches_tracked += 1
+        live = model[0].weight.detach().clone()
+        la.step(step)
+        if step in (2, 4, 5):  # every 2nd step, and the last (1 step after the previous sync)
+            keep = 0.5 ** (1 if step == 5 else 2) * (step / 5) ** 3  # 0.016, 0.128, 0.5
+            slow = keep * slow + (1 - keep) * live
+            assert torch.allclose(model[0].weight, slow, atol=1e-6), step  # the live weights restart from slow
+        else:
+            assert torch.equal(model[0].weight, live), step  # between syncs the weights run free
+    assert torch.allclose(la.slow[0], slow, atol=1e-6)
+    assert torch.equal(model[1].running_mean, la.slow[4])  # BN statistics are in the average too (its 5th tensor)
+    assert model[1].num_batches_tracked == 5  # integer buffers are left alone
 
 
 # ----------------------------------------------------------------------------- the fast recipe's parts

@@ -88,6 +88,10 @@ def get_parser():
     ap.add_argument("--ema-every", type=int, default=4, metavar="K",
                     help="update the EMA every K steps with decay DECAY**K (the update costs a fifth of a resnet18 "
                          "step on an H100 when done every step)")
+    ap.add_argument("--lookahead", type=float, default=0.0, metavar="ALPHA",
+                    help="lookahead as airbench94: every K steps the weights restart from a slow average that keeps "
+                         "ALPHA**K * (progress)**3 of itself (e.g. 0.95); 0 = off")
+    ap.add_argument("--lookahead-k", type=int, default=5, metavar="K", help="lookahead: steps between syncs")
     ap.add_argument("--eval-batch-size", type=int, default=1000)
     ap.add_argument("--tta", default="none", choices=["none", "flip", "translate"],
                     help="final test figure also with test-time augmentation: flip, or flip + 1-pixel translations")
@@ -205,10 +209,10 @@ def check_args(ap, args):
         ap.error(f"--gamma takes one value or one per milestone ({len(args.milestones)}), got {len(args.gamma)}")
     if args.save_every < 0 or args.skip_nonfinite < 0:
         ap.error("--save-every and --skip-nonfinite must be >= 0")
-    if args.ema_every < 1:
-        ap.error(f"--ema-every must be positive, got {args.ema_every}")
-    if args.wd < 0 or not 0 <= args.label_smoothing < 1 or not 0 <= args.ema < 1:
-        ap.error("--wd must be >= 0, --label-smoothing and --ema in [0, 1)")
+    if args.ema_every < 1 or args.lookahead_k < 1:
+        ap.error(f"--ema-every and --lookahead-k must be positive, got {args.ema_every} and {args.lookahead_k}")
+    if args.wd < 0 or not 0 <= args.label_smoothing < 1 or not 0 <= args.ema < 1 or not 0 <= args.lookahead < 1:
+        ap.error("--wd must be >= 0, --label-smoothing, --ema and --lookahead in [0, 1)")
 
 
 # ----------------------------------------------------------------------------- device, precision, distributed
@@ -432,6 +436,32 @@ def ema_warmup(decay):
     return update
 
 
+class Lookahead:
+    """Lookahead (Zhang et al. 2019) as airbench94 runs it: every k steps the slow weights move 1 - a of the way
+    to the live ones and the live ones restart from them, with a = alpha**k * (step / total)**3 growing from 0 (early
+    training runs free); the last step syncs too, so the model ends on the slow weights. Covers every float tensor of the
+    state_dict, BN statistics included. torch has no lookahead (torch-optimizer's wraps an optimizer per group)."""
+
+    def __init__(self, model, alpha, k, total_steps):
+        self.alpha, self.k, self.total = alpha, k, total_steps
+        self.live = [t for t in model.state_dict().values() if t.is_floating_point()]  # views of the weights
+        self.slow = [t.clone() for t in self.live]
+
+    @torch.no_grad()
+    def step(self, step):
+        if step % self.k and step != self.total:
+            return
+        n = step % self.k or self.k  # steps since the last sync (fewer at the end when k does not divide total)
+        torch._foreach_lerp_(self.slow, self.live, 1 - self.alpha ** n * (step / self.total) ** 3)
+        torch._foreach_copy_(self.live, self.slow)
+
+    def state_dict(self):
+        return {"slow": self.slow}
+
+    def load_state_dict(self, state):
+        torch._foreach_copy_(self.slow, state["slow"])
+
+
 def init_from_data(model, train_loader, n=5000):
     """Data-dependent initialisation, for a model that has one (fastnet's whitening filters), from the first n
     training images unaugmented; returns the seconds it took (0 for other models)."""
@@ -443,9 +473,10 @@ def init_from_data(model, train_loader, n=5000):
 
 
 def make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler, ema=None, skip_nonfinite=False,
-                    ema_every=1):
+                    ema_every=1, lookahead=None):
     """One optimisation step on a ready batch; returns (loss, logits) still on the device (no sync).
     ema: an AveragedModel updated every `ema_every` steps (counted by the scheduler, so a resumed run keeps the beat).
+    lookahead: a Lookahead, stepped after every optimizer step (before the EMA sees the weights).
     skip_nonfinite: a NaN/Inf loss leaves the weights untouched (costs one host sync per step)."""
     def step(x, y):
         with autocast(device, amp_dtype):
@@ -461,6 +492,8 @@ def make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, s
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if lookahead is not None:
+            lookahead.step(scheduler.last_epoch)
         if ema is not None and scheduler.last_epoch % ema_every == 0:
             ema.update_parameters(model)
         return loss.detach(), out.detach()
@@ -792,8 +825,10 @@ def main(argv=None):
 
     lr = args.lr * world if args.scale_lr == "linear" else args.lr  # Goyal et al. 2017: lr grows with the batch
     optimizer, scheduler, scaler, criterion = training_parts(raw_model, args, device, amp_dtype, len(train_loader), lr)
+    lookahead = Lookahead(raw_model, args.lookahead, args.lookahead_k, args.epochs * len(train_loader)) \
+        if args.lookahead else None
     step_fn = make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler, ema,
-                              skip_nonfinite=args.skip_nonfinite > 0, ema_every=args.ema_every)
+                              skip_nonfinite=args.skip_nonfinite > 0, ema_every=args.ema_every, lookahead=lookahead)
     eval_model = ema.module if ema is not None else raw_model
 
     start_epoch, start_batch, step, best, best_epoch = 0, 0, 0, -1.0, None
@@ -809,6 +844,8 @@ def main(argv=None):
         scaler.load_state_dict(resume_ckpt["scaler"])
         if ema is not None:
             ema.load_state_dict(resume_ckpt["ema"])
+        if lookahead is not None:
+            lookahead.load_state_dict(resume_ckpt["lookahead"])
         start_epoch, start_batch, step = resume_ckpt["epoch"], resume_ckpt["batch"], resume_ckpt["step"]
         best, best_epoch, rows = resume_ckpt["best"], resume_ckpt["best_epoch"], resume_ckpt["metrics"]
         partial = resume_ckpt.get("partial")
@@ -847,6 +884,7 @@ def main(argv=None):
         state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                  "ema": ema.state_dict() if ema is not None else None,
+                 "lookahead": lookahead.state_dict() if lookahead is not None else None,
                  "epoch": epoch, "batch": batch, "step": step, "best": best, "best_epoch": best_epoch,
                  "partial": partial, "metrics": metrics.rows, "rng": rng_state(), "args": vars(args),
                  "classes": info["classes"], "mean": info["mean"], "std": info["std"], "acc": acc,
