@@ -271,7 +271,6 @@ def test_ema_warms_up_then_decays_at_the_given_rate():
     assert ema.module[1].num_batches_tracked == model[1].num_batches_tracked
 
 
-
 def test_lookahead_syncs_every_k_steps_with_a_growing_pull_and_at_the_end():
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
     la = train.Lookahead(model, alpha=0.5, k=2, total_steps=5)

@@ -439,9 +439,9 @@ def ema_warmup(decay):
 
 class Lookahead:
     """Lookahead (Zhang et al. 2019) as airbench94 runs it: every k steps the slow weights move 1 - a of the way
-    to the live ones and the live ones restart from them, with a = alpha**k * (step / total)**3 growing from 0 (early
-    training runs free); the last step syncs too, so the model ends on the slow weights. Covers every float tensor of the
-    state_dict, BN statistics included. torch has no lookahead (torch-optimizer's wraps an optimizer per group)."""
+    to the live ones and the live ones restart from them, with a = alpha**k * (step / total)**3 growing from 0
+    (early training runs free); the last step syncs too, so the model ends on the slow weights. Covers every float
+    tensor of the state_dict, BN statistics included. Written here: torch has no lookahead."""
 
     def __init__(self, model, alpha, k, total_steps):
         self.alpha, self.k, self.total = alpha, k, total_steps
