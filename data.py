@@ -325,7 +325,7 @@ def add_data_args(parser, helps=None):
 
 def flip_mode(args):
     """Loader's flip from the flags: False, True (a coin per image and epoch) or "alternate"."""
-    return False if args.no_flip else "alternate" if getattr(args, "alt_flip", False) else True
+    return False if args.no_flip else "alternate" if args.alt_flip else True
 
 
 def build_loaders(args, device, batch_size, *, dtype=torch.float32, channels_last=False, seed=0, epochs=None,
