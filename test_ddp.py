@@ -36,6 +36,22 @@ def test_two_processes_train_identical_replicas(tmp_path, data_dir):
     assert ckpt["world_size"] == 2 and not any(k.startswith("module.") for k in ckpt["model"])
 
 
+def test_the_fast_recipe_under_two_processes(tmp_path, data_dir):
+    """fastnet's whitening init, Muon and lookahead: every rank must hold the same weights at the end."""
+    out = tmp_path / "fast"
+    r = subprocess.run(torchrun("--recipe", "fast", "--epochs", "2", "--subset", "2000", "--batch-size", "100",
+                                "--eval-batch-size", "500", "--data", data_dir, "--out", out),
+                       cwd=HERE, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "global batch 100 x 2 = 200, lr 0.12 -> 0.24 (--scale-lr linear)" in r.stdout
+    assert "weights identical on all 2 processes" in r.stdout
+    summary = json.load(open(out / "summary.json"))
+    assert summary["ranks_agree"] is True and summary["final_test_acc"] > 0.3
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    live = [v for v in ckpt["model"].values() if v.is_floating_point()]
+    assert all(torch.equal(a, b) for a, b in zip(ckpt["lookahead"]["slow"], live, strict=True))  # ends on a sync
+
+
 def test_sigterm_stops_all_ranks_and_one_process_resumes(tmp_path, data_dir):
     out = tmp_path / "ddp"
     args = [*LENET, "--epochs", "3", "--subset", "10000", "--data", data_dir, "--out", out]

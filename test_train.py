@@ -332,6 +332,24 @@ def test_muon_groups_and_one_exact_step():
     assert torch.allclose(head, h0 - 0.02 * 1.85 * (gh + 0.1 * h0), atol=1e-6)
 
 
+def test_muon_under_a_gradient_scaler_steps_on_the_unscaled_gradient():
+    """fp16 runs (CUDA) scale the loss by 2^16: Muon and its SGD groups must step as an unscaled run does."""
+    weights = []
+    for scaled in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 36, 4))
+        opt = train.build_optimizer(model, opt_args())
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, enabled=scaled)
+        step = train.make_train_step(model, opt, sched, nn.CrossEntropyLoss(), torch.device("cpu"), None, scaler)
+        x, y = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3, 0])
+        for _ in range(3):
+            step(x, y)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert scaler.get_scale() == 2.0 ** 16  # no step was skipped as non-finite
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*weights))
+
+
 def test_bias_lr_scale_keeps_the_decay_per_step():
     model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
     opt = train.build_optimizer(model, opt_args(optimizer="sgd", lr=0.1, bias_lr_scale=64.0, wd=5e-4))
