@@ -167,6 +167,22 @@ def test_skip_nonfinite_leaves_the_weights_untouched():
     assert not torch.equal(model.weight, w)
 
 
+def test_a_skipped_last_step_still_ends_the_run_on_the_lookahead_weights():
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    la = train.Lookahead(model, alpha=0.5, k=2, total_steps=4)
+    step = train.make_train_step(model, opt, sched, nn.CrossEntropyLoss(), torch.device("cpu"), None,
+                                 torch.amp.GradScaler("cpu", enabled=False), skip_nonfinite=True, lookahead=la)
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    for _ in range(3):  # a sync at step 2, then step 3 runs free
+        step(x, y)
+    slow, live = la.slow[0].clone(), model.weight.detach().clone()
+    assert not torch.equal(slow, live)
+    step(x * float("nan"), y)  # the last step is skipped: its sync (2 steps, keep 0.5^2) must still happen
+    assert torch.allclose(model.weight, 0.25 * slow + 0.75 * live, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- schedules
 
 def test_lr_schedule_shapes():

@@ -483,19 +483,20 @@ def make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, s
         with autocast(device, amp_dtype):
             out = model(x)
             loss = criterion(out, y)
-        if skip_nonfinite and not torch.isfinite(loss):
+        skipped = skip_nonfinite and not torch.isfinite(loss)
+        if skipped:
             with warnings.catch_warnings():  # stepping the schedule without the optimizer is meant here
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                 scheduler.step()  # keep the schedule on time
-            return loss.detach(), out.detach()
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if lookahead is not None:
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+        if lookahead is not None:  # on skipped steps too: its syncs keep their beat and the run ends on one
             lookahead.step(scheduler.last_epoch)
-        if ema is not None and scheduler.last_epoch % ema_every == 0:
+        if ema is not None and not skipped and scheduler.last_epoch % ema_every == 0:
             ema.update_parameters(model)
         return loss.detach(), out.detach()
     return step
