@@ -12,9 +12,9 @@ DataLoader with 2 workers), both delivering batches on the same device.
 train.py builds from its defaults) against the bare minimum loop written below, on one fixed random
 batch already on the device, so data loading is out and what differs is the step function itself.
 Every setting of {fp32, bf16 autocast} x {channels_last off, on} x {torch.compile off, on} the device
-supports; the issue requires train.py's overhead to stay under 5% (PASS/FAIL per row).
+supports; train.py's overhead must stay under 5% (PASS/FAIL per row).
 
-`epoch`: one epoch of train.py end to end (data.build_loaders, make_train_step, train.evaluate on the
+`epoch`: one epoch of train.py end to end (data.build_loaders, make_train_step, evaluate.evaluate on the
 test split), its time split into data, compute and evaluation, with images/s and peak memory.
 
 Timings exclude warm-up, repeat several times, and report the median and the spread
@@ -39,28 +39,31 @@ import torchvision
 from torchvision.transforms import v2
 
 import data
+import evaluate
+import optim
+import runtime
 import train
 from models import ARCHS, build_model, count_params
 
-OVERHEAD_LIMIT_PCT = 5.0  # the issue: train.py's step may cost at most 5% over the bare loop
+OVERHEAD_LIMIT_PCT = 5.0  # train.py's step may cost at most 5% over the bare loop
 
 
 # ----------------------------------------------------------------------------- shared helpers
 
 def pick_device(name="auto"):
     """auto: train.py's choice (CUDA, else MPS, else CPU); otherwise the named device."""
-    return train.pick_device(log=lambda *a: None) if name == "auto" else torch.device(name)
+    return runtime.pick_device(log=lambda *a: None) if name == "auto" else torch.device(name)
 
 
 def device_name(device):
-    return train.device_name(device) + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
+    return runtime.device_name(device) + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
 
 
 def cpu_busy(seconds=0.5):
     """Fraction of all CPU time other processes used over a short look (Linux; None elsewhere).
 
     A busy CPU ruins CPU timings far beyond its share: torch's 2-thread ops wait for a core held by someone
-    else (measured here: 680k -> 23k images/s with one other process at 100%), so the figures get flagged.
+    else (a single busy process can cut a CPU figure many times over), so the figures get flagged.
     """
     def sample():
         with open("/proc/stat") as f:
@@ -106,7 +109,7 @@ def time_passes(passes, n_images, repeats, device, warmup=1, budget_s=float("inf
     for one_pass in passes:
         for _ in range(warmup):
             one_pass()
-    train.sync(device)
+    runtime.sync(device)
     rates = [[] for _ in passes]
     start = time.perf_counter()
     for k in range(repeats):
@@ -115,7 +118,7 @@ def time_passes(passes, n_images, repeats, device, warmup=1, budget_s=float("inf
         for one_pass, r in zip(passes, rates):
             t = time.perf_counter()
             one_pass()
-            train.sync(device)
+            runtime.sync(device)
             r.append(n_images / (time.perf_counter() - t))
     return rates
 
@@ -249,9 +252,8 @@ def make_bare_step(model, optimizer, scheduler, criterion, device, amp_dtype, sc
         else:
             with torch.autocast(device.type, dtype=amp_dtype):
                 loss = criterion(model(x), y)
-        # zero_grad where train.py has it, just before backward: with it after the step instead, this loop ran
-        # ~10% slower than train.py (rescnn6, fp32, CPU, whichever went first), a cost of where the gradients
-        # are freed, not of the wrapper this bench is after
+        # zero_grad where train.py has it, just before backward: where the gradients are freed changes the
+        # step's cost on its own, and this bench is after the cost of train.py's wrapper only
         optimizer.zero_grad(set_to_none=True)
         if scaled:
             scaler.scale(loss).backward()
@@ -270,14 +272,14 @@ def fastest_step(step, x, y, n, device):
     for _ in range(n):
         t = time.perf_counter()
         step(x, y)
-        train.sync(device)
+        runtime.sync(device)
         times.append(time.perf_counter() - t)
     return min(times)
 
 
 def bench_setting(base, targs, batch, device, amp, channels_last, compile_, args):
     """One row: train.py's step and the bare loop, each on its own copy of `base`, timed A B A B."""
-    amp_dtype = train.resolve_amp(amp, device, log=lambda m: print(m, file=sys.stderr))
+    amp_dtype = runtime.resolve_amp(amp, device, log=lambda m: print(m, file=sys.stderr))
     x, y = batch
     if channels_last:  # as data.Loader delivers batches under --channels-last
         x = x.contiguous(memory_format=torch.channels_last)
@@ -287,7 +289,7 @@ def bench_setting(base, targs, batch, device, amp, channels_last, compile_, args
     steps = []
     for make_step in (train.make_train_step, make_bare_step):
         raw, model = place(copy.deepcopy(base), device, channels_last, compile_)
-        optimizer, scheduler, scaler, criterion = train.training_parts(raw, targs, device, amp_dtype, steps_per_epoch)
+        optimizer, scheduler, scaler, criterion = optim.training_parts(raw, targs, device, amp_dtype, steps_per_epoch)
         steps.append(make_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler))
     # both warm up untimed; the faster one's step time sizes each timed repeat to about --seconds
     per_step = min(fastest_step(s, x, y, args.warmup, device) for s in steps)
@@ -388,7 +390,7 @@ def peak_memory(device):
     """(bytes, what they are): the device's peak allocation on CUDA, else the process's peak RSS."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
-    return (train.peak_rss_bytes(),
+    return (runtime.peak_rss_bytes(),
             "peak RSS of the whole process, Python, libraries, data and model together (ru_maxrss)")
 
 
@@ -400,24 +402,24 @@ def timed_epoch(loader, step, device, epoch, split):
     t_data = t_compute = 0.0
     seen = 0
     batches = iter(loader)
-    train.sync(device)
+    runtime.sync(device)
     t_start = time.perf_counter()
     for i in range(len(loader)):
         t0 = time.perf_counter()
         x, y = next(batches)
         if split:
-            train.sync(device)
+            runtime.sync(device)
         t1 = time.perf_counter()
         loss, out = step(x, y)
         acc_loss += loss.double() * len(x)  # the metrics train.py keeps on the device
-        acc_correct += train.n_correct(out, y)
+        acc_correct += evaluate.n_correct(out, y)
         seen += len(x)
-        if i % 20 == 19:  # train.py reads the loss every 20 steps
+        if (i + 1) % train.SYNC_EVERY == 0:  # as train.py, which reads the loss back every SYNC_EVERY steps
             loss.item()
         if split:
-            train.sync(device)
+            runtime.sync(device)
         t_data, t_compute = t_data + t1 - t0, t_compute + time.perf_counter() - t1
-    train.sync(device)
+    runtime.sync(device)
     return {"train_s": time.perf_counter() - t_start, "data_s": t_data, "compute_s": t_compute,
             "images": seen, "train_loss": acc_loss.item() / seen, "train_acc": acc_correct.item() / seen}
 
@@ -429,7 +431,7 @@ def add_epoch_args(p):
     p.add_argument("--download", action="store_true", help="as train.py --download")
     p.add_argument("--subset", type=int, default=None, metavar="N",
                    help="first N train and test images, as train.py --subset (default all; --quick 5000)")
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="as train.py --amp")
+    runtime.add_amp_arg(p, help="as train.py --amp")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps (and one evaluation batch) before the epoch")
@@ -447,12 +449,12 @@ def bench_epoch(args):
         targs = train_args(args.arch, args.batch_size, "--data", args.data or tmp, *flags)
         loader, _, test_loader, info = data.build_loaders(
             targs, device, args.batch_size, dtype=torch.float32, channels_last=targs.channels_last, seed=targs.seed,
-            epochs=targs.epochs, eval_batch_size=targs.eval_batch_size, subset=n, log=lambda m: None)
-    amp_dtype = train.resolve_amp(targs.amp, device, log=lambda m: print(m, file=sys.stderr))
+            epochs=targs.epochs, eval_batch_size=targs.eval_batch_size, subset=n)
+    amp_dtype = runtime.resolve_amp(targs.amp, device, log=lambda m: print(m, file=sys.stderr))
     torch.manual_seed(targs.seed)
     raw, model = place(build_model(args.arch, num_classes=len(info["classes"])), device, args.channels_last,
                        args.compile)
-    optimizer, scheduler, scaler, criterion = train.training_parts(raw, targs, device, amp_dtype, len(loader))
+    optimizer, scheduler, scaler, criterion = optim.training_parts(raw, targs, device, amp_dtype, len(loader))
     step = train.make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler)
 
     source = args.data or "synthetic"
@@ -468,13 +470,13 @@ def bench_epoch(args):
     for i in range(args.warmup):
         b = last if i == args.warmup - 1 else len(x)
         step(x[:b], y[:b])
-    train.evaluate(raw, [next(iter(test_loader))], device, amp_dtype)
+    evaluate.evaluate(raw, [next(iter(test_loader))], device, amp_dtype)
     del x, y
 
     res = timed_epoch(loader, step, device, 0, split=True)
     t = time.perf_counter()
-    test = train.evaluate(raw, test_loader, device, amp_dtype)  # train.py evaluates the raw (uncompiled) model
-    train.sync(device)
+    test = evaluate.evaluate(raw, test_loader, device, amp_dtype)  # train.py evaluates the raw (uncompiled) model
+    runtime.sync(device)
     res["eval_s"] = time.perf_counter() - t
     total = res["train_s"] + res["eval_s"]
     if device.type != "cpu":  # syncs cost GPU idle time: the same loop once more without them, for the total
@@ -527,7 +529,7 @@ def resolve_device(ap, name):
 
 def save_section(path, name, section, environment):
     """Add `section` under `name` to the JSON file at path, keeping the other subcommands' sections.
-    Written atomically (train.write_text), so an interrupted run never leaves half a file."""
+    Written atomically (runtime.write_text), so an interrupted run never leaves half a file."""
     try:
         with open(path) as f:
             old = json.load(f)
@@ -543,12 +545,12 @@ def save_section(path, name, section, environment):
             merged[key] = section
         elif isinstance(old.get(key), dict):
             merged[key] = old[key]
-    train.write_text(path, json.dumps(merged, indent=2))
+    runtime.write_text(path, json.dumps(merged, indent=2))
     return merged
 
 
 def main(argv=None):
-    ap = train.OneLineParser(description=__doc__.splitlines()[0])  # errors: one line, exit code 2
+    ap = runtime.OneLineParser(description=__doc__.splitlines()[0])  # errors: one line, exit code 2
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name, (add_args, _, help_) in SUBCOMMANDS.items():
         add_args(sub.add_parser(name, help=help_))

@@ -10,6 +10,11 @@ import pytest
 import data
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: multi-epoch, multi-process, compiling or kill/resume runs; "
+                                       "pytest -m 'not slow' leaves them out")
 REAL = os.environ.get("CIFAR10_DIR")
 
 

@@ -6,6 +6,9 @@
 Prints test accuracy and per-class accuracy (the layout of report 002), writes a
 confusion-matrix PNG beside the checkpoint, and measures inference images/s.
 Checkpoints are read with torch.load(weights_only=True): a crafted file cannot run code.
+
+The evaluation loop, the accuracy count and test-time augmentation live here; train.py (every epoch and
+its final report), lr_finder.py and landscape.py use them from this file.
 """
 import argparse
 import json
@@ -14,12 +17,73 @@ import sys
 import time
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 import data
 from models import build_model
-from train import (TTA, OneLineParser, autocast, eval_weights, evaluate, load_checkpoint, pick_device, resolve_amp,
-                   sync, write_text)
+from runtime import (OneLineParser, add_amp_arg, autocast, eval_weights, load_checkpoint, pick_device, pyplot,
+                     resolve_amp, sync, write_text)
 
+
+# ----------------------------------------------------------------------------- evaluation loop and TTA
+
+def n_correct(logits, y):
+    """Correct predictions; soft (mixed) targets count their largest share as the label."""
+    return (logits.argmax(1) == (y if y.ndim == 1 else y.argmax(1))).sum()
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, amp_dtype=None, return_outputs=False, criterion=None):
+    """Mean loss (cross-entropy, or `criterion`: a mean-reducing loss) and accuracy over a loader (and the
+    logits, if asked), in eval mode. Restores the caller's mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    outs, n = [], 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with autocast(device, amp_dtype):
+            out = model(x)
+        out = out.float()
+        loss_sum += (F.cross_entropy(out, y, reduction="sum") if criterion is None
+                     else criterion(out, y).double() * len(y))
+        correct += n_correct(out, y)
+        n += len(y)
+        if return_outputs:
+            outs.append(out)
+    model.train(was_training)
+    res = {"loss": loss_sum.item() / n, "acc": correct.item() / n}
+    if return_outputs:
+        res["logits"] = torch.cat(outs)
+    return res
+
+
+class TTA(nn.Module):
+    """Test-time augmentation: average the logits of the image and its mirror; with translate,
+    also of copies shifted by `shift` pixels up-left and down-right (reflect-padded), weighted half and
+    half as in airbench."""
+
+    def __init__(self, model, translate=False, shift=1):
+        super().__init__()
+        self.model, self.translate, self.shift = model, translate, shift
+
+    def both(self, x):
+        return 0.5 * (self.model(x) + self.model(x.flip(3)))
+
+    def forward(self, x):
+        out = self.both(x)
+        if self.translate:
+            k = self.shift
+            p = F.pad(x, (k, k, k, k), mode="reflect")
+            h, w = x.shape[-2:]
+            shifted = 0.5 * (self.both(p[..., :h, :w]) + self.both(p[..., 2 * k:, 2 * k:]))
+            out = 0.5 * out + 0.5 * shifted
+        return out
+
+
+# ----------------------------------------------------------------------------- per class, confusion, speed
 
 def per_class(pred, labels, n):
     correct = torch.bincount(labels[pred == labels], minlength=n).float()
@@ -31,10 +95,7 @@ def confusion(pred, labels, n):
 
 
 def plot_confusion(cm, classes, path, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     cm = cm.float()
     frac = cm / cm.sum(1, keepdim=True).clamp(min=1)
     fig, ax = plt.subplots(figsize=(7, 6))
@@ -71,6 +132,8 @@ def images_per_s(model, loader, device, amp_dtype, repeats=1):
     return n / (time.perf_counter() - t0)
 
 
+# ----------------------------------------------------------------------------- command line
+
 def main(argv=None):
     ap = OneLineParser(description="Test accuracy, per-class accuracy, confusion matrix and speed of a trained run.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -78,7 +141,7 @@ def main(argv=None):
     ap.add_argument("--data", default=None, help="CIFAR-10 folder (default: the one the run trained on)")
     ap.add_argument("--download", action="store_true")
     ap.add_argument("--batch-size", type=int, default=1000)
-    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
+    add_amp_arg(ap)
     ap.add_argument("--tta", action="store_true", help="also report flip test-time augmentation")
     ap.add_argument("--translate", action="store_true", help="with --tta, add copies shifted 1 pixel up-left and down-right")
     ap.add_argument("--subset", type=int, default=None, help="evaluate only the first N test images")

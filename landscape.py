@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 import data
-import train
+import evaluate
+import runtime
 from models import build_model
 
 VARIANTS = {"vgg_a": "VGG-A", "vgg_a_bn": "VGG-A + BatchNorm"}
@@ -185,7 +186,7 @@ def train_lr(arch, lr, loaders, args, device, amp_dtype, show_bar):
     model.train()
     for epoch in range(args.epochs):
         train_loader.set_epoch(epoch)
-        bar = train.Progress(len(train_loader), epoch, args.epochs, show_bar)
+        bar = runtime.Progress(len(train_loader), epoch, args.epochs, show_bar)
         losses = []  # on the device: one host sync per epoch (and per measurement)
         for x, y in train_loader:
             if args.measure_every and step % args.measure_every == 0:
@@ -199,7 +200,7 @@ def train_lr(arch, lr, loaders, args, device, amp_dtype, show_bar):
                 losses.append(torch.tensor(m["loss0"], device=device))
                 optimizer.step()  # on g, the fp32 gradient the measures started from
             else:
-                with train.autocast(device, amp_dtype):
+                with runtime.autocast(device, amp_dtype):
                     loss = F.cross_entropy(model(x), y)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -216,7 +217,7 @@ def train_lr(arch, lr, loaders, args, device, amp_dtype, show_bar):
             bar.close(f"{arch} lr {lr:g}: loss is {epoch_losses[bad[0]]} at step {run['diverged_at_step']}; "
                       f"this lr stops here")
             break
-        r = train.evaluate(model, eval_loader, device, amp_dtype)
+        r = evaluate.evaluate(model, eval_loader, device, amp_dtype)
         run[f"{eval_split}_acc"].append(r["acc"])
         run[f"{eval_split}_loss"].append(r["loss"])
         bar.close(f"{arch} lr {lr:g} epoch {epoch + 1}/{args.epochs}  train loss {np.mean(epoch_losses):.4f}  "
@@ -269,8 +270,8 @@ def config_of(args, device, amp_dtype, info):
             "seed": args.seed, "optimizer": "adam", "measure_every": args.measure_every,
             "eta_range": list(args.eta_range), "probes": args.probes, "measures_precision": "fp32",
             "amp": str(amp_dtype), "augment": {"crop_pad": args.crop_pad, "flip": not args.no_flip},
-            "data": {k: v for k, v in info.items() if k != "classes"}, "device": train.device_name(device),
-            "torch": torch.__version__, "python": platform.python_version(), "git_commit": train.git_commit(),
+            "data": {k: v for k, v in info.items() if k != "classes"}, "device": runtime.device_name(device),
+            "torch": torch.__version__, "python": platform.python_version(), "git_commit": runtime.git_commit(),
             "started": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
@@ -288,7 +289,7 @@ def _clean(v):
 
 
 def save_results(result, path):
-    train.write_text(path, json.dumps(_clean(result)))
+    runtime.write_text(path, json.dumps(_clean(result)))
 
 
 def load_results(path):
@@ -532,7 +533,7 @@ def plot_all(results, out):
 # ----------------------------------------------------------------------------- command line
 
 def get_parser():
-    ap = train.OneLineParser(description="VGG-A with and without BatchNorm at several learning rates: the training "
+    ap = runtime.OneLineParser(description="VGG-A with and without BatchNorm at several learning rates: the training "
                                          "loss band and Santurkar et al.'s landscape measures (report 003).",
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--bn", action="store_true", help="train VGG-A with BatchNorm (vgg_a_bn) instead of without")
@@ -554,8 +555,7 @@ def get_parser():
     ap.set_defaults(val=None, crop_pad=None)
     ap.add_argument("--subset", type=int, default=None, help="use only the first N train (and test) images")
     ap.add_argument("--seed", type=int, default=0, help="initial weights (the same for every lr) and batch order")
-    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                    help="autocast for the training steps (the measures are always fp32): auto = bf16 on CUDA and CPU")
+    runtime.add_amp_arg(ap, help="autocast for the training steps (the measures are always fp32): auto = bf16 on CUDA and CPU")
     ap.add_argument("--surface", action="store_true",
                     help="also Li et al.'s filter-normalised 1D and 2D loss slices around the final weights")
     ap.add_argument("--surface-lr", type=float, default=None,
@@ -631,22 +631,21 @@ def main(argv=None):
         except OSError as e:
             ap.error(f"cannot create --out {args.out}: {e.strerror}")
 
-        device = train.pick_device()
-        amp_dtype = train.resolve_amp(args.amp, device)
+        device = runtime.pick_device()
+        amp_dtype = runtime.resolve_amp(args.amp, device)
         if device.type == "cuda":  # the measures are fp32 on purpose: no TF32 (training runs under autocast anyway)
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
         try:
             train_loader, val_loader, test_loader, info = data.build_loaders(
-                args, device, args.batch_size, seed=args.seed, eval_batch_size=500, subset=args.subset,
-                log=lambda msg: None if "no --val split" in msg else print(msg))
+                args, device, args.batch_size, seed=args.seed, eval_batch_size=500, subset=args.subset)
         except data.DataError as e:
             ap.error(str(e))
         split = "val" if val_loader is not None else "test"
         loaders = (train_loader, val_loader or test_loader, split, len(info["classes"]))
         print(f"{' and '.join(VARIANTS[a] for a in asked)} | Adam at lr {', '.join(f'{lr:g}' for lr in args.lrs)} | "
               f"{args.epochs} epochs, batch {args.batch_size}, {info['n_train']:,} train / {info['n_val']:,} val | "
-              f"{train.device_name(device)}, training amp {amp_dtype}, measures fp32 | out {args.out}")
+              f"{runtime.device_name(device)}, training amp {amp_dtype}, measures fp32 | out {args.out}")
         for a in asked:
             try:
                 run_variant(a, args, loaders, info, device, amp_dtype, paths[a])

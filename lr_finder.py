@@ -24,8 +24,11 @@ import torch
 import torch.nn as nn
 
 import data
+import evaluate
+import optim
+import runtime
 import train
-from models import ARCHS, build_model
+from models import ARCHS, build_model, check_arch, init_from_data
 
 SUGGESTIONS = {"steepest": "steepest descent of the smoothed loss",
                "valley": "middle of the longest valley (fastai)",
@@ -86,14 +89,14 @@ def find_lr(model, optimizer, loader, criterion=None, *, start_lr=1e-7, end_lr=1
             lr = lr_at(i, num_iter, start_lr, end_lr, mode)
             for group, r in zip(optimizer.param_groups, ratios):
                 group["lr"] = lr * r
-            with train.autocast(device, amp_dtype):
+            with runtime.autocast(device, amp_dtype):
                 loss = criterion(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             loss = (loss.item() if val_loader is None
-                    else train.evaluate(model, val_loader, device, amp_dtype, criterion=criterion)["loss"])
+                    else evaluate.evaluate(model, val_loader, device, amp_dtype, criterion=criterion)["loss"])
             if math.isfinite(loss):
                 avg = beta * avg + (1 - beta) * loss
                 smoothed = avg / (1 - beta ** (i + 1))  # bias correction: the average starts at 0
@@ -187,7 +190,7 @@ def suggest_lr(curve, skip_start=0.1):
 def write_csv(curve, path):
     rows = [f"{i},{lr!r},{loss!r},{sm!r}" for i, (lr, loss, sm) in
             enumerate(zip(curve["lr"], curve["loss"], curve["smooth"]))]
-    train.write_text(path, "step,lr,loss,smooth_loss\n" + "".join(r + "\n" for r in rows))
+    runtime.write_text(path, "step,lr,loss,smooth_loss\n" + "".join(r + "\n" for r in rows))
 
 
 def plot_curve(curve, suggestions, path, chosen=None, title="LR range test", skip_start=0.1):
@@ -252,7 +255,7 @@ def train_command(args, lr):
 
 def get_parser():
     d = train.get_parser().get_default  # training flags keep train.py's defaults
-    ap = train.OneLineParser(description="LR range test: find a peak --lr for train.py.",
+    ap = runtime.OneLineParser(description="LR range test: find a peak --lr for train.py.",
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--arch", default=d("arch"), help=f"network: {', '.join(ARCHS)}")
     ap.add_argument("--start-lr", type=float, default=1e-7, help="lr of the first step")
@@ -282,8 +285,7 @@ def get_parser():
     data.add_data_args(ap)
     ap.add_argument("--subset", type=int, default=None, help="use only the first N train and test images")
     ap.add_argument("--seed", type=int, default=d("seed"), help="initial weights and batch order")
-    ap.add_argument("--amp", default=d("amp"), choices=["auto", "bf16", "fp16", "off"],
-                    help="autocast: auto = bf16 on CUDA and CPU, off on MPS")
+    runtime.add_amp_arg(ap, default=d("amp"))
     ap.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     ap.add_argument("--out", default=None, help="output folder (default lr_finder/<arch>-<timestamp>)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing lr_finder.csv in --out")
@@ -292,8 +294,7 @@ def get_parser():
 
 def check_args(ap, args):
     """Refuse bad values before anything is created."""
-    if args.arch not in ARCHS:
-        ap.error(f"unknown --arch {args.arch!r}; choose from: {', '.join(ARCHS)}")
+    check_arch(ap, args.arch)
     if args.optimizer not in ("sgd", "adam", "adamw"):
         ap.error(f"unknown --optimizer {args.optimizer!r}; choose from: sgd, adam, adamw")
     if not 0 < args.start_lr < args.end_lr:
@@ -320,8 +321,8 @@ def main(argv=None):
     if os.path.exists(csv_path) and not args.force:
         ap.error(f"{csv_path} exists; use --force to overwrite it, or another --out")
 
-    device = train.pick_device()
-    amp_dtype = train.resolve_amp(args.amp, device)
+    device = runtime.pick_device()
+    amp_dtype = runtime.resolve_amp(args.amp, device)
     torch.manual_seed(args.seed)
     # --mix-off-epochs only matters at the end of a training run; it still goes into the train.py command
     data_args = argparse.Namespace(**{**vars(args), "mix_off_epochs": 0})
@@ -330,17 +331,16 @@ def main(argv=None):
     try:
         train_loader, val_loader, _, info = data.build_loaders(
             data_args, device, args.batch_size, channels_last=args.channels_last, seed=args.seed,
-            eval_batch_size=1000, subset=args.subset,
-            log=lambda msg: None if "no --val split" in msg else print(msg))  # no best epoch to pick here
+            eval_batch_size=1000, subset=args.subset)
     except data.DataError as e:
         ap.error(str(e))
     torch.manual_seed(args.seed)  # the same initial weights as train.py --seed
     model = build_model(args.arch, num_classes=len(info["classes"]), zero_init_residual=args.zero_init_residual)
     model = model.to(device)
-    train.init_from_data(model, train_loader)  # fastnet's whitening filters, as train.py sets them
+    init_from_data(model, train_loader)  # fastnet's whitening filters, as train.py sets them
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = train.build_optimizer(model, args, lr=args.start_lr)
+    optimizer = optim.build_optimizer(model, args, lr=args.start_lr)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     print(f"lr range test: {args.arch}, {args.optimizer}, batch {args.batch_size}, {args.num_iter} steps "
           f"from {args.start_lr:g} to {args.end_lr:g} ({args.mode}) | {info['n_train']:,} train images"

@@ -9,6 +9,7 @@ only what no library has (LeNet, the reports' small residual nets, DaiNet7) is
 written by hand. Report numbers refer to ../shared/seeds/00N_*.txt.
 """
 import argparse
+import time
 
 import torch
 import torch.nn as nn
@@ -244,6 +245,12 @@ def build_model(name, num_classes=10, zero_init_residual=False):
     return init_weights(model, zero_init_residual)
 
 
+def check_arch(ap, name):
+    """Refuse an unknown network name in one line, exit code 2, through the script's argument parser."""
+    if name not in ARCHS:
+        ap.error(f"unknown --arch {name!r}; choose from: {', '.join(ARCHS)}")
+
+
 def count_params(model):
     return sum(p.numel() for p in model.parameters())
 
@@ -261,6 +268,16 @@ def count_flops(model, image_size=32):
         model(x)
     model.train(was_training)
     return counter.get_total_flops()
+
+
+def init_from_data(model, train_loader, n=5000):
+    """Data-dependent initialisation, for a model that has one (fastnet's whitening filters), from the first n
+    training images unaugmented; returns the seconds it took (0 for other models)."""
+    if not hasattr(model, "init_from_data"):
+        return 0.0
+    t = time.time()
+    model.init_from_data(train_loader.clean_images(n))
+    return time.time() - t
 
 
 def main():

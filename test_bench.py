@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import bench
+import optim
 import train
 from conftest import run_script
 from models import build_model
@@ -57,7 +58,7 @@ def test_bare_step_does_what_train_step_does():
     for make_step in (train.make_train_step, bench.make_bare_step):
         raw, model = bench.place(build_model("lenet"), device, False, False)
         raw.load_state_dict(base.state_dict())
-        optimizer, scheduler, scaler, criterion = train.training_parts(raw, targs, device, None, 10)
+        optimizer, scheduler, scaler, criterion = optim.training_parts(raw, targs, device, None, 10)
         step = make_step(model, optimizer, scheduler, criterion, device, None, scaler)
         for _ in range(2):
             step(x, y)
@@ -134,6 +135,7 @@ def runs(tmp_path_factory, data_dir):
         return json.load(f), procs
 
 
+@pytest.mark.slow
 def test_one_file_holds_every_section(runs):
     res, _ = runs
     assert list(res) == ["device", "torch", "torchvision", "python", "threads", "measured", "data", "step", "epoch"]
@@ -142,6 +144,7 @@ def test_one_file_holds_every_section(runs):
         assert res[cmd]["torch"] == torch.__version__ and res[cmd]["device"] == res["device"]
 
 
+@pytest.mark.slow
 def test_data_quick(runs):
     res, procs = runs
     d = res["data"]
@@ -149,6 +152,7 @@ def test_data_quick(runs):
     assert "ratio" in procs["data"].stdout
 
 
+@pytest.mark.slow
 def test_step_quick(runs):
     res, procs = runs
     s = res["step"]
@@ -167,6 +171,7 @@ def test_step_quick(runs):
     assert len(table) == 4 and all(("PASS" in line) != ("FAIL" in line) for line in table)
 
 
+@pytest.mark.slow
 def test_epoch_quick(runs):
     res, procs = runs
     e = res["epoch"]

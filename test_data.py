@@ -347,14 +347,12 @@ def test_rank_shards_disjoint_and_covering():
 # ----------------------------------------------------------------------------- build_loaders and flags
 
 def test_build_loaders_synthetic(synth):
-    logs = []
-    tr, val, te, info = data.build_loaders(args_for(synth), "cpu", 100, log=logs.append)
-    assert val is None and info["select_split"] == "test" and len(logs) == 1 and "test" in logs[0]
+    tr, val, te, info = data.build_loaders(args_for(synth), "cpu", 100)
+    assert val is None and info["select_split"] == "test"
     assert info["n_train"] == 1000 and info["n_test"] == 200 and info["n_val"] == 0 and len(tr) == 10
-    logs = []
     tr, val, te, info = data.build_loaders(args_for(synth, "--val", "200", "--mix", "both", "--mix-off-epochs", "1"),
-                                           "cpu", 100, epochs=3, eval_batch_size=150, subset=900, log=logs.append)
-    assert logs == [] and info["select_split"] == "val"
+                                           "cpu", 100, epochs=3, eval_batch_size=150, subset=900)
+    assert info["select_split"] == "val"
     assert (info["n_train"], info["n_val"], info["n_test"]) == (700, 200, 200)
     assert len(tr) == 7 and len(val) == 2 and len(te) == 2 and len(info["mean"]) == len(info["std"]) == 3
     x, y = next(iter(val))
@@ -363,7 +361,7 @@ def test_build_loaders_synthetic(synth):
     assert next(iter(tr))[1].ndim == 1
     for flags in (["--val", "1000"], ["--cutout", "-1"], ["--crop-pad", "-2"]):
         with pytest.raises(data.DataError):
-            data.build_loaders(args_for(synth, *flags), "cpu", 100, log=logs.append)
+            data.build_loaders(args_for(synth, *flags), "cpu", 100)
 
 
 def test_add_data_args_defaults():
@@ -374,7 +372,7 @@ def test_add_data_args_defaults():
 
 @real_only
 def test_build_loaders_real():
-    tr, val, te, info = data.build_loaders(args_for(REAL, "--val", "5000"), "cpu", 512, log=print)
+    tr, val, te, info = data.build_loaders(args_for(REAL, "--val", "5000"), "cpu", 512)
     assert (info["n_train"], info["n_val"], info["n_test"]) == (45000, 5000, 10000) and len(tr) == 88
     assert torch.bincount(val.labels).tolist() == [500] * 10 and torch.bincount(tr.labels).tolist() == [4500] * 10
     x, y = next(iter(tr))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from conftest import HERE, run_script
@@ -20,6 +21,7 @@ def torchrun(*args):
             *map(str, args)]
 
 
+@pytest.mark.slow
 def test_two_processes_train_identical_replicas(tmp_path, data_dir):
     out = tmp_path / "ddp"
     r = subprocess.run(torchrun(*LENET, "--epochs", "1", "--subset", "2000", "--data", data_dir, "--out", out),
@@ -36,6 +38,7 @@ def test_two_processes_train_identical_replicas(tmp_path, data_dir):
     assert ckpt["world_size"] == 2 and not any(k.startswith("module.") for k in ckpt["model"])
 
 
+@pytest.mark.slow
 def test_the_fast_recipe_under_two_processes(tmp_path, data_dir):
     """fastnet's whitening init, Muon and lookahead: every rank must hold the same weights at the end."""
     out = tmp_path / "fast"
@@ -52,6 +55,7 @@ def test_the_fast_recipe_under_two_processes(tmp_path, data_dir):
     assert all(torch.equal(a, b) for a, b in zip(ckpt["lookahead"]["slow"], live, strict=True))  # ends on a sync
 
 
+@pytest.mark.slow
 def test_sigterm_stops_all_ranks_and_one_process_resumes(tmp_path, data_dir):
     out = tmp_path / "ddp"
     args = [*LENET, "--epochs", "3", "--subset", "10000", "--data", data_dir, "--out", out]

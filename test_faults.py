@@ -12,6 +12,8 @@ import time
 import pytest
 import torch
 
+import evaluate
+import runtime
 import train
 from conftest import HERE, run_script, training_metrics
 
@@ -41,18 +43,20 @@ def reference(tmp_path_factory, data_dir):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("save", [3, 6, 7, 12])
 def test_sigkill_in_the_middle_of_a_checkpoint_write(tmp_path, data_dir, reference, save):
     out = str(tmp_path / "run")
     r = run_script("train.py", *RUN, "--data", data_dir, "--out", out, env={**os.environ, "TRAIN_CRASH_IN_SAVE": str(save)})
     assert r.returncode == -signal.SIGKILL
     assert [n for n in os.listdir(out) if ".tmp" in n]  # the write really was cut half way
-    train.load_checkpoint(os.path.join(out, "last.pt"))  # what is there is whole
+    runtime.load_checkpoint(os.path.join(out, "last.pt"))  # what is there is whole
     r = run_script("train.py", "--resume", out, "--data", data_dir)
     assert r.returncode == 0, r.stderr
     assert_same_run(reference, out)
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_moment(tmp_path, data_dir, reference):
     out = str(tmp_path / "run")
     p = subprocess.Popen([sys.executable, "train.py", *RUN, "--data", data_dir, "--out", out], cwd=HERE,
@@ -88,11 +92,12 @@ def test_out_of_memory_is_one_line_and_keeps_last_pt(tmp_path, data_dir, capsys,
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert "out of memory at --batch-size 50 (evaluation: --eval-batch-size 1000)" in err
     assert "try a smaller batch size" in err
-    assert train.load_checkpoint(str(out / "last.pt"))["step"] == 7
+    assert runtime.load_checkpoint(str(out / "last.pt"))["step"] == 7
 
 
+@pytest.mark.slow
 def test_out_of_memory_in_the_final_evaluation(tmp_path, data_dir, capsys, monkeypatch):
-    real, calls = train.evaluate, [0]
+    real, calls = evaluate.evaluate, [0]
 
     def failing_final_eval(*a, **k):
         calls[0] += 1
@@ -104,9 +109,10 @@ def test_out_of_memory_in_the_final_evaluation(tmp_path, data_dir, capsys, monke
     code = train.main([*RUN, "--data", data_dir, "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "out of memory" in err
-    assert train.load_checkpoint(str(tmp_path / "run" / "last.pt"))["epoch"] == 3
+    assert runtime.load_checkpoint(str(tmp_path / "run" / "last.pt"))["epoch"] == 3
 
 
+@pytest.mark.slow
 def test_soak_2000_steps_memory_flat(tmp_path, data_dir):
     out = tmp_path / "soak"
     r = run_script("train.py", "--arch", "lenet", "--epochs", "20", "--subset", "3200", "--batch-size", "32",

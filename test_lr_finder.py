@@ -6,7 +6,6 @@ Uses the real CIFAR-10 copy when $CIFAR10_DIR is set, else synthetic pickles.
 import copy
 import os
 import shlex
-import time
 
 import pytest
 import torch
@@ -211,12 +210,9 @@ def run(args):
 
 def test_cli_lenet_end_to_end(tmp_path, data_dir):
     out = tmp_path / "lenet"
-    t0 = time.time()
     r = run(["--arch", "lenet", "--subset", "2000", "--num-iter", "60", "--start-lr", "1e-4", "--end-lr", "1",
              "--optimizer", "adam", "--wd", "0", "--data", data_dir, "--out", str(out)])
-    elapsed = time.time() - t0
     assert r.returncode == 0, r.stdout + r.stderr
-    assert elapsed < 60
     rows = (out / "lr_finder.csv").read_text().splitlines()
     assert rows[0] == "step,lr,loss,smooth_loss" and 10 < len(rows) <= 61
     assert os.path.getsize(out / "lr_finder.png") > 10_000

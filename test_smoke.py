@@ -45,6 +45,7 @@ def test_train_learns(two_epoch_run):
     assert "flatters" in stdout or "flattering" in stdout                # selecting on test is called out
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(tmp_path, data_dir, two_epoch_run):
     """SIGTERM mid-epoch: last.pt is written, exit 143; --resume ends where the uninterrupted run ended."""
     full, _ = two_epoch_run

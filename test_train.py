@@ -13,6 +13,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+import evaluate
+import optim
+import runtime
 import train
 from conftest import run_script
 from models import ARCHS
@@ -130,12 +133,13 @@ def test_crafted_pickle_is_refused_without_running_code(capsys, tmp_path):
     err = refused(capsys, ["--resume", str(run)])
     assert "cannot read checkpoint" in err and not marker.exists()
     with pytest.raises(ValueError, match="cannot read checkpoint"):
-        train.load_checkpoint(str(run / "plain.pkl"))
+        runtime.load_checkpoint(str(run / "plain.pkl"))
     assert not marker.exists()
 
 
 # ----------------------------------------------------------------------------- divergence
 
+@pytest.mark.slow
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
     out = tmp_path / "run"
     # epoch 1 at lr 0.01 is fine; the step schedule then multiplies the lr by 1e9
@@ -146,7 +150,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir)
     assert "Traceback" not in r.stderr
     line = r.stderr.strip().splitlines()[-1]
     assert "at epoch 2, step" in line and "lr 1e+07" in line and "training diverged" in line
-    ckpt = train.load_checkpoint(str(out / "last.pt"))  # mid-epoch saves every 3 steps went on until the NaN
+    ckpt = runtime.load_checkpoint(str(out / "last.pt"))  # mid-epoch saves every 3 steps went on until the NaN
     assert ckpt["epoch"] == 1 and 0 < ckpt["batch"] < 20
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert (out / "best.pt").exists() and len(open(out / "metrics.jsonl").readlines()) == 1
@@ -171,7 +175,7 @@ def test_a_skipped_last_step_still_ends_the_run_on_the_lookahead_weights():
     model = nn.Linear(4, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    la = train.Lookahead(model, alpha=0.5, k=2, total_steps=4)
+    la = optim.Lookahead(model, alpha=0.5, k=2, total_steps=4)
     step = train.make_train_step(model, opt, sched, nn.CrossEntropyLoss(), torch.device("cpu"), None,
                                  torch.amp.GradScaler("cpu", enabled=False), skip_nonfinite=True, lookahead=la)
     x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
@@ -186,7 +190,7 @@ def test_a_skipped_last_step_still_ends_the_run_on_the_lookahead_weights():
 # ----------------------------------------------------------------------------- schedules
 
 def test_lr_schedule_shapes():
-    f = train.lr_factor
+    f = optim.lr_factor
     total = 1000
     assert f(0, total, 0, "cosine") == 1.0
     assert f(500, total, 0, "cosine") == pytest.approx(0.5)
@@ -204,7 +208,7 @@ def test_lr_schedule_shapes():
 def test_scheduler_steps_per_iteration_and_milestones_in_fractions():
     args = train.get_parser().parse_args(["--epochs", "4", "--schedule", "step", "--milestones", "0.5", "0.75"])
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=args.lr)
-    sched = train.build_scheduler(opt, args, steps_per_epoch=10)
+    sched = optim.build_scheduler(opt, args, steps_per_epoch=10)
     lrs = []
     for _ in range(40):
         lrs.append(sched.get_last_lr()[0])
@@ -216,13 +220,20 @@ def test_scheduler_steps_per_iteration_and_milestones_in_fractions():
 def test_wd_exemption_for_bn_and_bias():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     args = train.get_parser().parse_args(["--no-wd-bn-bias"])
-    groups = train.build_optimizer(model, args).param_groups
+    groups = optim.build_optimizer(model, args).param_groups
     assert [(len(g["params"]), g["weight_decay"]) for g in groups] == [(1, 5e-4), (3, 0.0)]
 
 
 # ----------------------------------------------------------------------------- every network
 
-@pytest.mark.parametrize("arch", ARCHS)
+BIG = {"resnet34", "resnet50", "resnet101", "resnet152"}  # a step of these takes seconds on a CPU: full suite only
+
+
+def slow_if(big):
+    return [pytest.mark.slow] if big else []
+
+
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=slow_if(a in BIG)) for a in ARCHS])
 def test_every_arch_trains_through_the_command(tmp_path, data_dir, arch):
     out = tmp_path / arch
     assert train.main(["--arch", arch, "--epochs", "1", "--subset", "20", "--batch-size", "10",
@@ -242,13 +253,13 @@ def test_recipe_fills_defaults_and_explicit_flags_win():
     assert (plain.arch, plain.lr, plain.epochs) == ("resnet18", 0.1, 200)
 
 
-def test_list_recipes_names_source_and_result(capsys):
+def test_list_recipes_names_source_and_the_reports_figure(capsys):
     with pytest.raises(SystemExit) as e:
         train.main(["--list-recipes"])
     out = capsys.readouterr().out
-    assert e.value.code == 0
+    assert e.value.code == 0 and "RESULTS.md" in out
     for name, r in train.RECIPES.items():
-        assert name in out and r["expect"] in out
+        assert name in out and r["source"] in out and r.get("report", "(ours: no report figure)") in out
 
 
 def test_unknown_recipe(capsys):
@@ -256,12 +267,13 @@ def test_unknown_recipe(capsys):
 
 
 def test_per_milestone_factors():
-    f = train.lr_factor
+    f = optim.lr_factor
     ms, g = [50, 100, 150], [0.5, 0.3, 0.1]
     assert [f(s, 200, 0, "step", ms, g) for s in (0, 49, 50, 100, 150, 199)] == [1.0, 1.0, 0.5, 0.3, 0.1, 0.1]
 
 
-@pytest.mark.parametrize("recipe", list(train.RECIPES))
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=slow_if(train.RECIPES[r]["arch"] in BIG))
+                                    for r in train.RECIPES])
 def test_every_recipe_runs_a_tiny_step(tmp_path, data_dir, recipe):
     out = tmp_path / recipe
     assert train.main(["--recipe", recipe, "--epochs", "1", "--subset", "20", "--batch-size", "10",
@@ -272,7 +284,7 @@ def test_every_recipe_runs_a_tiny_step(tmp_path, data_dir, recipe):
 
 def test_ema_warms_up_then_decays_at_the_given_rate():
     model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
-    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=train.ema_warmup(0.9), use_buffers=True)
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=optim.ema_warmup(0.9), use_buffers=True)
     ema.update_parameters(model)  # the first update copies
     w = model[0].weight
     expected = w.detach().clone()
@@ -289,7 +301,7 @@ def test_ema_warms_up_then_decays_at_the_given_rate():
 
 def test_lookahead_syncs_every_k_steps_with_a_growing_pull_and_at_the_end():
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    la = train.Lookahead(model, alpha=0.5, k=2, total_steps=5)
+    la = optim.Lookahead(model, alpha=0.5, k=2, total_steps=5)
     slow = model[0].weight.detach().clone()
     for step in range(1, 6):
         with torch.no_grad():
@@ -321,7 +333,7 @@ def test_orthogonalise_approximates_u_vt():
     torch.manual_seed(0)
     for shape in ((64, 200), (200, 64)):
         g = torch.randn(*shape)
-        o = train.orthogonalise(g).float()
+        o = optim.orthogonalise(g).float()
         s = torch.linalg.svdvals(o)
         assert o.shape == g.shape and s.min() > 0.5 and s.max() < 1.3, s
         u, _, vt = torch.linalg.svd(g, full_matrices=False)
@@ -333,7 +345,7 @@ def test_muon_groups_and_one_exact_step():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 36, 4))
     model[1].weight.requires_grad_(False)  # frozen parameters stay out of the optimizer
-    opt = train.build_optimizer(model, opt_args())
+    opt = optim.build_optimizer(model, opt_args())
     g = [(len(x["params"]), x["lr"], x["momentum"], x["weight_decay"], x["muon"]) for x in opt.param_groups]
     assert g == [(1, 0.24, 0.6, 0.0, True), (1, 0.02, 0.85, 0.1, False), (2, pytest.approx(0.2), 0.85, 0.01, False)]
     conv, head = model[0].weight, model[3].weight
@@ -342,7 +354,7 @@ def test_muon_groups_and_one_exact_step():
     gc, gh = conv.grad.clone(), head.grad.clone()
     opt.step()
     # muon: Nesterov on a zero buffer gives g + 0.6 g; the weights rescaled to norm sqrt(8), then the orthogonal step
-    want = w0 * (8 ** 0.5 / w0.norm()) - 0.24 * train.orthogonalise((1.6 * gc).reshape(8, -1)).view_as(w0)
+    want = w0 * (8 ** 0.5 / w0.norm()) - 0.24 * optim.orthogonalise((1.6 * gc).reshape(8, -1)).view_as(w0)
     assert torch.allclose(conv, want, atol=1e-6)
     # the head: plain Nesterov SGD with L2 weight decay, as torch.optim.SGD
     assert torch.allclose(head, h0 - 0.02 * 1.85 * (gh + 0.1 * h0), atol=1e-6)
@@ -354,7 +366,7 @@ def test_muon_under_a_gradient_scaler_steps_on_the_unscaled_gradient():
     for scaled in (False, True):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 36, 4))
-        opt = train.build_optimizer(model, opt_args())
+        opt = optim.build_optimizer(model, opt_args())
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, enabled=scaled)
         step = train.make_train_step(model, opt, sched, nn.CrossEntropyLoss(), torch.device("cpu"), None, scaler)
@@ -368,14 +380,14 @@ def test_muon_under_a_gradient_scaler_steps_on_the_unscaled_gradient():
 
 def test_bias_lr_scale_keeps_the_decay_per_step():
     model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
-    opt = train.build_optimizer(model, opt_args(optimizer="sgd", lr=0.1, bias_lr_scale=64.0, wd=5e-4))
+    opt = optim.build_optimizer(model, opt_args(optimizer="sgd", lr=0.1, bias_lr_scale=64.0, wd=5e-4))
     (w, wlr, wwd), (v, vlr, vwd) = [(len(x["params"]), x["lr"], x["weight_decay"]) for x in opt.param_groups]
     assert (w, v) == (1, 3) and wlr == 0.1 and vlr == pytest.approx(6.4)
     assert wlr * wwd == pytest.approx(vlr * vwd)
 
 
 def test_linear_schedule():
-    f = train.lr_factor
+    f = optim.lr_factor
     assert [f(s, 100, 0, "linear") for s in (0, 50, 99)] == [1.0, 0.5, pytest.approx(0.01)]
     assert [f(s, 100, 10, "linear") for s in (0, 9, 10, 55)] == [0.1, 1.0, 1.0, 0.5]
 
@@ -391,8 +403,10 @@ def test_tta_flag_reports_a_second_figure(tmp_path, data_dir):
 def test_keep_freed_memory_stops_the_page_faults_of_reallocation():
     """A CPU run re-allocates the same big activations every step: with keep_freed_memory they come back
     without page faults (the first rounds fill the heap), without it every round faults them in again."""
-    code = ("import resource, sys, torch, train\n"
-            "if sys.argv[1] == '1': train.keep_freed_memory()\n"
+    # in a process set up as train.py's is (train imports everything a run needs): the heap's layout before the
+    # first big block decides where freed blocks land, and a bare `import runtime` leaves another layout
+    code = ("import resource, sys, torch, runtime, train\n"
+            "if sys.argv[1] == '1': runtime.keep_freed_memory()\n"
             "out = []\n"
             "for i in range(4):\n"
             "    f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
@@ -402,7 +416,7 @@ def test_keep_freed_memory_stops_the_page_faults_of_reallocation():
             "print(out[0], out[-1])\n")
     faults = {}
     for on in ("0", "1"):
-        r = subprocess.run([sys.executable, "-c", code, on], cwd=os.path.dirname(train.__file__),
+        r = subprocess.run([sys.executable, "-c", code, on], cwd=os.path.dirname(runtime.__file__),
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         faults[on] = [int(v) for v in r.stdout.split()]
@@ -416,9 +430,25 @@ def test_evaluate_with_a_criterion_gives_its_mean_over_every_image():
     batches = [(torch.randn(n, 3, 2, 2), torch.randint(0, 3, (n,))) for n in (5, 5, 2)]  # a short last batch
     x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     smooth = nn.CrossEntropyLoss(label_smoothing=0.2)
-    got = train.evaluate(model, batches, torch.device("cpu"), criterion=smooth)
-    plain = train.evaluate(model, batches, torch.device("cpu"))
+    got = evaluate.evaluate(model, batches, torch.device("cpu"), criterion=smooth)
+    plain = evaluate.evaluate(model, batches, torch.device("cpu"))
     with torch.no_grad():
         want_smooth, want_plain = smooth(model(x), y).item(), nn.functional.cross_entropy(model(x), y).item()
     assert got["loss"] == pytest.approx(want_smooth, rel=1e-6) and plain["loss"] == pytest.approx(want_plain, rel=1e-6)
     assert abs(want_smooth - want_plain) > 1e-3 and got["acc"] == plain["acc"] and model.training
+
+
+@pytest.mark.slow
+def test_compile_trains_like_eager_and_saves_plain_weights(tmp_path, data_dir):
+    """--compile runs the same training (fp32: the same losses up to kernel rounding) and its checkpoints hold the
+    raw model's weights, loadable without torch.compile's _orig_mod. prefix."""
+    rows, ckpts = {}, {}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        out = str(tmp_path / name)
+        assert train.main([*QUICK, "--amp", "off", "--data", data_dir, "--out", out, *extra]) == 0
+        rows[name] = json.loads(open(os.path.join(out, "metrics.jsonl")).readline())
+        ckpts[name] = runtime.load_checkpoint(os.path.join(out, "last.pt"))
+    assert list(ckpts["compiled"]["model"]) == list(ckpts["eager"]["model"])
+    for k in ("train_loss", "test_loss"):
+        assert rows["compiled"][k] == pytest.approx(rows["eager"][k], rel=1e-3)
+    assert ckpts["compiled"]["args"]["compile"] and not ckpts["eager"]["args"]["compile"]

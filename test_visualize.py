@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import report
 import train
 import visualize
 from models import ARCHS, build_model
@@ -88,7 +89,7 @@ def test_hooks_capture_stage_ends(arch):
 
 def test_every_network_has_stages_and_a_cam_layer():
     x = torch.zeros(1, 3, 32, 32)
-    # resnet34/101/152 are resnet18/50 with more blocks per stage: skipped to save ~10 s of CPU
+    # resnet34/101/152 are resnet18/50 with more blocks per stage: skipped, as the slowest to run on a CPU
     for arch in [a for a in ARCHS if a not in ("resnet34", "resnet101", "resnet152")]:
         model = build_model(arch)
         info = visualize.trace(model, x)
@@ -157,7 +158,7 @@ def test_filters(runs, tmp_path):
 def test_curves_overlay_runs_named_in_the_legend(runs, tmp_path):
     vis("curves", *runs, "--out", tmp_path)
     png(tmp_path / "curves.png", (500, 1500))  # two runs + train/test styles: a two-row legend
-    labels = visualize.run_labels(runs)
+    labels = report.run_labels(runs)
     assert labels == ["bs50 (batch_size=50)", "bs100 (batch_size=100)"]
 
 
@@ -199,6 +200,26 @@ def test_report_holds_every_run_and_embeds_decodable_images(runs, tmp_path):
         assert raw[:8] == b"\x89PNG\r\n\x1a\n"
         assert mpimg.imread(io.BytesIO(raw), format="png").shape[0] > 100
     assert "<script" not in page and "http" not in page.split("<body>")[1]  # self-contained
+
+
+def test_config_rows_show_the_key_flags_then_those_the_run_changed():
+    cfg = {"args": {"arch": "lenet", "epochs": 2, "batch_size": 50, "lr": 0.1, "momentum": 0.9, "subset": 500,
+                    "nesterov": True, "out": "runs/x", "data": "/d", "no_progress": True},
+           "changed_args": ["arch", "epochs", "batch_size", "subset", "nesterov", "out", "data", "no_progress"],
+           "device": "cpu", "git_commit": None}
+    rows = report.config_rows(cfg)
+    assert rows == [["--arch", "lenet"], ["--epochs", "2"], ["--batch-size", "50"], ["--lr", "0.1"],
+                    ["--subset", "500"], ["--nesterov", "true"], ["device", "cpu"]]
+    del cfg["changed_args"]  # a run folder written before train.py recorded the list: the key flags only
+    assert [r[0] for r in report.config_rows(cfg)] == ["--arch", "--epochs", "--batch-size", "--lr", "device"]
+
+
+def test_config_rows_of_a_run_folder_list_what_train_py_recorded_as_changed(runs):
+    cfg = json.load(open(os.path.join(runs[0], "config.json")))
+    names = [r[0] for r in report.config_rows(cfg)]
+    assert names[:3] == ["--arch", "--epochs", "--batch-size"]
+    assert "--subset" in names and "--eval-batch-size" in names and "--momentum" not in names
+    assert not {"--out", "--data", "--no-progress"} & set(names)  # where the run went, not how it trained
 
 
 @pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="no chromium")
@@ -253,3 +274,11 @@ def test_as_a_script(runs, tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == f"wrote {tmp_path / 'filters_lenet.png'}", r.stderr
     r = run_script("visualize.py", "cam", runs[1], "--layer", "fc1")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not feature maps" in r.stderr, r.stderr
+
+
+def test_report_as_a_script(runs, tmp_path):
+    """The report subcommand as a user runs it: visualize.py is __main__ when it imports report.py."""
+    from conftest import run_script
+    r = run_script("visualize.py", "report", runs[0], "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-2:] == [f"wrote {tmp_path / name}" for name in ("report.md", "report.html")]

@@ -16,14 +16,10 @@ overwritten; every path written is printed. Everything works through forward hoo
 needs code of its own here.
 """
 import argparse
-import base64
-import datetime
 import functools
-import html
 import json
 import math
 import os
-import re
 import sys
 
 import numpy as np
@@ -32,10 +28,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from evaluate import confusion, per_class, plot_confusion
-from models import ARCHS, build_model
-from train import OneLineParser, eval_weights, evaluate, load_checkpoint, pick_device, resolve_amp, write_text
-from train import get_parser as train_parser
+from evaluate import confusion, evaluate, per_class, plot_confusion
+from models import ARCHS, build_model, check_arch
+from runtime import OneLineParser, eval_weights, load_checkpoint, pick_device, pyplot, resolve_amp
 
 DPI = 100
 # figure sizes in inches; at DPI these give the pixel sizes the tests check
@@ -46,21 +41,13 @@ PER_CLASS_SIZE = (8, 5)
 ERR_COLS, ERR_GRID = 6, (1.8, (0.2, 0.6), (0.1, 0.1, 1.0, 0.1))
 AUG_GRID = (1.4, (0.1, 0.55), (0.6, 0.1, 0.6, 0.5))
 CAM_GRID = (3.0, (0.3, 0.75), (0.15, 0.15, 1.0, 0.15))
-CURVES_W, CURVES_H, LEGEND_ROW = 15, 4.4, 0.3
-
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def save(fig, path):
     """Save at DPI with the figure's own size (no tight bbox: the pixel size is known in advance); print the path."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=DPI)
-    _plt().close(fig)
+    pyplot().close(fig)
     print(f"wrote {path}")
     return path
 
@@ -71,7 +58,7 @@ def image_grid(rows, cols, layout, title):
     cell, (gw, gh), (left, right, top, bottom) = layout
     w = left + cols * cell + (cols - 1) * gw + right
     h = top + rows * cell + (rows - 1) * gh + bottom
-    fig, axes = _plt().subplots(rows, cols, figsize=(w, h), squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(w, h), squeeze=False)
     fig.subplots_adjust(left=left / w, right=1 - right / w, top=1 - top / h, bottom=bottom / h,
                         wspace=gw / cell, hspace=gh / cell)
     fig.suptitle(title, fontsize=12, y=1 - 0.12 / h, va="top")
@@ -204,6 +191,10 @@ class Src:
     def trained(self):
         return self.ckpt is not None
 
+    @property
+    def label(self):
+        return self.arch if self.trained else f"{self.arch} (untrained)"
+
 
 @functools.lru_cache(maxsize=2)
 def _cifar(root):
@@ -226,6 +217,15 @@ def run_name(path):
     return os.path.basename(os.path.normpath(path)) or path
 
 
+def read_json(run, name):
+    """A run folder's JSON file (config.json, summary.json), or None where it is missing or unreadable."""
+    try:
+        with open(os.path.join(run, name)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def open_source(ap, args, need_data=True):
     """The checkpoint named by args.source (a run folder or .pt), or an untrained --arch (seeded)."""
     arch = getattr(args, "arch", None)
@@ -246,8 +246,7 @@ def open_source(ap, args, need_data=True):
                    getattr(args, "out", None) or folder, run_name(folder), ckpt)
     if not arch:
         ap.error(f"give a run folder or checkpoint, or an untrained network with --arch ({', '.join(ARCHS)})")
-    if arch not in ARCHS:
-        ap.error(f"unknown --arch {arch!r}; choose from: {', '.join(ARCHS)}")
+    check_arch(ap, arch)
     torch.manual_seed(args.seed)
     model = build_model(arch).eval()
     root = getattr(args, "data", None) or "./data"
@@ -259,8 +258,11 @@ def open_source(ap, args, need_data=True):
     return Src(model, arch, classes, mean, std, root, getattr(args, "out", None) or "figures", f"{arch}-untrained")
 
 
-def pick_indices(ap, args, labels, classes):
-    """Test-set indices from --index (one or several) and --class NAME (then --index counts within that class)."""
+def pick_test_images(ap, args, src):
+    """Test images by --index (one or several) and --class NAME (then --index counts within that class): a list of
+    (index in the test set, the image normalised as the network sees it (1, 3, H, W), its true class)."""
+    x_test, labels = load_data(ap, src.root)["test"]
+    classes = src.classes
     idx = args.index if isinstance(args.index, list) else [args.index]
     pool = torch.arange(len(labels))
     where = f"the test set has {len(labels)} images"
@@ -272,7 +274,8 @@ def pick_indices(ap, args, labels, classes):
     for i in idx:
         if not 0 <= i < len(pool):
             ap.error(f"--index {i} is out of range: {where}")
-    return [int(pool[i]) for i in idx]
+    picked = [int(pool[i]) for i in idx]
+    return [(i, data.normalise(x_test[i:i + 1], src.mean, src.std), classes[int(labels[i])]) for i in picked]
 
 
 def to_rgb(x, mean, std):
@@ -280,12 +283,6 @@ def to_rgb(x, mean, std):
     m = torch.as_tensor(mean, dtype=torch.float32).view(3, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32).view(3, 1, 1)
     return (x.detach().float().cpu() * s + m).clamp(0, 1).movedim(-3, -1).numpy()
-
-
-def normalise(x_uint8, mean, std):
-    m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return (x_uint8.float() / 255 - m) / s
 
 
 def mosaic(tiles, ncols, pad=1):
@@ -325,23 +322,19 @@ def valid_layers(ap, src, info, wanted):
 
 def cmd_features(ap, args):
     src = open_source(ap, args)
-    d = load_data(ap, src.root)
-    x_test, y_test = d["test"]
-    i = pick_indices(ap, args, y_test, src.classes)[0]
-    x = normalise(x_test[i:i + 1], src.mean, src.std)
+    i, x, true = pick_test_images(ap, args, src)[0]
     info = trace(src.model, x)
     layers = args.layers or stages(src.model, info)
     valid_layers(ap, src, info, layers)
     if args.channels <= 0:
         ap.error(f"--channels must be positive, got {args.channels}")
     info = trace(src.model, x, keep=set(layers))
-    true = src.classes[int(y_test[i])]
     caption = f"test #{i}: {true}"
     if src.trained:
         with torch.no_grad():
             probs = src.model(x).float().softmax(1)[0]
         caption += f"\npredicted {src.classes[int(probs.argmax())]} ({100 * float(probs.max()):.0f}%)"
-    plt = _plt()
+    plt = pyplot()
     paths = []
     for layer in layers:
         rec = info[layer]
@@ -363,7 +356,7 @@ def cmd_features(ap, args):
         ax.axis("off")
         shown = f"all {c} channels" if k == c else f"the {k} strongest of {c} channels"
         calls = f", last of {rec['calls']} calls" if rec["calls"] > 1 else ""
-        fig.suptitle(f"{src.arch}{'' if src.trained else ' (untrained)'} · {layer} ({rec['type']}{calls}) → "
+        fig.suptitle(f"{src.label} · {layer} ({rec['type']}{calls}) → "
                      f"{c}×{h}×{w}", fontsize=14, y=0.975)
         fig.text(0.5, 0.895, f"{shown} by mean activation, each scaled to its own range (dark = low, yellow = high)",
                  ha="center", fontsize=10, color="0.3")
@@ -387,13 +380,13 @@ def cmd_filters(ap, args):
     o, cin, kh, kw = w.shape
     tiles = scale01(w).permute(0, 2, 3, 1).numpy() if cin == 3 else scale01(w.mean(1)).numpy()
     ncols = math.ceil(math.sqrt(o))
-    plt = _plt()
+    plt = pyplot()
     fig = plt.figure(figsize=FILTERS_SIZE)
     ax = fig.add_axes((0.04, 0.03, 0.92, 0.84))
     grid = mosaic(tiles, ncols)
     ax.imshow(np.nan_to_num(grid, nan=1.0), cmap=None if cin == 3 else "gray", interpolation="nearest")
     ax.axis("off")
-    fig.suptitle(f"{src.arch}{'' if src.trained else ' (untrained)'} · {name}: {o} kernels of {cin}×{kh}×{kw}",
+    fig.suptitle(f"{src.label} · {name}: {o} kernels of {cin}×{kh}×{kw}",
                  fontsize=14, y=0.975)
     fig.text(0.5, 0.905, ("as RGB" if cin == 3 else "mean over input channels, gray")
              + ", each kernel scaled to its own range", ha="center", fontsize=10, color="0.3")
@@ -412,117 +405,6 @@ def cmd_layers(ap, args):
         print(f"{'*' if n in default else ' '} {n:<{width}}  {r['type']:<18} {shape}"
               + (f"  ({r['calls']} calls)" if r["calls"] > 1 else ""))
     return []
-
-
-# ----------------------------------------------------------------------------- curves
-
-SKIP_IN_LABEL = {"out", "data", "resume", "download", "no_progress", "force"}
-
-
-def read_metrics(ap, run):
-    if not os.path.isdir(run):
-        ap.error(f"{run}: no such run folder")
-    path = os.path.join(run, "metrics.jsonl")
-    if os.path.exists(path):
-        with open(path) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    elif os.path.exists(os.path.join(run, "metrics.csv")):
-        import csv
-        with open(os.path.join(run, "metrics.csv")) as f:
-            rows = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
-    else:
-        ap.error(f"{run} has no metrics.jsonl or metrics.csv (not a train.py run folder, or no epoch finished)")
-    if not rows:
-        ap.error(f"{run}: no epoch finished yet")
-    return rows
-
-
-def read_json(run, name):
-    try:
-        with open(os.path.join(run, name)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def run_names(runs):
-    """Folder names, with the parent folder where two runs share one."""
-    names = [run_name(r) for r in runs]
-    if len(set(names)) < len(names):
-        names = [os.path.join(os.path.basename(os.path.dirname(os.path.normpath(r))), n) for r, n in zip(runs, names)]
-    return names
-
-
-def differing_args(runs):
-    """(each run's train.py flags from config.json, the names of the flags in which the runs differ)."""
-    cfgs = [(read_json(r, "config.json") or {}).get("args", {}) for r in runs]
-    keys = sorted({k for c in cfgs for k in c} - SKIP_IN_LABEL)
-    return cfgs, [k for k in keys if len({json.dumps(c.get(k)) for c in cfgs}) > 1]
-
-
-def run_labels(runs):
-    """Each run's name plus the training flags in which the runs differ: 'bs128 (batch_size=128)'."""
-    names = run_names(runs)
-    cfgs, diff = differing_args(runs)
-    out = []
-    for n, c in zip(names, cfgs):
-        extra = ", ".join(f"{k}={c.get(k)}" for k in diff[:4])
-        out.append(f"{n} ({extra})" if extra else n)
-    return out
-
-
-def eval_split(rows):
-    return "val" if any("val_acc" in r for r in rows) else "test"
-
-
-def plot_curves(ap, runs, path, title=None):
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
-    plt = _plt()
-    labels = run_labels(runs)
-    metrics = [read_metrics(ap, r) for r in runs]
-    n_legend = len(runs) + 2
-    ncol = min(n_legend, 3)
-    legend_rows = -(-n_legend // ncol)
-    height = CURVES_H + LEGEND_ROW * legend_rows
-    fig, axes = plt.subplots(1, 3, figsize=(CURVES_W, height))
-    colours = plt.get_cmap("tab10").colors
-    splits = set()
-    for k, (rows, label) in enumerate(zip(metrics, labels)):
-        col = colours[k % 10]
-        split = eval_split(rows)
-        splits.add(split)
-        ep = [r["epoch"] for r in rows]
-        mark = dict(marker="o", markersize=3) if len(rows) <= 30 else {}
-        for ax, key in ((axes[0], "loss"), (axes[1], "acc")):
-            ax.plot(ep, [r.get(f"train_{key}") for r in rows], color=col, ls="-", **mark)
-            ax.plot(ep, [r.get(f"{split}_{key}") for r in rows], color=col, ls="--", **mark)
-        axes[2].plot(ep, [r.get("lr") for r in rows], color=col, **mark)
-    split = "/".join(sorted(splits))
-    for ax, what in zip(axes, ("loss", "accuracy", "learning rate (at the end of the epoch)")):
-        ax.set_xlabel("epoch")
-        ax.set_title(what)
-        ax.grid(alpha=0.3)
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[1].yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{100 * v:.0f}%"))
-    handles = [Line2D([], [], color=colours[k % 10], lw=3) for k in range(len(runs))]
-    handles += [Line2D([], [], color="k", ls="-"), Line2D([], [], color="k", ls="--")]
-    fig.legend(handles, labels + ["train", split], loc="lower center", ncol=ncol, fontsize=10, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=14)
-    bottom = (LEGEND_ROW * legend_rows + 0.65) / height
-    fig.subplots_adjust(left=0.05, right=0.985, top=1 - (0.75 if title else 0.45) / height, bottom=bottom,
-                        wspace=0.22)
-    return save(fig, path)
-
-
-def cmd_curves(ap, args):
-    for r in args.runs:
-        read_metrics(ap, r)  # refuse bad folders before drawing anything
-    out = args.out or (args.runs[0] if len(args.runs) == 1 else "figures")
-    title = run_labels(args.runs)[0] if len(args.runs) == 1 else f"{len(args.runs)} runs"
-    return [plot_curves(ap, args.runs, os.path.join(out, "curves.png"), title)]
 
 
 # ----------------------------------------------------------------------------- errors
@@ -555,7 +437,7 @@ def cmd_errors(ap, args):
     fig, axes = image_grid(-(-args.count // ERR_COLS), ERR_COLS, ERR_GRID,
                            f"{src.name} ({src.arch}): {n_wrong} of {len(y)} test images misclassified "
                            f"(accuracy {pct(acc)});\nthe {len(wrong)} most confident mistakes")
-    imgs = to_rgb(normalise(x[wrong], src.mean, src.std), src.mean, src.std)
+    imgs = to_rgb(data.normalise(x[wrong], src.mean, src.std), src.mean, src.std)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < len(wrong):
@@ -563,18 +445,22 @@ def cmd_errors(ap, args):
             ax.imshow(imgs[k], interpolation="nearest")
             ax.set_title(f"#{i} true: {src.classes[int(y[i])]}\npredicted: {src.classes[int(pred[i])]} "
                          f"{100 * float(conf[i]):.0f}%", fontsize=9, color="firebrick")
-    paths = [save(fig, os.path.join(src.out, "errors.png"))]
-    n = len(src.classes)
-    paths.append(os.path.join(src.out, "confusion_matrix.png"))
-    plot_confusion(confusion(pred, y, n), src.classes, paths[-1], f"{src.name}: test accuracy {pct(acc)}")
-    print(f"wrote {paths[-1]}")
-    paths.append(plot_per_class(per_class(pred, y, n), src.classes, acc, os.path.join(src.out, "per_class.png"),
-                                f"{src.name}: per-class test accuracy"))
+    paths = [save(fig, os.path.join(src.out, "errors.png")),
+             save_confusion(pred, y, src.classes, acc, src.name, os.path.join(src.out, "confusion_matrix.png"))]
+    paths.append(plot_per_class(per_class(pred, y, len(src.classes)), src.classes, acc,
+                                os.path.join(src.out, "per_class.png"), f"{src.name}: per-class test accuracy"))
     return paths
 
 
+def save_confusion(pred, y, classes, acc, name, path):
+    """evaluate.py's confusion-matrix figure of test predictions, titled with the accuracy; prints the path."""
+    plot_confusion(confusion(pred, y, len(classes)), classes, path, f"{name}: test accuracy {pct(acc)}")
+    print(f"wrote {path}")
+    return path
+
+
 def plot_per_class(accs, classes, overall, path, title):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=PER_CLASS_SIZE)
     ypos = np.arange(len(classes))[::-1]
     bars = ax.barh(ypos, accs, color=["firebrick" if a < overall else "steelblue" for a in accs])
@@ -668,9 +554,7 @@ def cmd_augment(ap, args):
 
 def cmd_cam(ap, args):
     src = open_source(ap, args)
-    d = load_data(ap, src.root)
-    x_test, y_test = d["test"]
-    idx = pick_indices(ap, args, y_test, src.classes)
+    picked = pick_test_images(ap, args, src)
     info = trace(src.model, torch.zeros(1, 3, 32, 32))
     layer = args.layer
     if layer is None:
@@ -684,18 +568,15 @@ def cmd_cam(ap, args):
         if args.target not in src.classes:
             ap.error(f"unknown --target {args.target!r}; choose from: {', '.join(src.classes)}")
         target = src.classes.index(args.target)
-    kind = "" if src.trained else " (untrained)"
-    fig, axes = image_grid(len(idx), 3, CAM_GRID, f"Grad-CAM · {src.arch}{kind} · "
+    fig, axes = image_grid(len(picked), 3, CAM_GRID, f"Grad-CAM · {src.label} · "
                            f"{'predicted class' if target is None else args.target}")
-    for row, i in zip(axes, idx):
-        x = normalise(x_test[i:i + 1], src.mean, src.std)
+    for row, (i, x, true) in zip(axes, picked):
         cam, up, probs, t = grad_cam(src.model, x, layer, target)
         img = to_rgb(x[0], src.mean, src.std)
         pred = int(probs.argmax())
         row[0].imshow(img, interpolation="nearest")
-        row[0].set_title(f"test #{i}: {src.classes[int(y_test[i])]}\npredicted {src.classes[pred]} "
-                         f"({100 * float(probs[pred]):.0f}%)", fontsize=10,
-                         color="black" if pred == int(y_test[i]) else "firebrick")
+        row[0].set_title(f"test #{i}: {true}\npredicted {src.classes[pred]} ({100 * float(probs[pred]):.0f}%)",
+                         fontsize=10, color="black" if src.classes[pred] == true else "firebrick")
         row[1].imshow(cam.numpy(), cmap="jet", interpolation="nearest")
         row[1].set_title(f"{layer}: {cam.shape[0]}×{cam.shape[1]} map\nfor {src.classes[t]} "
                          f"({100 * float(probs[t]):.0f}%)", fontsize=10)
@@ -704,230 +585,8 @@ def cmd_cam(ap, args):
         row[2].set_title(f"upsampled {up.shape[0]}×{up.shape[1]}, overlaid", fontsize=10)
         for ax in row:
             ax.axis("off")
-    name = f"cam_{src.arch}_{'_'.join(map(str, idx[:8]))}{'_etc' if len(idx) > 8 else ''}.png"
+    name = f"cam_{src.arch}_{'_'.join(str(i) for i, _, _ in picked[:8])}{'_etc' if len(picked) > 8 else ''}.png"
     return [save(fig, os.path.join(src.out, name))]
-
-
-# ----------------------------------------------------------------------------- report
-
-def fmt_time(s):
-    if s is None:
-        return "–"
-    s = float(s)
-    if s < 120:
-        return f"{s:.1f} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.2f} h"
-
-
-def run_results(ap, run):
-    """Numbers of one run: from summary.json, or (an unfinished run) from metrics.jsonl and config.json."""
-    rows = read_metrics(ap, run)
-    cfg = read_json(run, "config.json") or {}
-    summary = read_json(run, "summary.json")
-    split = (summary or {}).get("select_split") or eval_split(rows)
-    best_row = max(rows, key=lambda r: r.get(f"{split}_acc", -1))
-    s = summary or {}
-    args = cfg.get("args", {})
-    return {
-        "arch": s.get("arch") or args.get("arch"), "split": split,
-        "epochs": f"{rows[-1]['epoch']}/{s.get('epochs') or args.get('epochs')}",
-        "best_epoch": s.get("best_epoch") or best_row["epoch"],
-        "best_select": s.get(f"best_{split}_acc", best_row.get(f"{split}_acc")),
-        "best_test": s.get("best_test_acc"), "final_test": s.get("final_test_acc", rows[-1].get("test_acc")),
-        "time": s.get("total_time_s") or sum(r.get("epoch_time", 0) + r.get("eval_time", 0) for r in rows),
-        "epoch_time": s.get("epoch_time_s") or rows[-1].get("epoch_time"),
-        "images_per_s": s.get("images_per_s") or rows[-1].get("images_per_s"),
-        "params": s.get("params") or cfg.get("params"), "flops": s.get("flops") or cfg.get("flops"),
-        "device": s.get("device") or cfg.get("device"), "finished": summary is not None,
-    }
-
-
-RESULT_COLUMNS = ["run", "arch", "epochs", "picked on", "best epoch", "best acc (picked on)",
-                  "test acc (best)", "test acc (final)", "time", "s/epoch", "train img/s", "params", "MFLOPs"]
-
-
-def result_row(name, r):
-    return [name + ("" if r["finished"] else " (unfinished)"), r["arch"], r["epochs"], r["split"], str(r["best_epoch"]),
-            pct(r["best_select"]), pct(r["best_test"]), pct(r["final_test"]), fmt_time(r["time"]),
-            "–" if r["epoch_time"] is None else f"{r['epoch_time']:.1f}",
-            "–" if r["images_per_s"] is None else f"{r['images_per_s']:,.0f}",
-            "–" if r["params"] is None else f"{r['params']:,}",
-            "–" if r["flops"] is None else f"{r['flops'] / 1e6:,.1f}"]
-
-
-KEY_ARGS = ["arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "wd"]
-
-
-def config_rows(cfg):
-    """The settings worth reading: the key ones, then every flag that differs from train.py's default."""
-    args = cfg.get("args", {})
-    defaults = vars(train_parser().parse_args([]))
-    keys = KEY_ARGS + [k for k in args if k not in KEY_ARGS and k not in SKIP_IN_LABEL and k in defaults
-                       and args[k] != defaults[k]]
-    rows = [[f"--{k.replace('_', '-')}", json.dumps(args[k]) if not isinstance(args[k], str) else args[k]]
-            for k in keys if k in args]
-    d = cfg.get("data", {})
-    if all(isinstance(d.get(k), int) for k in ("n_train", "n_val", "n_test")):
-        rows.append(["images", f"{d['n_train']:,} train, {d['n_val']:,} val, {d['n_test']:,} test"])
-    for k in ("device", "world_size", "amp", "torch", "git_commit", "started"):
-        if cfg.get(k) is not None:
-            rows.append([k.replace("_", " "), str(cfg[k])])
-    return rows
-
-
-class Doc:
-    """A small document written both as Markdown and as self-contained HTML (images base64-embedded)."""
-
-    def __init__(self):
-        self.blocks = []
-
-    def h(self, level, text):
-        self.blocks.append(("h", level, text))
-
-    def p(self, text):
-        self.blocks.append(("p", text))
-
-    def table(self, head, rows, numeric=()):
-        self.blocks.append(("table", head, rows, set(numeric)))
-
-    def img(self, path, alt):
-        self.blocks.append(("img", path, alt))
-
-    def markdown(self, folder):
-        out = []
-        for b in self.blocks:
-            if b[0] == "h":
-                out.append("#" * b[1] + " " + b[2])
-            elif b[0] == "p":
-                out.append(b[1])
-            elif b[0] == "table":
-                _, head, rows, num = b
-                cell = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-                out.append("\n".join(["| " + " | ".join(map(cell, head)) + " |",
-                                      "|" + "|".join("--:" if i in num else "---" for i in range(len(head))) + "|"]
-                                     + ["| " + " | ".join(map(cell, r)) + " |" for r in rows]))
-            else:
-                out.append(f"![{b[2]}]({os.path.relpath(b[1], folder)})")
-        return "\n\n".join(out) + "\n"
-
-    def html(self, title):
-        e = html.escape
-        parts = []
-        for b in self.blocks:
-            if b[0] == "h":
-                parts.append(f"<h{b[1]}>{e(b[2])}</h{b[1]}>")
-            elif b[0] == "p":
-                parts.append(f"<p>{e(b[1])}</p>")
-            elif b[0] == "table":
-                _, head, rows, num = b
-                cls = lambda i: ' class="num"' if i in num else ""  # noqa: E731
-                th = "".join(f"<th{cls(i)}>{e(str(h))}</th>" for i, h in enumerate(head))
-                trs = "".join("<tr>" + "".join(f"<td{cls(i)}>{e(str(c))}</td>" for i, c in enumerate(r)) + "</tr>\n"
-                              for r in rows)
-                parts.append(f'<div class="scroll"><table>\n<thead><tr>{th}</tr></thead>\n<tbody>\n{trs}'
-                             "</tbody></table></div>")
-            else:
-                with open(b[1], "rb") as f:
-                    b64 = base64.b64encode(f.read()).decode()
-                parts.append(f'<figure><img src="data:image/png;base64,{b64}" alt="{e(b[2])}">'
-                             f"<figcaption>{e(b[2])}</figcaption></figure>")
-        return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{e(title)}</title>
-<style>
-body {{ font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", Arial, sans-serif; max-width: 1180px;
-       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }}
-h1 {{ font-size: 1.7em; border-bottom: 2px solid #ddd; padding-bottom: .3em; }}
-h2 {{ font-size: 1.35em; margin-top: 1.8em; border-bottom: 1px solid #eee; }}
-h3 {{ font-size: 1.1em; margin-top: 1.4em; }}
-.scroll {{ overflow-x: auto; }}
-table {{ border-collapse: collapse; margin: .8em 0; font-size: .9em; }}
-th, td {{ border: 1px solid #ccc; padding: .3em .6em; text-align: left; }}
-td {{ white-space: nowrap; }}
-th {{ background: #f3f3f3; vertical-align: bottom; }}
-tr:nth-child(even) td {{ background: #fafafa; }}
-.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
-figure {{ margin: 1em 0; }}
-img {{ max-width: 100%; height: auto; border: 1px solid #eee; }}
-figcaption {{ color: #666; font-size: .85em; }}
-</style>
-</head>
-<body>
-{chr(10).join(parts)}
-</body>
-</html>
-"""
-
-
-def cmd_report(ap, args):
-    runs = args.runs
-    results = [run_results(ap, r) for r in runs]  # refuses a bad folder before anything is written
-    out = args.out or (runs[0] if len(runs) == 1 else "figures")
-    os.makedirs(out, exist_ok=True)
-    names = run_names(runs)
-    title = f"CIFAR-10 training report: {', '.join(names)}"
-    doc = Doc()
-    doc.h(1, title)
-    doc.p(f"Generated by visualize.py on {datetime.datetime.now():%Y-%m-%d %H:%M} from "
-          + ", ".join(os.path.abspath(r) for r in runs) + ". The best epoch is picked on the split in 'picked on' "
-          "(val when the run held one out; test flatters the result); 'test acc (best)' is that epoch's checkpoint "
-          "on the test set, 'test acc (final)' the last epoch's weights.")
-    doc.h(2, "Results" if len(runs) == 1 else "Comparison")
-    doc.table(RESULT_COLUMNS, [result_row(n, r) for n, r in zip(names, results)], numeric=range(4, 13))
-    cfgs, keys = differing_args(runs)
-    if keys:
-        doc.p("The runs differ in:")
-        doc.table(["run"] + [f"--{k.replace('_', '-')}" for k in keys],
-                  [[n] + [str(c.get(k, "–")) for k in keys] for n, c in zip(names, cfgs)])
-    doc.h(2, "Training curves")
-    doc.img(plot_curves(ap, runs, os.path.join(out, "curves.png"), None),
-            "loss, accuracy and learning rate against epoch (solid: train, dashed: " + "/".join(
-                sorted({r["split"] for r in results})) + ")")
-    per_class_cols, cms, tested = [], [], []
-    for run, name in zip(runs, names):
-        src = open_source(ap, argparse.Namespace(source=run, arch=None, data=args.data, out=out, seed=0))
-        x, y, probs, acc = predict_test_set(ap, src)
-        pred = probs.argmax(1)
-        n = len(src.classes)
-        per_class_cols.append(per_class(pred, y, n))
-        tested.append((name, acc, len(y), os.path.basename(checkpoint_file(run))))
-        path = os.path.join(out, f"confusion_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png")
-        plot_confusion(confusion(pred, y, n), src.classes, path, f"{name}: test accuracy {pct(acc)}")
-        print(f"wrote {path}")
-        cms.append(path)
-        classes = src.classes
-    doc.h(2, "Per-class test accuracy")
-    doc.p("Recomputed from " + "; ".join(f"{name}'s {ck} on {k:,} test images ({pct(a)})"
-                                         for name, a, k, ck in tested) + ".")
-    rows = [[c] + [f"{100 * col[i]:.1f}%" for col in per_class_cols] for i, c in enumerate(classes)]
-    rows.append(["all"] + [pct(a) for _, a, _, _ in tested])
-    doc.table(["class"] + names, rows, numeric=range(1, len(names) + 1))
-    for run, name, cm in zip(runs, names, cms):
-        doc.h(2, f"Run {name}")
-        cfg = read_json(run, "config.json") or {}
-        doc.h(3, "Configuration")
-        doc.table(["setting", "value"], config_rows(cfg))
-        doc.h(3, "Confusion matrix")
-        doc.img(cm, f"{name}: confusion matrix on the test set (rows: true class, columns: predicted)")
-    md, page = os.path.join(out, "report.md"), os.path.join(out, "report.html")
-    write_text(md, doc.markdown(out))
-    print(f"wrote {md}")
-    write_text(page, doc.html(title))
-    print(f"wrote {page}")
-    return [md, page]
-
-
-def checkpoint_file(run):
-    """The file load_checkpoint reads for a run folder (best.pt, else last.pt)."""
-    for name in ("best.pt", "last.pt"):
-        if os.path.exists(os.path.join(run, name)):
-            return os.path.join(run, name)
-    return run
 
 
 # ----------------------------------------------------------------------------- command line
@@ -1004,8 +663,15 @@ def get_parser():
     return ap
 
 
-COMMANDS = {"features": cmd_features, "filters": cmd_filters, "curves": cmd_curves, "errors": cmd_errors,
-            "augment": cmd_augment, "cam": cmd_cam, "report": cmd_report, "layers": cmd_layers}
+def in_report(ap, args):
+    """`curves` and `report`: report.py's cmd_curves and cmd_report. report.py imports this module, so it is imported
+    here, when one of them runs, not at the top."""
+    import report
+    return getattr(report, f"cmd_{args.command}")(ap, args)
+
+
+COMMANDS = {"features": cmd_features, "filters": cmd_filters, "curves": in_report, "errors": cmd_errors,
+            "augment": cmd_augment, "cam": cmd_cam, "report": in_report, "layers": cmd_layers}
 
 
 def main(argv=None):

@@ -1,0 +1,165 @@
+"""Optimisers and learning-rate schedules of train.py: the optimizer a run's flags ask for (SGD, Adam, AdamW,
+or Muon for conv filters), one per-iteration schedule for every lr shape, the EMA warm-up and lookahead.
+Written here only what torch lacks (Muon for 4-D filters, lookahead, a warming EMA decay)."""
+import math
+
+import torch
+import torch.nn as nn
+
+
+# ----------------------------------------------------------------------------- Muon
+
+def orthogonalise(g, steps=3):
+    """The nearest semi-orthogonal matrix to g (U V^T of its SVD), approximately, by a quintic Newton-Schulz
+    iteration in bf16 (Muon's, Jordan et al. 2024; 3 steps as in airbench94_muon)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.bfloat16()
+    x = x / (x.norm() + 1e-7)
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        m = x @ x.T
+        x = a * x + (b * m + c * m @ m) @ x
+    return (x.T if tall else x).to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for conv filters, Nesterov SGD for the rest, in one optimizer (so one scheduler and one state_dict).
+    Groups with muon=True: Nesterov momentum, then each filter bank's update (out x in*k*k) orthogonalised, the
+    weights rescaled to norm sqrt(out) before the step, as in airbench94_muon. Written here because
+    torch.optim.Muon (torch >= 2.9) takes 2-D matrices only and our filters are 4-D."""
+
+    def __init__(self, groups, lr, momentum):
+        super().__init__(groups, dict(lr=lr, momentum=momentum, weight_decay=0.0, muon=False))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad if not wd else p.grad.add(p, alpha=wd)
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(g))
+                buf.mul_(mom).add_(g)
+                g = g.add(buf, alpha=mom)  # Nesterov
+                if group["muon"]:
+                    p.mul_(len(p) ** 0.5 / p.norm())
+                    g = orthogonalise(g.reshape(len(g), -1)).view_as(p)
+                p.add_(g, alpha=-lr)
+
+
+# ----------------------------------------------------------------------------- the optimizer and schedule of a run
+
+def build_optimizer(model, args, lr=None):
+    """SGD/Adam/AdamW/Muon at `lr` (default --lr). Weight decay on all weights, or (--no-wd-bn-bias) not on
+    BN/bias; --bias-lr-scale S runs 1-D parameters (biases, BN) at S x lr with weight decay / S, so their decay
+    per step stays that of the weights. muon: 4-D conv filters by Muon at lr and --momentum, the rest by
+    Nesterov SGD at --aux-lr (x lr / --lr under torchrun's scaling) and --aux-momentum."""
+    lr = args.lr if lr is None else lr
+    base_lr = args.aux_lr * lr / args.lr if args.optimizer == "muon" else lr
+    weights, vectors, filters = [], [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (filters if args.optimizer == "muon" and p.ndim == 4 else vectors if p.ndim <= 1 else weights).append(p)
+    s = args.bias_lr_scale
+    groups = [{"params": weights, "lr": base_lr, "weight_decay": args.wd},
+              {"params": vectors, "lr": base_lr * s, "weight_decay": 0.0 if args.no_wd_bn_bias else args.wd / s}]
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=args.nesterov)
+    if args.optimizer == "adam":
+        # torch's Adam adds L2 to the gradient (as report 004's Adam(weight_decay=5e-4) did); adamw decouples it
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(args.betas))
+    if args.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(args.betas))
+    for g in groups:
+        g["momentum"] = args.aux_momentum
+    return Muon([{"params": filters, "muon": True}] + groups, lr=lr, momentum=args.momentum)
+
+
+def training_parts(raw_model, args, device, amp_dtype, steps_per_epoch, lr=None):
+    """Optimizer, per-iteration scheduler, gradient scaler (on for fp16 only) and loss of a run with `args`."""
+    optimizer = build_optimizer(raw_model, args, lr)
+    scheduler = build_scheduler(optimizer, args, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return optimizer, scheduler, scaler, nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+
+
+def lr_factor(step, total, warmup, schedule, milestones=(), gamma=(0.1,)):
+    """Multiplier of the peak lr at iteration `step` of `total`. One LambdaLR covers every
+    shape (torch's SequentialLR chains of warm-up + decay are awkward to checkpoint)."""
+    if schedule == "onecycle":  # as torch's OneCycleLR: cosine up from 1/25 over warm-up, cosine down to 1/25e4
+        up = max(1, warmup or int(0.3 * total))
+        if step < up:
+            return 1 / 25 + (1 - 1 / 25) * 0.5 * (1 - math.cos(math.pi * step / up))
+        t = (step - up) / max(1, total - up)
+        return 1 / 25e4 + (1 - 1 / 25e4) * 0.5 * (1 + math.cos(math.pi * t))
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    if schedule == "linear":  # straight down to 0 at the last step
+        return 1 - (step - warmup) / max(1, total - warmup)
+    if schedule == "step":
+        passed = sum(step >= m for m in milestones)
+        gamma = [gamma] if isinstance(gamma, (int, float)) else list(gamma)
+        if len(gamma) == 1:
+            return gamma[0] ** passed
+        return gamma[passed - 1] if passed else 1.0
+    return 1.0
+
+
+def build_scheduler(optimizer, args, steps_per_epoch):
+    total = args.epochs * steps_per_epoch
+    warmup = int(args.warmup_epochs * steps_per_epoch)
+    ms = args.milestones
+    ms = [m * args.epochs if all(x < 1 for x in ms) else m for m in ms]
+    ms = [int(m * steps_per_epoch) for m in ms]
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, warmup, args.schedule, ms, args.gamma))
+
+
+# ----------------------------------------------------------------------------- weight averages: EMA and lookahead
+
+def ema_warmup(decay):
+    """AveragedModel's multi_avg_fn: an EMA whose decay warms up as min(decay, (1 + n) / (10 + n)) after n updates
+    (as timm's EMA). Without it the random initial weights, which under BatchNorm and weight decay are much larger
+    than trained ones, dominate the average for thousands of steps (a plain 0.999 EMA of a short resnet18 run
+    evaluates near chance). The decay is a tensor op on n, so no host sync per step."""
+    @torch.no_grad()
+    def update(ema_params, params, n):
+        if not torch.is_floating_point(ema_params[0]):  # BN's num_batches_tracked: the model's count
+            for e, p in zip(ema_params, params):
+                e.copy_(p)
+            return
+        keep = torch.clamp((1 + n) / (10 + n), max=decay).to(ema_params[0].dtype)
+        torch._foreach_mul_(ema_params, keep)
+        torch._foreach_add_(ema_params, torch._foreach_mul(params, 1 - keep))
+    return update
+
+
+class Lookahead:
+    """Lookahead (Zhang et al. 2019) as airbench94 runs it: every k steps the slow weights move 1 - a of the way
+    to the live ones and the live ones restart from them, with a = alpha**k * (step / total)**3 growing from 0
+    (early training runs free); the last step syncs too, so the model ends on the slow weights. Covers every float
+    tensor of the state_dict, BN statistics included. Written here: torch has no lookahead."""
+
+    def __init__(self, model, alpha, k, total_steps):
+        self.alpha, self.k, self.total = alpha, k, total_steps
+        self.live = [t for t in model.state_dict().values() if t.is_floating_point()]  # views of the weights
+        self.slow = [t.clone() for t in self.live]
+
+    @torch.no_grad()
+    def step(self, step):
+        if step % self.k and step != self.total:
+            return
+        n = step % self.k or self.k  # steps since the last sync (fewer at the end when k does not divide total)
+        torch._foreach_lerp_(self.slow, self.live, 1 - self.alpha ** n * (step / self.total) ** 3)
+        torch._foreach_copy_(self.live, self.slow)
+
+    def state_dict(self):
+        return {"slow": self.slow}
+
+    def load_state_dict(self, state):
+        torch._foreach_copy_(self.slow, state["slow"])

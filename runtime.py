@@ -1,0 +1,335 @@
+"""The plumbing every script shares: the one-line command-line errors, device and precision, torchrun's
+processes, and the run folder (atomic writes, checkpoints, the git commit, progress lines).
+
+Nothing here knows about training: train.py tells the story of a run, this file holds what it stands on.
+"""
+import argparse
+import contextlib
+import csv
+import ctypes
+import datetime
+import io
+import json
+import os
+import platform
+import random
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+AMP_CHOICES = ["auto", "bf16", "fp16", "off"]
+
+
+# ----------------------------------------------------------------------------- command line
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr and exit code 2 (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_amp_arg(ap, default="auto", help="autocast: auto = bf16 on CUDA and CPU, off on MPS"):
+    ap.add_argument("--amp", default=default, choices=AMP_CHOICES, help=help)
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: files only, no window, works without a display."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+# ----------------------------------------------------------------------------- device, precision, distributed
+
+def pick_device(log=print):
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    log("warning: no GPU found, running on the CPU (expect it to be ~100x slower than on a modern GPU)")
+    if sys.platform.startswith("linux"):
+        keep_freed_memory()
+    return torch.device("cpu")
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def sync(device):
+    """Wait for queued device work, so a timer measures the work and not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def keep_freed_memory():
+    """glibc (Linux): keep freed blocks in the heap instead of handing them back to the OS. A training step frees and
+    re-allocates activations of 100+ MB; by default glibc maps such blocks fresh each time and every step then pays
+    a page fault per 4 KiB to touch them, which can cost a CPU step a third of its time. pick_device calls it for
+    CPU runs on Linux."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-4, 0)  # M_MMAP_MAX = 0: big blocks come from the heap too
+        libc.mallopt(-1, 2**30)  # M_TRIM_THRESHOLD: keep up to 1 GiB free at the top of the heap
+    except (OSError, AttributeError):
+        pass
+
+
+def resolve_amp(amp, device, log=print):
+    """Map --amp to an autocast dtype (or None), falling back with a warning where unsupported."""
+    if amp == "auto":
+        amp = "off" if device.type == "mps" else "bf16"
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        log("warning: this GPU has no bf16; using fp16 autocast with a gradient scaler")
+        amp = "fp16"
+    if amp == "fp16" and device.type != "cuda":
+        log(f"warning: --amp fp16 needs CUDA; using bf16 autocast on {device.type}")
+        amp = "bf16"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def autocast(device, dtype):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def setup_distributed():
+    """(rank, world_size); initialises the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+    return (dist.get_rank(), dist.get_world_size()) if world > 1 else (0, 1)
+
+
+def all_sum(t):
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def any_rank(flag, device):
+    """True on every rank if `flag` is true on any (a collective: every rank must call it at the same step)."""
+    if not dist.is_initialized():
+        return bool(flag)
+    return all_sum(torch.tensor(float(bool(flag)), device=device)).item() > 0
+
+
+def ranks_agree(model, device):
+    """Whether every rank holds the same weights (a float64 fingerprint of the parameters, compared; BN running
+    stats may differ between ranks after a step, DDP re-broadcasts rank 0's before every forward)."""
+    if not dist.is_initialized():
+        return True
+    fp = sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(model.parameters())).to(device).view(1)
+    lo, hi = fp.clone(), fp.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    return lo.item() == hi.item()
+
+
+# ----------------------------------------------------------------------------- run folder and checkpoints
+
+def atomic_write(path, write):
+    """Write via a temp file + fsync + os.replace, so a kill never leaves a half-written file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_text(path, text):
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+_saves = [0]
+
+
+def save_checkpoint(path, state):
+    _saves[0] += 1
+    crash_at = os.environ.get("TRAIN_CRASH_IN_SAVE")  # fault injection for the tests: SIGKILL half way through save N
+
+    def write(f):
+        if crash_at and int(crash_at) == _saves[0]:
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            f.write(buf.getvalue()[:buf.tell() // 2])
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.save(state, f)
+    atomic_write(path, write)
+
+
+def remove_stale_temps(folder):
+    """Temp files of writes cut short by a kill (the real files were never replaced by them)."""
+    for name in os.listdir(folder):
+        if re.fullmatch(r".+\.tmp\d+", name):
+            os.remove(os.path.join(folder, name))
+
+
+def peak_rss_bytes():
+    """The process's peak resident memory (getrusage: KiB on Linux, bytes on macOS)."""
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def rss_mib():
+    """Resident memory of this process in MiB (Linux /proc; elsewhere the peak)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return peak_rss_bytes() / 2**20
+
+
+def checkpoint_file(path):
+    """The checkpoint a path names: a run folder's best.pt, else its last.pt; any other path as it is."""
+    if os.path.isdir(path):
+        for name in ("best.pt", "last.pt"):
+            if os.path.exists(os.path.join(path, name)):
+                return os.path.join(path, name)
+    return path
+
+
+def load_checkpoint(path):
+    """Load a checkpoint safely (weights_only=True: a crafted pickle cannot run code).
+    Raises ValueError with a one-line reason for a missing or unreadable file."""
+    path = checkpoint_file(path)
+    if os.path.isdir(path):
+        raise ValueError(f"no best.pt or last.pt in {path}")
+    if not os.path.exists(path):
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a checkpoint, or a pickle that wants to run code
+        raise ValueError(f"cannot read checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
+        raise ValueError(f"{path} is not a checkpoint written by train.py")
+    return ckpt
+
+
+def eval_weights(ckpt):
+    """The weights train.py evaluated: the EMA average when the run used --ema, else the model."""
+    if ckpt.get("ema"):
+        return {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    return ckpt["model"]
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [int(v) for v in np.random.get_state()[1]],
+            "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()]}
+
+
+def set_rng_state(s):
+    torch.set_rng_state(s["torch"])
+    if torch.cuda.is_available() and s["cuda"]:
+        torch.cuda.set_rng_state_all(s["cuda"])
+    np.random.set_state(("MT19937", np.array(s["numpy"], dtype=np.uint32), 624, 0, 0.0))
+    version, internal, gauss = s["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def prepare_run_dir(args, ap):
+    """Pick and check the run folder; refuse (exit 2) rather than overwrite another run."""
+    if args.resume:
+        return args.resume
+    out = args.out or os.path.join("runs", f"{args.arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        ap.error(f"--out {out} exists and is not a folder")
+    taken = [n for n in ("config.json", "last.pt", "best.pt", "metrics.jsonl") if os.path.exists(os.path.join(out, n))]
+    if taken and not args.force:
+        ap.error(f"{out} already holds a run ({taken[0]}); use --resume {out} to continue it, "
+                 f"--force to overwrite it, or another --out")
+    return out
+
+
+def make_run_dir(out, ap):
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".write-test-{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        ap.error(f"cannot write to run folder {out}: {e.strerror}")
+
+
+class MetricsLog:
+    """Per-epoch rows, rewritten atomically as metrics.jsonl and metrics.csv (and TensorBoard scalars if installed).
+    The rows also live in the checkpoint, so a resumed run's files equal an uninterrupted run's."""
+
+    def __init__(self, out, rows=()):
+        self.out, self.rows = out, list(rows)
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # optional extra
+            self.tb = SummaryWriter(os.path.join(out, "tb"))
+        except Exception:
+            pass
+
+    def add(self, row):
+        self.rows.append(row)
+        write_text(os.path.join(self.out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.rows))
+        keys = list(dict.fromkeys(k for r in self.rows for k in r))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(self.rows)
+        write_text(os.path.join(self.out, "metrics.csv"), buf.getvalue())
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "epoch" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, row["epoch"])
+            self.tb.flush()
+
+
+# ----------------------------------------------------------------------------- progress
+
+class Progress:
+    """A tqdm bar per epoch on a terminal; one plain line per epoch otherwise (CI, nohup, log files)."""
+
+    def __init__(self, total, epoch, epochs, enabled):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stdout, leave=True,
+                            dynamic_ncols=True)
+
+    def update(self, n, **postfix):
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self, line):
+        if self.bar is not None:
+            self.bar.set_postfix_str(line, refresh=True)
+            self.bar.close()
+        else:
+            print(line, flush=True)
