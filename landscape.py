@@ -390,13 +390,6 @@ def summary_table(results):
 
 # ----------------------------------------------------------------------------- figures
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _lrs_text(results):
     parts = []
     for arch, res in results.items():
@@ -413,13 +406,13 @@ def _band(ax, x, lo, hi, arch):
 def _save(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
-    _plt().close(fig)
+    runtime.pyplot().close(fig)
     return path
 
 
 def plot_loss_landscape(results, path):
     """Report 003's figure: per-step training loss, band between min and max over the lrs."""
-    plt = _plt()
+    plt = runtime.pyplot()
     fig, ax = plt.subplots(figsize=FIGSIZE["loss_landscape"])
     for arch, res in results.items():
         _band(ax, *loss_band(res), arch)
@@ -439,7 +432,7 @@ MEASURE_PANELS = [("loss_min", "loss_max", "loss L(w - eta g)", "(a) loss landsc
 
 def plot_measures(results, path):
     """Santurkar et al. Fig. 4: per measured step, the band over lrs (and step sizes) of each measure."""
-    plt = _plt()
+    plt = runtime.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=FIGSIZE["measures"])
     for ax, (lo_key, hi_key, ylabel, title, log) in zip(axes, MEASURE_PANELS):
         for arch, res in results.items():
@@ -461,7 +454,7 @@ def plot_measures(results, path):
 
 def plot_curves(results, lr, path):
     """At one lr: training loss per step and held-out accuracy per epoch, for each variant that ran it."""
-    plt = _plt()
+    plt = runtime.pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=FIGSIZE["curves"])
     split = "val"
     for arch, res in results.items():
@@ -476,7 +469,7 @@ def plot_curves(results, lr, path):
     a1.set_xlabel("training step")
     a1.set_ylabel("training loss (batch)")
     a1.set_title(f"training loss, lr {lr:g}", fontsize=10)
-    a2.xaxis.set_major_locator(_plt().MaxNLocator(integer=True))
+    a2.xaxis.set_major_locator(runtime.pyplot().MaxNLocator(integer=True))
     a2.set_xlabel("epoch")
     a2.set_ylabel(f"{split} accuracy")
     a2.set_title(f"{split} accuracy per epoch, lr {lr:g}", fontsize=10)
@@ -488,7 +481,7 @@ def plot_curves(results, lr, path):
 
 def plot_surface(results, path_1d, path_2d):
     """Li et al.'s filter-normalised slices around each variant's final weights: a line plot and contours."""
-    plt = _plt()
+    plt = runtime.pyplot()
     with_surface = {a: r for a, r in results.items() if r.get("surface")}
     fig, ax = plt.subplots(figsize=FIGSIZE["surface_1d"])
     for arch, res in with_surface.items():
