@@ -50,11 +50,6 @@ OVERHEAD_LIMIT_PCT = 5.0  # train.py's step may cost at most 5% over the bare lo
 
 # ----------------------------------------------------------------------------- shared helpers
 
-def pick_device(name="auto"):
-    """auto: train.py's choice (CUDA, else MPS, else CPU); otherwise the named device."""
-    return runtime.pick_device(log=lambda *a: None) if name == "auto" else torch.device(name)
-
-
 def device_name(device):
     return runtime.device_name(device) + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
 
@@ -513,7 +508,7 @@ SUBCOMMANDS = {
 
 def resolve_device(ap, name):
     try:
-        device = pick_device(name)
+        device = runtime.pick_device(log=lambda *a: None, name=name)  # auto: train.py's choice
     except RuntimeError:
         ap.error(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():

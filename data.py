@@ -37,7 +37,7 @@ def _read(folder: str) -> dict:
     def fail(what):
         parent = os.path.dirname(os.path.normpath(folder)) or "."
         raise DataError(f"CIFAR-10 in {folder}: {what}; fetch the official files with --download, "
-                        f"or unpack a local copy with `python unpack.py {parent}`")
+                        f"or unpack a local copy into {parent} (README.md, section Data)")
 
     missing = [f for f in TRAIN_FILES + ["test_batch", "batches.meta"] if not os.path.isfile(os.path.join(folder, f))]
     if missing:
@@ -92,7 +92,7 @@ def load_cifar10(root: str, download: bool = False) -> dict:
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else ""
         raise DataError(f"--download into {dl_root} failed ({type(e).__name__}: {msg}); without internet, "
-                        f"unpack a local copy with `python unpack.py {dl_root}`") from None
+                        f"unpack a local copy into {dl_root} (README.md, section Data)") from None
     return _read(os.path.join(dl_root, FOLDER))
 
 

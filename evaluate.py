@@ -134,39 +134,50 @@ def images_per_s(model, loader, device, amp_dtype, repeats=1):
 
 # ----------------------------------------------------------------------------- command line
 
-def main(argv=None):
+def get_parser():
     ap = OneLineParser(description="Test accuracy, per-class accuracy, confusion matrix and speed of a trained run.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("checkpoint", help="a run folder (uses best.pt) or a .pt file written by train.py")
     ap.add_argument("--data", default=None, help="CIFAR-10 folder (default: the one the run trained on)")
     ap.add_argument("--download", action="store_true")
     ap.add_argument("--batch-size", type=int, default=1000)
-    add_amp_arg(ap)
+    add_amp_arg(ap, default=None, help="autocast (default: the run's own --amp, so the figure matches its summary)")
     ap.add_argument("--tta", action="store_true", help="also report flip test-time augmentation")
-    ap.add_argument("--translate", action="store_true", help="with --tta, add copies shifted 1 pixel up-left and down-right")
+    ap.add_argument("--translate", action="store_true",
+                    help="TTA with copies shifted 1 pixel up-left and down-right too (implies --tta)")
     ap.add_argument("--subset", type=int, default=None, help="evaluate only the first N test images")
     ap.add_argument("--out", default=None, help="folder for confusion_matrix.png (default: the checkpoint's folder)")
     ap.add_argument("--json", default=None, metavar="PATH", help="write the numbers as JSON")
-    args = ap.parse_args(argv)
-    if args.batch_size <= 0:
-        ap.error(f"--batch-size must be positive, got {args.batch_size}")
+    return ap
+
+
+def load_run(ap, args):
+    """(checkpoint, test images, test labels, class names) of the run to evaluate; bad input is a one-line exit 2."""
     try:
         ckpt = load_checkpoint(args.checkpoint)
     except ValueError as e:
         ap.error(str(e))
-    targs = ckpt["args"]
-    root = args.data or targs["data"]
     try:
-        split = data.load_cifar10(root, download=args.download)
+        split = data.load_cifar10(args.data or ckpt["args"]["data"], download=args.download)
     except data.DataError as e:
         ap.error(str(e))
     x, y = split["test"]
     if args.subset:
         x, y = x[:args.subset], y[:args.subset]
-    classes = ckpt.get("classes") or split["classes"]
+    return ckpt, x, y, ckpt.get("classes") or split["classes"]
+
+
+def main(argv=None):
+    ap = get_parser()
+    args = ap.parse_args(argv)
+    if args.batch_size <= 0:
+        ap.error(f"--batch-size must be positive, got {args.batch_size}")
+    args.tta = args.tta or args.translate
+    ckpt, x, y, classes = load_run(ap, args)
+    targs = ckpt["args"]
 
     device = pick_device(lambda m: print(m, file=sys.stderr))
-    amp_dtype = resolve_amp(args.amp, device, lambda m: print(m, file=sys.stderr))
+    amp_dtype = resolve_amp(args.amp or targs.get("amp", "auto"), device, lambda m: print(m, file=sys.stderr))
     model = build_model(targs["arch"], num_classes=len(classes))
     model.load_state_dict(eval_weights(ckpt))
     model = model.to(device)
@@ -182,7 +193,7 @@ def main(argv=None):
     result = {"checkpoint": args.checkpoint, "arch": targs["arch"], "epoch": ckpt.get("epoch"),
               "n_test": len(y), "test_loss": res["loss"], "test_acc": res["acc"],
               "per_class_acc": dict(zip(classes, per_class(pred, labels, n))),
-              "confusion_matrix": confusion(pred, labels, n).tolist(), "device": str(device),
+              "confusion_matrix": confusion(pred, labels, n).tolist(), "device": str(device), "amp": str(amp_dtype),
               "batch_size": args.batch_size, "images_per_s": images_per_s(model, loader, device, amp_dtype)}
     print(f"{targs['arch']} ({args.checkpoint}, epoch {ckpt.get('epoch')}) on {len(y)} test images, {device}")
     print(f"Accuracy of the network on the {len(y)} test images: {100 * res['acc']:.2f} %")

@@ -34,7 +34,11 @@ class Muon(torch.optim.Optimizer):
         super().__init__(groups, dict(lr=lr, momentum=momentum, weight_decay=0.0, muon=False))
 
     @torch.no_grad()
-    def step(self):
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:  # as torch's optimizers: re-evaluate the model, with gradients, before the step
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
             for p in group["params"]:
@@ -48,6 +52,7 @@ class Muon(torch.optim.Optimizer):
                     p.mul_(len(p) ** 0.5 / p.norm())
                     g = orthogonalise(g.reshape(len(g), -1)).view_as(p)
                 p.add_(g, alpha=-lr)
+        return loss
 
 
 # ----------------------------------------------------------------------------- the optimizer and schedule of a run

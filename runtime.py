@@ -49,15 +49,21 @@ def pyplot():
 
 # ----------------------------------------------------------------------------- device, precision, distributed
 
-def pick_device(log=print):
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    log("warning: no GPU found, running on the CPU (expect it to be ~100x slower than on a modern GPU)")
-    if sys.platform.startswith("linux"):
+def pick_device(log=print, name="auto"):
+    """auto: CUDA (this process's GPU under torchrun), else MPS, else the CPU with a warning; or the named device.
+    A CPU run on Linux keeps freed memory in the heap, whichever way it was chosen."""
+    if name != "auto":
+        device = torch.device(name)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        device = torch.device("mps")
+    else:
+        log("warning: no GPU found, running on the CPU (expect it to be ~100x slower than on a modern GPU)")
+        device = torch.device("cpu")
+    if device.type == "cpu" and sys.platform.startswith("linux"):
         keep_freed_memory()
-    return torch.device("cpu")
+    return device
 
 
 def device_name(device):
@@ -126,6 +132,15 @@ def any_rank(flag, device):
     if not dist.is_initialized():
         return bool(flag)
     return all_sum(torch.tensor(float(bool(flag)), device=device)).item() > 0
+
+
+def rank0_value(value):
+    """Rank 0's `value` on every rank (a collective under torchrun; the value itself in a single process)."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def ranks_agree(model, device):
@@ -260,7 +275,8 @@ def prepare_run_dir(args, ap):
     """Pick and check the run folder; refuse (exit 2) rather than overwrite another run."""
     if args.resume:
         return args.resume
-    out = args.out or os.path.join("runs", f"{args.arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    # under torchrun the ranks start at slightly different times: rank 0's timestamp names the folder for all
+    out = args.out or rank0_value(os.path.join("runs", f"{args.arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}"))
     if os.path.exists(out) and not os.path.isdir(out):
         ap.error(f"--out {out} exists and is not a folder")
     taken = [n for n in ("config.json", "last.pt", "best.pt", "metrics.jsonl") if os.path.exists(os.path.join(out, n))]

@@ -77,6 +77,7 @@ def test_load_real(real):
 def assert_helpful(err, folder):
     msg = str(err.value)
     assert "\n" not in msg and folder in msg and "--download" in msg and "unpack" in msg, msg
+    assert "README.md, section Data" in msg and "unpack.py" not in msg, msg  # no script the repo does not hold
 
 
 def test_missing_folder(tmp_path):
@@ -115,6 +116,7 @@ def test_download_failure_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(data.DataError) as e:
         data.load_cifar10(str(tmp_path), download=True)
     assert str(tmp_path) in str(e.value) and "unpack" in str(e.value) and "\n" not in str(e.value)
+    assert "README.md, section Data" in str(e.value) and "unpack.py" not in str(e.value)
 
 
 # ----------------------------------------------------------------------------- split and statistics

@@ -11,6 +11,8 @@ import time
 import pytest
 import torch
 
+import data
+import runtime
 from conftest import HERE, run_script
 
 LENET = ["--arch", "lenet", "--batch-size", "50", "--eval-batch-size", "500", "--lr", "0.05"]
@@ -75,7 +77,23 @@ def test_sigterm_stops_all_ranks_and_one_process_resumes(tmp_path, data_dir):
     assert "resuming" in r.stdout
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [row["epoch"] for row in rows] == [1, 2, 3]
-    # 100 steps an epoch with 2 processes, 200 with one: the schedule goes on from the same point of the run
-    # (an epoch cut mid-way restarts: the shards differ) and ends where a 1-process run ends
-    assert rows[0]["step"] == 100 and rows[-1]["step"] == 3 * 200
+    # an epoch has half the steps with 2 processes (each its half of the images) as with one: the schedule goes on
+    # from the same point of the run (an epoch cut mid-way restarts: the shards differ) and ends where a
+    # 1-process run ends
+    n = min(10000, len(data.load_cifar10(data_dir)["train"][1]))
+    assert rows[0]["step"] == -(-(n // 2) // 50) and rows[-1]["step"] == 3 * -(-n // 50)
     assert rows[-1]["lr"] == 0.0 and json.load(open(out / "summary.json"))["world_size"] == 1
+
+
+def _rank0_value_worker(rank, init_file, results):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    results[rank] = runtime.rank0_value(f"runs/lenet-from-rank-{rank}")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_every_rank_gets_rank_0s_value(tmp_path):
+    """What names the run folder (a timestamp each rank reads on its own) comes from rank 0 on every rank."""
+    results = torch.multiprocessing.Manager().dict()
+    torch.multiprocessing.spawn(_rank0_value_worker, args=(str(tmp_path / "init"), results), nprocs=2)
+    assert dict(results) == {0: "runs/lenet-from-rank-0", 1: "runs/lenet-from-rank-0"}

@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+import data
 import evaluate
 import runtime
 import train
@@ -65,8 +66,11 @@ def test_sigkill_at_a_random_moment(tmp_path, data_dir, reference):
     while not os.path.exists(os.path.join(out, "metrics.jsonl")) and time.time() < deadline:
         time.sleep(0.01)
     time.sleep(0.3)  # somewhere in epoch 2
+    assert p.poll() is None, "the run ended before the kill: the test would not test a resume"
     p.kill()
     p.wait()
+    assert p.returncode == -signal.SIGKILL
+    assert runtime.load_checkpoint(os.path.join(out, "last.pt"))["epoch"] < 3  # cut short: resume has work to do
     r = run_script("train.py", "--resume", out, "--data", data_dir)
     assert r.returncode == 0, r.stderr
     assert_same_run(reference, out)
@@ -115,10 +119,12 @@ def test_out_of_memory_in_the_final_evaluation(tmp_path, data_dir, capsys, monke
 @pytest.mark.slow
 def test_soak_2000_steps_memory_flat(tmp_path, data_dir):
     out = tmp_path / "soak"
-    r = run_script("train.py", "--arch", "lenet", "--epochs", "20", "--subset", "3200", "--batch-size", "32",
+    n = min(3200, len(data.load_cifar10(data_dir)["train"][1]))  # 3,200 real images, or all the synthetic ones
+    batch = n // 100  # 100 steps an epoch on either
+    r = run_script("train.py", "--arch", "lenet", "--epochs", "20", "--subset", n, "--batch-size", batch,
                    "--eval-batch-size", "1000", "--save-every", "200", "--data", data_dir, "--out", out)
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
-    assert rows[-1]["step"] == 2000
+    assert rows[-1]["step"] == 20 * -(-n // batch) == 2000
     rss = [row["rss_mib"] for row in rows]
     assert max(rss[1:]) - rss[1] < 10, rss  # MiB: after the first epoch, nothing accumulates

@@ -17,6 +17,7 @@ import platform
 import random
 import signal
 import sys
+import textwrap
 import time
 import warnings
 
@@ -29,8 +30,8 @@ import data
 from evaluate import TTA, evaluate, n_correct
 from models import ARCHS, build_model, check_arch, count_flops, count_params, init_from_data
 from optim import Lookahead, ema_warmup, training_parts
-from runtime import (MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast, device_name, eval_weights,
-                     git_commit, load_checkpoint, make_run_dir, pick_device, prepare_run_dir, ranks_agree,
+from runtime import (MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast, device_name,
+                     eval_weights, git_commit, load_checkpoint, make_run_dir, pick_device, prepare_run_dir, ranks_agree,
                      remove_stale_temps, resolve_amp, rng_state, rss_mib, save_checkpoint, set_rng_state,
                      setup_distributed, sync, write_text)
 
@@ -98,40 +99,50 @@ def get_parser():
 
 # Every report's setting as its report describes it (../shared/seeds), and our own. `--recipe NAME` makes
 # these the defaults; flags given on the command line still win. Keys are train.py's argument names, except
-# source (where the setting comes from) and report (the figure the report published). What we measured with
-# each recipe is in RESULTS.md.
+# source (where the setting comes from), report (the figure the report published) and assumes (where the report
+# is silent or its run differs from ours). What we measured with each recipe is in RESULTS.md.
+EVERY_REPORT = ("bf16 autocast (the reports trained in fp32: --amp off for that); Kaiming-normal conv init (PyTorch's "
+                "default init where a report's code built its own layers); inputs normalised by the training images' "
+                "own channel statistics; random crop with 4-pixel zero padding and a coin-flip mirror")
+PER_ITERATION = "; the schedule stepped every iteration (the report's stepped once an epoch)"
 RECIPES = {
     "report000-resnet50": dict(
         source="000: ResNet-50, SGD 0.1 momentum 0.9 wd 5e-4, cosine, batch 256, crop+flip, 200 epochs",
-        report="95.33% (official data, best epoch on test)",
+        report="95.33% (official data, best epoch on test)", assumes=EVERY_REPORT + PER_ITERATION,
         arch="resnet50", epochs=200, batch_size=256, lr=0.1, optimizer="sgd", wd=5e-4, schedule="cosine"),
     "report001-resnet34": dict(
         source="001: ResNet-34, SGD 5e-3 momentum 0.9 no wd, cosine, batch 128, crop+flip+jitter 0.4, 500 epochs",
-        report="93.65% (official data, best epoch on test)",
+        report="93.65% (official data, best epoch on test)", assumes=EVERY_REPORT + PER_ITERATION,
         arch="resnet34", epochs=500, batch_size=128, lr=5e-3, optimizer="sgd", wd=0.0, schedule="cosine", jitter=0.4),
     "report001-resnet34-mix": dict(
         source="001: the report001-resnet34 setting plus CutMix or MixUp (random choice per batch)",
-        report="96.47% (official data, best epoch on test)",
+        report="96.47% (official data, best epoch on test)", assumes=EVERY_REPORT + PER_ITERATION,
         arch="resnet34", epochs=500, batch_size=128, lr=5e-3, optimizer="sgd", wd=0.0, schedule="cosine", jitter=0.4,
         mix="both"),
     "report002-resnet9": dict(
         source="002: ResNet-9, SGD 5e-3 momentum 0.9 wd 5e-4 x batch (0.032), cosine, batch 64, crop+flip, 24 epochs",
         report="88% (official data)",
+        assumes=EVERY_REPORT + "; the cosine schedule stepped every iteration (the report does not show its "
+                               "scheduler); data statistics where the report normalised with mean and std 0.5",
         arch="resnet9", epochs=24, batch_size=64, lr=5e-3, optimizer="sgd", wd=5e-4 * 64, schedule="cosine"),
     "report003-rescnn9": dict(
-        source="003: 9-block residual CNN, Adam 1e-4, cosine, 180 epochs (its table; batch and augmentation "
-               "not stated: 128, crop+flip)",
+        source="003: 9-block residual CNN, Adam 1e-4, cosine, 180 epochs (its table)",
         report="90.29% (official data, best epoch on test)",
+        assumes=EVERY_REPORT + "; batch 128 and that augmentation (the report states neither); the cosine "
+                               "schedule stepped every iteration",
         arch="rescnn9", epochs=180, batch_size=128, lr=1e-4, optimizer="adam", wd=0.0, schedule="cosine"),
     "report004-dainet7": dict(
         source="004: DaiNet7, Adam 1e-3 betas (0.9, 0.99) wd 5e-4, lr x0.5/0.3/0.1/0.01/0.001 from epochs "
                "50/100/150/200/230, batch 128, crop+flip, 250 epochs",
         report="91.91% (official data, best epoch on test)",
+        assumes=EVERY_REPORT + "; data statistics where the report normalised with fixed CIFAR-10 means and stds",
         arch="dainet7", epochs=250, batch_size=128, lr=1e-3, optimizer="adam", betas=[0.9, 0.99], wd=5e-4,
         schedule="step", milestones=[50, 100, 150, 200, 230], gamma=[0.5, 0.3, 0.1, 0.01, 0.001]),
     "report004-resnet50": dict(
-        source="004: ResNet-50 with DaiNet7's setting (Adam 1e-3, step decay, batch 128, crop+flip, 250 epochs)",
+        source="004: ResNet-50 (the report gives no setting for it: 'with some of my parameters')",
         report="92.50% (official data, best epoch on test)",
+        assumes="the whole setting: DaiNet7's (Adam 1e-3, step decay, batch 128, crop+flip, 250 epochs) is our "
+                "guess; " + EVERY_REPORT,
         arch="resnet50", epochs=250, batch_size=128, lr=1e-3, optimizer="adam", betas=[0.9, 0.99], wd=5e-4,
         schedule="step", milestones=[50, 100, 150, 200, 230], gamma=[0.5, 0.3, 0.1, 0.01, 0.001]),
     # ---- ours
@@ -149,7 +160,7 @@ RECIPES = {
         pad_mode="reflect", alt_flip=True, lookahead=0.95, channels_last=True, tta="translate"),
 }
 RECIPES["fast-long"] = dict(RECIPES["fast"], epochs=21, source="ours: the fast recipe for 21 epochs")
-NOT_FLAGS = ("source", "report")  # recipe keys that are not train.py arguments
+NOT_FLAGS = ("source", "report", "assumes")  # recipe keys that are not train.py arguments
 
 
 def list_recipes():
@@ -158,8 +169,10 @@ def list_recipes():
         flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(map(str, v))}"
                                                         if isinstance(v, list) else f" {v}")
                          for k, v in r.items() if k not in NOT_FLAGS)
-        lines += [f"{name}", f"    from   {r['source']}", f"    report {r.get('report', '(ours: no report figure)')}",
-                  f"    flags  {flags}"]
+        fields = [("from", r["source"]), ("report", r.get("report", "(ours: no report figure)")),
+                  *([("assumes", r["assumes"])] if "assumes" in r else []), ("flags", flags)]
+        lines += [name] + [textwrap.fill(text, 116, initial_indent=f"    {key:8s}", subsequent_indent=" " * 12)
+                           for key, text in fields]
     return "\n".join(lines + ["what these recipes gave us, with commands, commits and machines: RESULTS.md"])
 
 
@@ -178,6 +191,13 @@ def parse_args(ap, argv=None):
 
 
 RESUME_MAY_CHANGE = {"resume", "data", "download", "no_progress"}  # the rest must match the run being resumed
+
+
+def flags_given(argv):
+    """The flags on the command line (their dest names), whatever their values: defaults included."""
+    probe, unset = get_parser(), object()
+    probe.set_defaults(**{k: unset for k in vars(probe.parse_args([]))})
+    return {k for k, v in vars(probe.parse_args(argv)).items() if v is not unset}
 
 
 def check_args(ap, args):
@@ -249,7 +269,8 @@ class Run:
         self.start_epoch = self.epoch = self.batch = self.step = 0  # the next epoch and batch; steps done
         self.best, self.best_epoch = -1.0, None
         self.partial = None  # train sums of an epoch interrupted mid-way
-        self.init_time = self.train_time = 0.0
+        # seconds, over every invocation of the run: init, training (epochs only), the training loops' wall time
+        self.init_time = self.train_time = self.wall_before = 0.0
         self.rows, self.metrics = [], None  # per-epoch rows; their MetricsLog on rank 0
         self.bad_steps, self.stop_signal = 0, []
 
@@ -273,14 +294,20 @@ def read_command_line(ap, argv):
         except ValueError as e:
             ap.error(f"--resume {args.resume}: {e}")
         saved = dict(resume_ckpt["args"])
-        for k, v in vars(args).items():
-            if k not in RESUME_MAY_CHANGE and v != ap.get_default(k) and v != saved.get(k):
-                ap.error(f"--resume {args.resume}: that run has --{k.replace('_', '-')} {saved.get(k)}, "
-                         f"not {v}; drop the flag or start a new run")
+        for k in sorted(flags_given(argv) - RESUME_MAY_CHANGE):  # a flag newer than the run: the run had its default
+            if vars(args)[k] != saved.get(k, ap.get_default(k)):
+                ap.error(f"--resume {args.resume}: that run has --{k.replace('_', '-')} "
+                         f"{saved.get(k, ap.get_default(k))}, not {vars(args)[k]}; drop the flag or start a new run")
         saved.update(resume=args.resume, data=args.data, download=args.download, no_progress=args.no_progress)
         args = argparse.Namespace(**{**{k: ap.get_default(k) for k in vars(args)}, **saved})  # flags newer than the run
     check_args(ap, args)
     return args, resume_ckpt
+
+
+def finished(args, ckpt):
+    """Whether the run to resume already trained every epoch and wrote its summary: nothing is left to do."""
+    return (ckpt["epoch"] >= args.epochs and not ckpt["batch"]
+            and os.path.exists(os.path.join(args.resume, "summary.json")))
 
 
 def set_up(ap, args):
@@ -370,6 +397,9 @@ def resume(ap, run, ckpt):
     run.start_epoch, run.batch, run.step = ckpt["epoch"], ckpt["batch"], ckpt["step"]
     run.best, run.best_epoch, run.rows = ckpt["best"], ckpt["best_epoch"], ckpt["metrics"]
     run.partial = ckpt.get("partial")
+    times = ckpt.get("times") or {}
+    run.init_time, run.train_time = times.get("init", 0.0), times.get("train", 0.0)
+    run.wall_before = times.get("wall", 0.0)
     set_rng_state(ckpt["rng"])
     if ckpt.get("world_size", 1) != world:
         # an epoch has another number of steps now: put the schedule at the same point of the run, at lr
@@ -402,9 +432,10 @@ def write_config(run):
 
 def announce(run):
     args, info, world = run.args, run.info, run.world
-    run.log(f"{args.arch}: {run.n_params:,} parameters, {run.flops / 1e6:,.1f} MFLOPs/image | {device_name(run.device)} | "
-            f"amp {args.amp}->{run.amp_dtype} | {info['n_train']:,} train, {info['n_val']:,} val, {info['n_test']:,} "
-            f"test | batch {args.batch_size}x{world} | {len(run.train_loader)} steps/epoch | run folder {run.out}")
+    run.log(f"{args.arch}: {run.n_params:,} parameters, {run.flops / 1e6:,.1f} MFLOPs/image | "
+            f"{device_name(run.device)} | amp {args.amp}->{run.amp_dtype} | "
+            f"{info['n_train']:,} train, {info['n_val']:,} val, {info['n_test']:,} test | "
+            f"batch {args.batch_size}x{world} | {len(run.train_loader)} steps/epoch | run folder {run.out}")
     if world > 1:
         run.log(f"torchrun: {world} processes, global batch {args.batch_size} x {world} = {args.batch_size * world}, "
                 f"lr {args.lr:g} -> {run.lr:g} (--scale-lr {args.scale_lr}), "
@@ -422,7 +453,8 @@ def checkpoint(run, name, epoch, batch, partial=None, acc=None):
              "epoch": epoch, "batch": batch, "step": run.step, "best": run.best, "best_epoch": run.best_epoch,
              "partial": partial, "metrics": run.metrics.rows, "rng": rng_state(), "args": vars(run.args),
              "classes": run.info["classes"], "mean": run.info["mean"], "std": run.info["std"], "acc": acc,
-             "world_size": run.world}
+             "world_size": run.world, "times": {"init": run.init_time, "train": run.train_time,
+                                                "wall": run.wall_before + time.time() - run.t_run}}
     save_checkpoint(os.path.join(run.out, name), state)
 
 
@@ -441,7 +473,8 @@ def stopped(run, where):
 def out_of_memory(run):
     used = f" ({torch.cuda.memory_allocated(run.device) / 2**30:.1f} GiB in use)" if run.device.type == "cuda" else ""
     print(f"train.py: out of memory at --batch-size {run.args.batch_size} (evaluation: --eval-batch-size "
-          f"{run.args.eval_batch_size}){used}; try a smaller batch size (last.pt in {run.out} is kept)", file=sys.stderr)
+          f"{run.args.eval_batch_size}){used}; try a smaller batch size (last.pt in {run.out} is kept)",
+          file=sys.stderr)
     return 1
 
 
@@ -485,11 +518,15 @@ def train_one_epoch(run, epoch):
     run.model.train()
     acc_loss = torch.zeros((), device=device, dtype=torch.float64)
     acc_correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
-    if run.partial is not None and run.main_proc:  # the saved sums are over all ranks: rank 0 carries them
-        acc_loss += run.partial["loss"]
-        acc_correct += run.partial["correct"]
-        seen = run.partial["seen"]
+    seen, before, uncounted = 0, 0.0, 0  # images; the epoch's seconds and uncounted images before a stop
+    if run.partial is not None:
+        before = run.partial.get("time", 0.0)
+        uncounted = 0 if "time" in run.partial else run.partial["seen"]  # older checkpoints kept no time
+        if run.main_proc:  # the saved sums are over all ranks: rank 0 carries them
+            acc_loss += run.partial["loss"]
+            acc_correct += run.partial["correct"]
+            seen = run.partial["seen"]
+    seen_here = seen  # the bar's images/s counts this invocation's images only
     bar = Progress(len(loader), epoch, args.epochs, run.show_bar)
     t0 = time.time()
     for i, (x, y) in enumerate(loader):
@@ -517,24 +554,25 @@ def train_one_epoch(run, epoch):
             if not math.isfinite(loss_sum):  # checked before any save: a NaN model is never written
                 raise diverged(run, epoch, loss.item())
             bar.update(0, loss=f"{loss_sum / seen:.3f}", acc=f"{acc_correct.item() / seen:.3f}",
-                       lr=f"{run.scheduler.get_last_lr()[0]:.3g}", img_s=f"{seen * run.world / (time.time() - t0):.0f}")
+                       lr=f"{run.scheduler.get_last_lr()[0]:.3g}",
+                       img_s=f"{(seen - seen_here) * run.world / (time.time() - t0):.0f}")
         bar.update(1)
         if saving:
             part = epoch_sums(run, acc_loss, acc_correct, seen).tolist()
             if run.main_proc:
                 checkpoint(run, "last.pt", epoch, i + 1, partial={
-                    "loss": part[0], "correct": int(part[1]), "seen": int(part[2])})
+                    "loss": part[0], "correct": int(part[1]), "seen": int(part[2]), "time": before + time.time() - t0})
             if stopping:
                 raise stopped(run, f"at epoch {epoch + 1}, step {run.step}")
     run.batch, run.partial = 0, None
     sums = epoch_sums(run, acc_loss, acc_correct, seen)
-    run.epoch_time = time.time() - t0
+    run.epoch_time = before + time.time() - t0
     run.train_time += run.epoch_time
     row = {"epoch": epoch + 1, "step": run.step, "lr": run.scheduler.get_last_lr()[0],
            "train_loss": sums[0].item() / sums[2].item(), "train_acc": sums[1].item() / sums[2].item()}
     if not math.isfinite(row["train_loss"]):  # another rank diverged
         raise diverged(run, epoch, row["train_loss"])
-    return row, bar, sums[2].item()
+    return row, bar, sums[2].item() - uncounted
 
 
 def end_epoch(run, epoch, row, bar, images):
@@ -587,7 +625,8 @@ def final_report(run):
     summary = {"arch": args.arch, "epochs": args.epochs, "select_split": select, "best_epoch": run.best_epoch,
                f"best_{select}_acc": run.best, "final": rows[-1] if rows else None,
                "params": run.n_params, "flops": run.flops, "device": device_name(device), "world_size": run.world,
-               "init_time_s": run.init_time, "train_time_s": run.train_time, "total_time_s": time.time() - run.t_run}
+               "init_time_s": run.init_time, "train_time_s": run.train_time,
+               "total_time_s": run.wall_before + time.time() - run.t_run}
     if run.world > 1:  # DDP keeps replicas equal by construction; check it, a silent desync would poison the result
         summary["ranks_agree"] = ranks_agree(run.raw_model, device)
         run.log(f"torchrun: weights {'identical' if summary['ranks_agree'] else 'DIFFER'} on all {run.world} processes")
@@ -599,9 +638,8 @@ def final_report(run):
         return out_of_memory(run)
     final_test, best_test = figures.pop("final"), figures.pop("best")
     summary.update(figures)
-    epochs_run = max(1, args.epochs - run.start_epoch)
-    summary.update(final_test_acc=final_test, best_test_acc=best_test, epoch_time_s=run.train_time / epochs_run,
-                   images_per_s=sum(r["images_per_s"] for r in rows[run.start_epoch:]) / epochs_run,
+    summary.update(final_test_acc=final_test, best_test_acc=best_test, epoch_time_s=run.train_time / args.epochs,
+                   images_per_s=sum(r["images_per_s"] for r in rows) / max(1, len(rows)),
                    peak_gpu_mem_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None)
     write_text(os.path.join(run.out, "summary.json"), json.dumps(summary, indent=2))
     note = "" if select == "val" else "  (best epoch picked on test: flattering, use --val N for an honest pick)"
@@ -626,6 +664,10 @@ def final_report(run):
 def main(argv=None):
     ap = get_parser()
     args, resume_ckpt = read_command_line(ap, argv)
+    if resume_ckpt is not None and finished(args, resume_ckpt):
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{args.resume} finished all {args.epochs} epochs; nothing to do (its results: summary.json)")
+        return 0
     run = set_up(ap, args)
     build_training(run, resuming=resume_ckpt is not None)
     if resume_ckpt is not None:

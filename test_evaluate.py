@@ -1,0 +1,91 @@
+"""evaluate.py: the evaluation loop, test-time augmentation's views and weights, and the script on a run (in the
+run's own precision, giving the figures train.py recorded)."""
+import json
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import evaluate
+import train
+from conftest import run_script
+
+QUICK = ["--arch", "lenet", "--epochs", "1", "--subset", "200", "--batch-size", "50", "--eval-batch-size", "100"]
+
+
+class Counting(nn.Module):
+    """A linear 'network' (a fixed random weight per input value) that counts the batches it sees."""
+
+    def __init__(self, shape=(3, 6, 6)):
+        super().__init__()
+        self.w = torch.randn(2, *shape)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return torch.einsum("bchw,kchw->bk", x, self.w)
+
+
+def test_tta_flip_averages_the_image_and_its_mirror():
+    torch.manual_seed(0)
+    model, x = Counting(), torch.randn(4, 3, 6, 6)
+    got = evaluate.TTA(model)(x)
+    assert model.calls == 2
+    assert torch.allclose(got, 0.5 * (model(x) + model(x.flip(3))), atol=1e-6)
+
+
+def test_tta_translate_weighs_six_views_half_on_the_image_and_its_mirror():
+    """airbench's views: the image and its mirror (1/4 each), and both shifted one pixel up-left and down-right with
+    reflected edges, each with its mirror (1/8 each)."""
+    torch.manual_seed(0)
+    model, x = Counting(), torch.randn(4, 3, 6, 6)
+    got = evaluate.TTA(model, translate=True)(x)
+    assert model.calls == 6
+    p = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    views = [x, x.flip(3)]
+    for shifted in (p[..., :6, :6], p[..., 2:, 2:]):
+        views += [shifted, shifted.flip(3)]
+    weights = [1 / 4, 1 / 4] + [1 / 8] * 4
+    want = sum(w * model(v) for w, v in zip(weights, views))
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, evaluate.TTA(model)(x), atol=1e-3)  # the shifted views count
+
+
+def test_evaluate_with_a_criterion_gives_its_mean_over_every_image():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).train()
+    batches = [(torch.randn(n, 3, 2, 2), torch.randint(0, 3, (n,))) for n in (5, 5, 2)]  # a short last batch
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    smooth = nn.CrossEntropyLoss(label_smoothing=0.2)
+    got = evaluate.evaluate(model, batches, torch.device("cpu"), criterion=smooth)
+    plain = evaluate.evaluate(model, batches, torch.device("cpu"))
+    with torch.no_grad():
+        want_smooth, want_plain = smooth(model(x), y).item(), nn.functional.cross_entropy(model(x), y).item()
+    assert got["loss"] == pytest.approx(want_smooth, rel=1e-6) and plain["loss"] == pytest.approx(want_plain, rel=1e-6)
+    assert abs(want_smooth - want_plain) > 1e-3 and got["acc"] == plain["acc"] and model.training
+
+
+@pytest.fixture(scope="module")
+def fp32_run(tmp_path_factory, data_dir):
+    """A one-epoch lenet run trained and evaluated without autocast, with flip+translate TTA."""
+    out = str(tmp_path_factory.mktemp("runs") / "fp32")
+    assert train.main([*QUICK, "--amp", "off", "--tta", "translate", "--data", data_dir, "--out", out]) == 0
+    return out
+
+
+def test_evaluate_py_uses_the_runs_precision_and_gives_its_figures(fp32_run, data_dir, tmp_path):
+    """No --amp: the run's own (off), so the loss is the one train.py logged to the last digits (bf16 would move
+    it in the third); --translate alone turns on TTA, whose figure is the one in summary.json."""
+    js = str(tmp_path / "eval.json")
+    r = run_script("evaluate.py", fp32_run, "--data", data_dir, "--subset", "200", "--translate", "--json", js,
+                   "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    res = json.load(open(js))
+    row = json.loads(open(os.path.join(fp32_run, "metrics.jsonl")).readline())
+    summary = json.load(open(os.path.join(fp32_run, "summary.json")))
+    assert res["amp"] == "None" and res["test_loss"] == pytest.approx(row["test_loss"], rel=1e-6)
+    assert res["test_acc"] == summary["best_test_acc"]
+    assert res["tta"] == "flip+translate" and res["tta_test_acc"] == summary["tta_test_acc"]
+    assert "With flip+translate TTA" in r.stdout
