@@ -519,6 +519,7 @@ def resolve_device(ap, name):
         ap.error(f"--device {name}: MPS is not available here (use --device cpu)")
     if device.type not in ("cpu", "cuda", "mps"):
         ap.error(f"--device {name}: only cpu, cuda and mps are supported")
+    torch.set_float32_matmul_precision("high")  # as train.py: TF32 for what stays fp32 on Ampere+
     return device
 
 

@@ -116,11 +116,17 @@ def split_val(images, labels, n_val: int, seed: int = 0):
     return images[~is_val], labels[~is_val], images[is_val], labels[is_val]
 
 
+def scale_shift(mean, std, device="cpu"):
+    """(scale, shift) with x * scale + shift = (x/255 - mean) / std for raw 0..255 values x, shaped (3, 1, 1)."""
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
+    return 1 / (255 * std), -mean / std
+
+
 def normalise(x_uint8, mean, std):
-    """uint8 images (..., 3, H, W) -> float32 (x/255 - mean) / std, computed as x * scale + shift (one pass)."""
-    mean = torch.as_tensor(mean, dtype=torch.float32, device=x_uint8.device).view(-1, 1, 1)
-    std = torch.as_tensor(std, dtype=torch.float32, device=x_uint8.device).view(-1, 1, 1)
-    return x_uint8.float().mul_(1 / (255 * std)).add_(-mean / std)
+    """uint8 images (..., 3, H, W) -> float32 (x/255 - mean) / std, in one pass (as Loader feeds the network)."""
+    scale, shift = scale_shift(mean, std, x_uint8.device)
+    return x_uint8.float().mul_(scale).add_(shift)
 
 
 def channel_stats(images):
@@ -171,6 +177,7 @@ class Loader:
         mean = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.mean, self.std = mean.to(self.device), std.to(self.device)
+        self.scale, self.shift = scale_shift(mean, std, self.device)  # once, not per batch
         if not train:
             self.images = images.to(self.device)
             self.num_samples = len(range(rank, self.n, world_size))  # eval shards keep every image
@@ -216,7 +223,7 @@ class Loader:
 
     def _normalise(self, x):
         """uint8 -> normalised float32 (one conversion), then the asked dtype."""
-        x = normalise(x, self.mean, self.std)
+        x = x.float().mul_(self.scale).add_(self.shift)
         return x if self.dtype == torch.float32 else x.to(self.dtype)
 
     def __iter__(self):

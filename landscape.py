@@ -548,7 +548,8 @@ def get_parser():
     ap.set_defaults(val=None, crop_pad=None)
     ap.add_argument("--subset", type=int, default=None, help="use only the first N train (and test) images")
     ap.add_argument("--seed", type=int, default=0, help="initial weights (the same for every lr) and batch order")
-    runtime.add_amp_arg(ap, help="autocast for the training steps (the measures are always fp32): auto = bf16 on CUDA and CPU")
+    runtime.add_amp_arg(ap, help="autocast for the training steps (the measures are always fp32): "
+                                 "auto = bf16 on CUDA and CPU")
     ap.add_argument("--surface", action="store_true",
                     help="also Li et al.'s filter-normalised 1D and 2D loss slices around the final weights")
     ap.add_argument("--surface-lr", type=float, default=None,

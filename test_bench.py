@@ -135,7 +135,6 @@ def runs(tmp_path_factory, data_dir):
         return json.load(f), procs
 
 
-@pytest.mark.slow
 def test_one_file_holds_every_section(runs):
     res, _ = runs
     assert list(res) == ["device", "torch", "torchvision", "python", "threads", "measured", "data", "step", "epoch"]
@@ -144,7 +143,6 @@ def test_one_file_holds_every_section(runs):
         assert res[cmd]["torch"] == torch.__version__ and res[cmd]["device"] == res["device"]
 
 
-@pytest.mark.slow
 def test_data_quick(runs):
     res, procs = runs
     d = res["data"]
@@ -152,7 +150,6 @@ def test_data_quick(runs):
     assert "ratio" in procs["data"].stdout
 
 
-@pytest.mark.slow
 def test_step_quick(runs):
     res, procs = runs
     s = res["step"]
@@ -171,7 +168,6 @@ def test_step_quick(runs):
     assert len(table) == 4 and all(("PASS" in line) != ("FAIL" in line) for line in table)
 
 
-@pytest.mark.slow
 def test_epoch_quick(runs):
     res, procs = runs
     e = res["epoch"]

@@ -62,10 +62,15 @@ def test_sigkill_at_a_random_moment(tmp_path, data_dir, reference):
     out = str(tmp_path / "run")
     p = subprocess.Popen([sys.executable, "train.py", *RUN, "--data", data_dir, "--out", out], cwd=HERE,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def inside_epoch_2():  # last.pt saved by --save-every within the second epoch: the run is under way there
+        try:
+            ckpt = runtime.load_checkpoint(os.path.join(out, "last.pt"))
+        except ValueError:  # not written yet
+            return False
+        return ckpt["epoch"] == 1 and ckpt["batch"] > 0
     deadline = time.time() + 120
-    while not os.path.exists(os.path.join(out, "metrics.jsonl")) and time.time() < deadline:
+    while not inside_epoch_2() and p.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    time.sleep(0.3)  # somewhere in epoch 2
     assert p.poll() is None, "the run ended before the kill: the test would not test a resume"
     p.kill()
     p.wait()

@@ -242,7 +242,6 @@ def test_plot_only_without_results_exits_2_with_one_line(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "no results" in r.stderr, r.stderr
 
 
-@pytest.mark.slow
 def test_cli_tiny_subset_trains_both_variants_and_writes_everything(tmp_path, data_dir, capsys):
     out = str(tmp_path / "ls")
     # 60 images: 54 train (4 steps of 16) and 6 held out; measures at steps 0 and 3

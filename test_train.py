@@ -19,7 +19,7 @@ import optim
 import runtime
 import train
 from conftest import run_script
-from models import ARCHS
+from models import ARCHS, build_model
 
 QUICK = ["--arch", "lenet", "--epochs", "1", "--subset", "200", "--batch-size", "50", "--eval-batch-size", "100"]
 
@@ -284,7 +284,12 @@ def test_every_arch_trains_through_the_command(tmp_path, data_dir, arch):
     # one epoch: best.pt holds the final weights, so the three test figures are one evaluation of them
     assert summary["best_test_acc"] == summary["final_test_acc"] == summary["final"]["test_acc"]
     assert summary["best_test_acc"] * 20 == pytest.approx(round(summary["best_test_acc"] * 20))  # of 20 images
-    assert (out / "best.pt").exists()
+    # and the two steps of the epoch changed the weights it started from (seed 0, as train.py builds them)
+    torch.manual_seed(0)
+    start = build_model(arch).state_dict()
+    trained = runtime.load_checkpoint(str(out / "best.pt"))["model"]
+    assert summary["final"]["step"] == 2 and any(not torch.equal(start[k], v) for k, v in trained.items()
+                                                  if v.is_floating_point() and "running" not in k)
 
 
 # ----------------------------------------------------------------------------- recipes
@@ -443,7 +448,8 @@ def test_tta_flag_reports_a_second_figure(tmp_path, data_dir):
     assert train.main([*QUICK, "--tta", "translate", "--data", data_dir, "--out", str(out)]) == 0
     s = json.load(open(out / "summary.json"))
     assert s["tta"] == "translate" and s["tta_eval_s"] > 0
-    # the figure itself: evaluate.py on the same weights (test_evaluate.py checks the two agree)
+    assert s["tta_test_acc"] * 200 == pytest.approx(round(s["tta_test_acc"] * 200))  # a count of the 200 images
+    # the figure itself: test_evaluate.py checks it equals evaluate.py's flip+translate TTA on the same weights
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

@@ -42,7 +42,8 @@ def get_parser():
     ap = OneLineParser(description="Train a CIFAR-10 network. Every flag has a default; see README.md.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--recipe", default=None, help="take every default from a named recipe (--list-recipes)")
-    ap.add_argument("--list-recipes", action="store_true", help="print the recipes with their source and the report's figure")
+    ap.add_argument("--list-recipes", action="store_true",
+                    help="print the recipes with their source, the report's figure and what they assume")
     ap.add_argument("--arch", default="resnet18", help=f"network: {', '.join(ARCHS)}")
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=128, help="per process (per GPU under torchrun)")
@@ -266,7 +267,7 @@ class Run:
     def __init__(self, args, out, rank, world, device, amp_dtype, log):
         self.args, self.out, self.rank, self.world, self.main_proc = args, out, rank, world, rank == 0
         self.device, self.amp_dtype, self.log = device, amp_dtype, log
-        self.start_epoch = self.epoch = self.batch = self.step = 0  # the next epoch and batch; steps done
+        self.start_epoch = self.batch = self.step = 0  # the epoch and batch to start from; steps done
         self.best, self.best_epoch = -1.0, None
         self.partial = None  # train sums of an epoch interrupted mid-way
         # seconds, over every invocation of the run: init, training (epochs only), the training loops' wall time
@@ -397,9 +398,10 @@ def resume(ap, run, ckpt):
     run.start_epoch, run.batch, run.step = ckpt["epoch"], ckpt["batch"], ckpt["step"]
     run.best, run.best_epoch, run.rows = ckpt["best"], ckpt["best_epoch"], ckpt["metrics"]
     run.partial = ckpt.get("partial")
-    times = ckpt.get("times") or {}
-    run.init_time, run.train_time = times.get("init", 0.0), times.get("train", 0.0)
-    run.wall_before = times.get("wall", 0.0)
+    times = ckpt.get("times") or {}  # checkpoints written before times were kept: the epochs' own record
+    run.init_time = times.get("init", 0.0)
+    run.train_time = times.get("train", sum(r.get("epoch_time", 0.0) for r in run.rows))
+    run.wall_before = times.get("wall", run.train_time + sum(r.get("eval_time", 0.0) for r in run.rows))
     set_rng_state(ckpt["rng"])
     if ckpt.get("world_size", 1) != world:
         # an epoch has another number of steps now: put the schedule at the same point of the run, at lr
