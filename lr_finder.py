@@ -1,8 +1,14 @@
 """Learning-rate range test (Smith 2017; as torch-lr-finder and fastai's lr_find): train for a
-few steps while the lr grows from --start-lr to --end-lr, record the loss, suggest a peak lr.
+few hundred steps while the lr grows from --start-lr to --end-lr, record the loss, suggest a peak lr.
 
     python lr_finder.py --arch resnet18
+    python lr_finder.py --recipe report002-resnet9          # a train.py recipe's batch, optimizer, wd, ...
     python lr_finder.py --arch lenet --subset 5000 --num-iter 60 --suggest steepest
+
+The number of steps follows the range: --steps-per-decade (40) for every factor 10 of lr, so the
+default 1e-7 to 10 is 320 steps, fewer when the loss diverges first. A small network needs that
+many: with fastai's 100 steps over those eight decades LeNet's loss is still at its start when the
+lr gets large enough to push it up again, and there is nothing to suggest.
 
 Same data pipeline, optimizer and loss as train.py. Writes lr_finder.csv and lr_finder.png to
 --out (default lr_finder/<arch>-<timestamp>) and prints the train.py command that uses the pick.
@@ -43,16 +49,42 @@ def lr_at(i, num_iter, start_lr, end_lr, mode="exp"):
     return start_lr * (end_lr / start_lr) ** t if mode == "exp" else start_lr + (end_lr - start_lr) * t
 
 
-def find_lr(model, optimizer, loader, criterion=None, *, start_lr=1e-7, end_lr=10.0, num_iter=100, mode="exp",
-            smooth=0.05, diverge=5.0, val_loader=None, amp_dtype=None, progress=False):
+STEPS_PER_DECADE = 40
+
+
+def planned_steps(start_lr, end_lr, steps_per_decade=STEPS_PER_DECADE):
+    """Steps of a sweep from start_lr to end_lr at steps_per_decade per factor 10 of lr (at least 2)."""
+    return max(2, round(steps_per_decade * math.log10(end_lr / start_lr)))
+
+
+def cycled(loader, device):
+    """The loader's batches on `device`, epoch after epoch (a fresh epoch's draws each time), without end."""
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        n = 0
+        for x, y in loader:
+            n += 1
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if n == 0:
+            raise ValueError("find_lr: the loader yields no batches")
+        epoch += 1
+
+
+def find_lr(model, optimizer, loader, criterion=None, *, start_lr=1e-7, end_lr=10.0, num_iter=None,
+            steps_per_decade=STEPS_PER_DECADE, mode="exp", smooth=0.05, diverge=5.0, val_loader=None,
+            amp_dtype=None, progress=False):
     """Run the range test and return the curve: a dict of lists lr, loss, smooth (per step) and
-    stopped ("diverged", "nonfinite" or None). One optimizer step per batch of `loader` (cycled
+    stopped ("diverged", "nonfinite" or None). num_iter steps, by default planned_steps() of the
+    range at steps_per_decade. One optimizer step per batch of `loader` (cycled
     as needed) with every param group at lr_at(step); the recorded loss is that batch's, or the
     mean over `val_loader` after the step when one is given. Stops early once the smoothed loss
     passes `diverge` x its best. Model weights, buffers, gradients, train/eval mode and the
     optimizer's state and param groups (lrs included) are restored exactly, even on Ctrl-C.
     progress=True shows a tqdm bar on a terminal, a line every 10% of the steps otherwise."""
     device = next(model.parameters()).device
+    num_iter = num_iter or planned_steps(start_lr, end_lr, steps_per_decade)
     criterion = criterion or nn.CrossEntropyLoss()
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     saved_model = copy.deepcopy(model.state_dict())
@@ -66,26 +98,13 @@ def find_lr(model, optimizer, loader, criterion=None, *, start_lr=1e-7, end_lr=1
         from tqdm import tqdm
         bar = tqdm(total=num_iter, desc="lr range test", file=sys.stdout, dynamic_ncols=True)
 
-    def batches():
-        epoch = 0
-        while True:
-            if hasattr(loader, "set_epoch"):
-                loader.set_epoch(epoch)
-            n = 0
-            for x, y in loader:
-                n += 1
-                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if n == 0:
-                raise ValueError("find_lr: the loader yields no batches")
-            epoch += 1
-
     # every group keeps its ratio to the swept lr (--bias-lr-scale, muon's --aux-lr)
     ratios = [g["lr"] / optimizer.param_groups[0]["lr"] if optimizer.param_groups[0]["lr"] else 1.0
               for g in optimizer.param_groups]
     try:
         model.train()
         avg, best, beta = 0.0, math.inf, 1.0 - smooth
-        for i, (x, y) in zip(range(num_iter), batches()):
+        for i, (x, y) in zip(range(num_iter), cycled(loader, device)):
             lr = lr_at(i, num_iter, start_lr, end_lr, mode)
             for group, r in zip(optimizer.param_groups, ratios):
                 group["lr"] = lr * r
@@ -144,15 +163,15 @@ def usable_window(curve, skip_start=0.1):
         if curve.get("stopped"):
             raise NoDescent(f"the loss diverged after {len(lr)} steps, already at lr {lr[-1]:.2g}: "
                             f"lower --start-lr and --end-lr")
-        raise NoDescent(f"{len(lr)} steps are too few to see a descent: raise --num-iter")
+        raise NoDescent(f"{len(lr)} steps are too few to see a descent: raise --steps-per-decade or --num-iter")
     last = first + int(np.argmin(sm[first:]))
     if last - first < 3:
         raise NoDescent(f"the smoothed loss only rose after step {first} (lr {lr[first]:.2g}): "
                         f"no usable descent; lower --start-lr")
     if sm[last] > (1 - MIN_FALL) * sm[first]:
         rose = curve.get("stopped") or sm[-1] > sm[first]  # the range reached the blow-up: too coarse, not too short
-        hint = ("give it more steps per decade: raise --num-iter, or narrow the range with a higher --start-lr"
-                if rose else "raise --end-lr or --num-iter")
+        hint = ("give it more steps per decade: raise --steps-per-decade (or --num-iter), or narrow the range "
+                "with a higher --start-lr" if rose else "raise --end-lr")
         raise NoDescent(f"the smoothed loss never fell below {1 - MIN_FALL:g}x its start ({sm[first]:.4f} -> "
                         f"best {sm[last]:.4f}) between lr {lr[first]:.2g} and {lr[-1]:.2g}: no usable descent; {hint}")
     return first, last
@@ -196,9 +215,7 @@ def write_csv(curve, path):
 def plot_curve(curve, suggestions, path, chosen=None, title="LR range test", skip_start=0.1):
     """Raw and smoothed loss against lr (log axis), each suggestion marked, the chosen one solid;
     the steps the suggestions ignore are shaded."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = runtime.pyplot()
 
     lr, loss, sm = (np.asarray(curve[k], dtype=float) for k in ("lr", "loss", "smooth"))
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -234,11 +251,21 @@ def plot_curve(curve, suggestions, path, chosen=None, title="LR range test", ski
 
 def train_command(args, lr):
     """The train.py command line with `lr` and every train.py flag given here that differs from
-    train.py's default (--subset, --out and --force stay here: they shape this test, not training)."""
-    defaults = vars(train.get_parser().parse_args([]))
-    parts = ["python", "train.py", "--arch", args.arch]
-    for dest, value in vars(args).items():
-        if dest in ("arch", "subset", "out", "force") or dest not in defaults or value == defaults[dest]:
+    train.py's default, or with --recipe NAME and the flags that differ from the recipe (--subset,
+    --out and --force stay here: they shape this test, not training). Under muon, --aux-lr is
+    scaled by the pick as the sweep scaled it: --aux-lr x lr / the recipe's (or default) --lr."""
+    tp = train.get_parser()
+    defaults = vars(train.parse_args(tp, ["--recipe", args.recipe] if args.recipe else []))
+    parts = ["python", "train.py"] + (["--recipe", args.recipe] if args.recipe else [])
+    if not args.recipe or args.arch != defaults["arch"]:
+        parts += ["--arch", args.arch]
+    lr = float(f"{lr:.2g}")
+    values = dict(vars(args))
+    if args.optimizer == "muon":
+        values["aux_lr"] = float(f"{args.aux_lr * lr / args.lr:.4g}")
+    for dest, value in values.items():
+        if (dest in ("recipe", "list_recipes", "arch", "lr", "subset", "out", "force") or dest not in defaults
+                or value == defaults[dest]):
             continue
         flag = "--" + dest.replace("_", "-")
         if value is True:
@@ -247,7 +274,7 @@ def train_command(args, lr):
             parts += [flag, *map(str, value)]
         else:
             parts += [flag, str(value)]
-    parts += ["--lr", f"{lr:.2g}"]
+    parts += ["--lr", f"{lr:g}"]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -257,10 +284,18 @@ def get_parser():
     d = train.get_parser().get_default  # training flags keep train.py's defaults
     ap = runtime.OneLineParser(description="LR range test: find a peak --lr for train.py.",
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--recipe", default=None,
+                    help="take the training flags below (batch size, optimizer, weight decay, data augmentation, ...) "
+                         "from a train.py recipe (--list-recipes); flags given here still win")
+    ap.add_argument("--list-recipes", action="store_true", help="print train.py's recipes")
     ap.add_argument("--arch", default=d("arch"), help=f"network: {', '.join(ARCHS)}")
     ap.add_argument("--start-lr", type=float, default=1e-7, help="lr of the first step")
     ap.add_argument("--end-lr", type=float, default=10.0, help="lr of the last step")
-    ap.add_argument("--num-iter", type=int, default=100, help="steps (one batch each) from --start-lr to --end-lr")
+    ap.add_argument("--steps-per-decade", type=float, default=STEPS_PER_DECADE,
+                    help="steps (one batch each) per factor 10 of lr; the sweep stops early once the loss diverges")
+    ap.add_argument("--num-iter", type=int, default=None,
+                    help="steps from --start-lr to --end-lr, instead of --steps-per-decade x the decades "
+                         f"({planned_steps(1e-7, 10.0)} for 1e-7 to 10)")
     ap.add_argument("--mode", default="exp", choices=["exp", "linear"], help="how the lr grows per step")
     ap.add_argument("--smooth", type=float, default=0.05, help="weight of the new loss in the moving average")
     ap.add_argument("--diverge", type=float, default=5.0,
@@ -271,10 +306,17 @@ def get_parser():
                     help="record the loss on the held-out --val images (1000 if --val is 0) after each step: "
                          "slower, smoother")
     ap.add_argument("--batch-size", type=int, default=d("batch_size"), help="as in train.py: the best lr depends on it")
-    ap.add_argument("--optimizer", default=d("optimizer"), help="sgd, adam or adamw")
-    ap.add_argument("--momentum", type=float, default=d("momentum"), help="sgd momentum")
+    ap.add_argument("--optimizer", default=d("optimizer"),
+                    help="sgd, adam, adamw, or muon (the swept lr is Muon's, for the conv filters)")
+    ap.add_argument("--momentum", type=float, default=d("momentum"), help="sgd (muon: Muon's) momentum")
     ap.add_argument("--nesterov", action="store_true", help="sgd with Nesterov momentum")
     ap.add_argument("--betas", type=float, nargs=2, default=d("betas"), help="adam/adamw betas")
+    ap.add_argument("--aux-lr", type=float, default=d("aux_lr"),
+                    help="muon: lr of the parameters that are not conv filters, as train.py's --aux-lr goes with its "
+                         "--lr (the recipe's, else train.py's default): the sweep keeps that ratio, and the train.py "
+                         "command scales --aux-lr with the pick")
+    ap.add_argument("--aux-momentum", type=float, default=d("aux_momentum"),
+                    help="muon: their (Nesterov) momentum")
     ap.add_argument("--wd", type=float, default=d("wd"), help="weight decay")
     ap.add_argument("--no-wd-bn-bias", action="store_true",
                     help="exempt BatchNorm and bias parameters from weight decay")
@@ -289,17 +331,41 @@ def get_parser():
     ap.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     ap.add_argument("--out", default=None, help="output folder (default lr_finder/<arch>-<timestamp>)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing lr_finder.csv in --out")
+    ap.set_defaults(lr=d("lr"))  # no flag: the train.py --lr that --aux-lr goes with (a recipe sets it)
     return ap
+
+
+def parse_args(ap, argv=None):
+    """Parse the command line; --recipe NAME first makes the recipe's values of the flags this
+    parser shares with train.py the defaults (as train.parse_args does), so explicit flags win.
+    The recipe's training-only keys (epochs, schedule, ...) stay out: the train.py command
+    carries them by naming the recipe."""
+    args = ap.parse_args(argv)
+    if args.list_recipes:
+        print(train.list_recipes())
+        sys.exit(0)
+    if args.recipe:
+        if args.recipe not in train.RECIPES:
+            ap.error(f"unknown --recipe {args.recipe!r}; choose from: {', '.join(train.RECIPES)} (--list-recipes)")
+        ap.set_defaults(**recipe_values(ap, args.recipe))
+        args = ap.parse_args(argv)
+    return args
+
+
+def recipe_values(ap, name):
+    """The values of recipe `name` for this parser's destinations (train.py flags it has, and lr)."""
+    ours = set(vars(ap.parse_args([])))
+    return {k: v for k, v in train.RECIPES[name].items() if k not in train.NOT_FLAGS and k in ours}
 
 
 def check_args(ap, args):
     """Refuse bad values before anything is created."""
     check_arch(ap, args.arch)
-    if args.optimizer not in ("sgd", "adam", "adamw"):
-        ap.error(f"unknown --optimizer {args.optimizer!r}; choose from: sgd, adam, adamw")
+    if args.optimizer not in ("sgd", "adam", "adamw", "muon"):
+        ap.error(f"unknown --optimizer {args.optimizer!r}; choose from: sgd, adam, adamw, muon")
     if not 0 < args.start_lr < args.end_lr:
         ap.error(f"need 0 < --start-lr < --end-lr, got {args.start_lr:g} and {args.end_lr:g}")
-    for name in ("num_iter", "batch_size", "subset"):
+    for name in ("num_iter", "steps_per_decade", "batch_size", "subset", "aux_lr"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not 0 < args.smooth <= 1:
@@ -312,8 +378,9 @@ def check_args(ap, args):
 
 def main(argv=None):
     ap = get_parser()
-    args = ap.parse_args(argv)
+    args = parse_args(ap, argv)
     check_args(ap, args)
+    num_iter = args.num_iter or planned_steps(args.start_lr, args.end_lr, args.steps_per_decade)
     out = args.out or os.path.join("lr_finder", f"{args.arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     csv_path, png_path = os.path.join(out, "lr_finder.csv"), os.path.join(out, "lr_finder.png")
     if os.path.exists(out) and not os.path.isdir(out):
@@ -342,20 +409,21 @@ def main(argv=None):
         model = model.to(memory_format=torch.channels_last)
     optimizer = optim.build_optimizer(model, args, lr=args.start_lr)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    print(f"lr range test: {args.arch}, {args.optimizer}, batch {args.batch_size}, {args.num_iter} steps "
+    print(f"lr range test: {args.arch}" + (f" (recipe {args.recipe})" if args.recipe else "") +
+          f", {args.optimizer}, batch {args.batch_size}, {num_iter} steps "
           f"from {args.start_lr:g} to {args.end_lr:g} ({args.mode}) | {info['n_train']:,} train images"
           + (f", loss on {info['n_val']:,} held-out" if args.val_loss else "") + f" | {device} amp {amp_dtype}")
 
     try:
         curve = find_lr(model, optimizer, train_loader, criterion, start_lr=args.start_lr, end_lr=args.end_lr,
-                        num_iter=args.num_iter, mode=args.mode, smooth=args.smooth, diverge=args.diverge,
+                        num_iter=num_iter, mode=args.mode, smooth=args.smooth, diverge=args.diverge,
                         val_loader=val_loader if args.val_loss else None, amp_dtype=amp_dtype, progress=True)
     except KeyboardInterrupt:
         print("lr_finder.py: interrupted, nothing written", file=sys.stderr)
         return 130
     n, lr_end = len(curve["lr"]), curve["lr"][-1]
     if curve["stopped"]:
-        print(f"stopped after {n} of {args.num_iter} steps at lr {lr_end:.2g}: " +
+        print(f"stopped after {n} of {num_iter} steps at lr {lr_end:.2g}: " +
               ("the loss is not finite" if curve["stopped"] == "nonfinite" else
                f"the smoothed loss passed {args.diverge:g}x its best ({min(curve['smooth']):.4f})"))
     else:

@@ -1,5 +1,6 @@
 """lr_finder.py: state restored bit-for-bit, the divergence stop, suggestions on a problem whose
-good lr range is known exactly, and the command line end to end (lenet on the CPU).
+good lr range is known exactly, a suggestion from the default sweep where the loss is slow to
+start falling, --recipe, and the command line end to end (lenet on the CPU).
 
 Uses the real CIFAR-10 copy when $CIFAR10_DIR is set, else synthetic pickles.
 """
@@ -50,6 +51,37 @@ def whitened_regression(n=512, d=8, seed=0):
 
 
 GOOD_RANGE = (0.023, 0.977)
+
+
+class SlowStart(nn.Module):
+    """y_hat = stiff * x[:, 0] + x[:, 1:] @ w1 @ w2. The two-layer path carries the target but starts
+    near its saddle at 0 (tiny weights, tiny gradients): its loss only falls once the steps so far
+    add up to enough lr. The stiff term carries almost no loss but, with feature variance h, blows
+    up for any lr above 1 / h. A small network's plateau at its initial loss in miniature."""
+
+    def __init__(self, d, g, k=4, init=1e-4, stiff=0.06):
+        super().__init__()
+        self.stiff = nn.Parameter(torch.tensor([stiff]))
+        self.w1 = nn.Parameter(init * torch.randn(d - 1, k, generator=g))
+        self.w2 = nn.Parameter(init * torch.randn(k, 1, generator=g))
+
+    def forward(self, x):
+        return x[:, :1] * self.stiff + x[:, 1:] @ self.w1 @ self.w2
+
+
+def slow_start(n=256, d=8, h=25.0, target=3.0, seed=0):
+    """(model, plain SGD, one full batch) of SlowStart on whitened features, x[:, 0] scaled to
+    variance h: the loss starts at target**2 + h * 0.06**2 (the stiff part 1% of it) and any lr
+    above 1 / h = 0.04 diverges in the end. Over the default range, 100 steps (fastai's count,
+    12.5 per decade) reach that blow-up with the loss still on its plateau."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, d, generator=g))
+    x = q * n ** 0.5
+    x[:, 0] *= h ** 0.5
+    beta = torch.randn(d - 1, 1, generator=g)
+    y = x[:, 1:] @ (target * beta / beta.norm())
+    model = SlowStart(d, g)
+    return model, torch.optim.SGD(model.parameters(), lr=0.1), [(x, y)]
 
 
 def assert_same(a, b, where="state"):
@@ -177,6 +209,35 @@ def test_no_usable_descent_is_an_error_not_a_number():
         lr_finder.suggest_lr(blown)
 
 
+def test_default_sweep_suggests_where_the_loss_is_slow_to_start_falling():
+    d = lr_finder.get_parser().parse_args([])  # the command line's defaults
+    sweep = dict(start_lr=d.start_lr, end_lr=d.end_lr, smooth=d.smooth, diverge=d.diverge)
+    # the case is a hard one: 100 steps over the default range see no descent before the blow-up
+    model, optimizer, loader = slow_start()
+    short = lr_finder.find_lr(model, optimizer, loader, nn.MSELoss(), num_iter=100, **sweep)
+    assert short["stopped"] == "diverged"
+    with pytest.raises(lr_finder.NoDescent, match="steps per decade"):
+        lr_finder.suggest_lr(short)
+    # the default sweep has the steps per decade to see the loss fall, and still stops on the blow-up
+    model, optimizer, loader = slow_start()
+    curve = lr_finder.find_lr(model, optimizer, loader, nn.MSELoss(), num_iter=d.num_iter,
+                              steps_per_decade=d.steps_per_decade, **sweep)
+    assert curve["num_iter"] == lr_finder.planned_steps(d.start_lr, d.end_lr, d.steps_per_decade)
+    assert curve["stopped"] == "diverged" and min(curve["smooth"]) < 0.9 * curve["smooth"][0]
+    suggestions = lr_finder.suggest_lr(curve)
+    for name, lr in suggestions.items():  # at lrs where the plateau is left, below the blow-up
+        assert 1e-3 < lr < curve["lr"][-1], (name, lr, suggestions)
+
+
+def test_steps_follow_the_range():
+    assert lr_finder.planned_steps(1e-7, 10, 40) == 320
+    assert lr_finder.planned_steps(1e-4, 1, 25) == 100
+    assert lr_finder.planned_steps(1, 1.01, 40) == 2                            # never fewer than two
+    model, optimizer, loader = whitened_regression()
+    curve = lr_finder.find_lr(model, optimizer, loader, nn.MSELoss(), start_lr=1e-4, end_lr=1e-2, steps_per_decade=10)
+    assert curve["num_iter"] == len(curve["lr"]) == 20 and curve["lr"][-1] == pytest.approx(1e-2)
+
+
 def test_longest_valley_follows_fastai():
     # longest decreasing subsequence 9, 8.5, 8, 5, 4, 2, 1 (7 members) ends at index 9; fastai's start is 9 - 7
     y = [3.0, 9.0, 8.5, 7.0, 8.0, 5.0, 4.0, 4.5, 2.0, 1.0, 6.0]
@@ -204,6 +265,72 @@ def test_printed_command_is_valid_for_train_py():
     assert defaults == "python train.py --arch resnet18 --lr 0.1"
 
 
+def shared_flags():
+    """The train.py flags lr_finder has (and so takes from a recipe), less those that stay here
+    (--subset, --out, --force); lr is no flag here, only what --aux-lr is relative to."""
+    ours = set(vars(lr_finder.get_parser().parse_args([])))
+    return (ours & set(vars(train.get_parser().parse_args([])))) - {"recipe", "list_recipes", "subset", "out",
+                                                                    "force", "lr"}
+
+
+def test_recipe_fills_the_flags_and_explicit_flags_win(capsys):
+    ap = lr_finder.get_parser()
+    args = lr_finder.parse_args(ap, ["--recipe", "report002-resnet9"])
+    assert (args.arch, args.batch_size, args.optimizer, args.momentum, args.wd) == ("resnet9", 64, "sgd", 0.9, 0.032)
+    assert (args.start_lr, args.end_lr, args.num_iter) == (1e-7, 10.0, None)   # the sweep keeps its own defaults
+    args = lr_finder.parse_args(lr_finder.get_parser(), ["--recipe", "report002-resnet9", "--batch-size", "128",
+                                                         "--wd", "0", "--arch", "resnet18"])
+    assert (args.arch, args.batch_size, args.optimizer, args.wd) == ("resnet18", 128, "sgd", 0.0)
+    # every flag lr_finder shares with train.py comes from the recipe, whichever recipe
+    for name, recipe in train.RECIPES.items():
+        args = lr_finder.parse_args(lr_finder.get_parser(), ["--recipe", name])
+        targs = train.parse_args(train.get_parser(), ["--recipe", name])
+        for dest in shared_flags() | {"lr"}:
+            assert getattr(args, dest) == getattr(targs, dest), (name, dest)
+        assert args.optimizer == recipe.get("optimizer", "sgd")
+    with pytest.raises(SystemExit) as e:
+        lr_finder.parse_args(lr_finder.get_parser(), ["--list-recipes"])
+    assert e.value.code == 0 and "report002-resnet9" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,pick,expected", [
+    (["--recipe", "report002-resnet9"], 0.0031622, "python train.py --recipe report002-resnet9 --lr 0.0032"),
+    (["--recipe", "report002-resnet9", "--batch-size", "128", "--wd", "0", "--arch", "resnet18", "--nesterov",
+      "--subset", "5000", "--num-iter", "50"], 0.05,
+     "python train.py --recipe report002-resnet9 --arch resnet18 --batch-size 128 --nesterov --wd 0.0 --lr 0.05"),
+    (["--recipe", "report004-dainet7", "--betas", "0.9", "0.999"], 3e-4,
+     "python train.py --recipe report004-dainet7 --betas 0.9 0.999 --lr 0.0003"),
+    # muon: the sweep kept --aux-lr / --lr at the recipe's 0.005125 / 0.12; the command keeps it at the pick
+    (["--recipe", "fast"], 0.06, "python train.py --recipe fast --aux-lr 0.002563 --lr 0.06"),
+    (["--recipe", "fast"], 0.12, "python train.py --recipe fast --lr 0.12"),
+])
+def test_printed_command_with_a_recipe_reproduces_the_setting(argv, pick, expected):
+    args = lr_finder.parse_args(lr_finder.get_parser(), argv)
+    cmd = lr_finder.train_command(args, pick)
+    assert cmd == expected
+    tp = train.get_parser()
+    targs = train.parse_args(tp, shlex.split(cmd)[2:])
+    for dest in shared_flags() - {"aux_lr"}:  # what the range test ran with is what train.py runs with
+        assert getattr(targs, dest) == getattr(args, dest), dest
+    assert targs.lr == float(f"{pick:.2g}") and targs.subset is None
+    if args.optimizer == "muon":  # the non-filter groups at the ratio the sweep ran them at
+        assert targs.aux_lr / targs.lr == pytest.approx(args.aux_lr / args.lr, rel=2e-3)
+    else:
+        assert targs.aux_lr == args.aux_lr
+    recipe = train.RECIPES[args.recipe]
+    assert (targs.epochs, targs.schedule) == (recipe["epochs"], recipe["schedule"])  # carried by --recipe
+
+
+def test_cli_recipe_with_muon_runs(tmp_path, data_dir, capsys):
+    # the fast recipe: fastnet, Muon for the filters and its other groups at the recipe's ratio
+    code = lr_finder.main(["--recipe", "fast", "--subset", "200", "--batch-size", "50", "--num-iter", "3",
+                           "--data", data_dir, "--out", str(tmp_path / "m")])
+    printed = capsys.readouterr().out
+    assert code == 1 and "3 steps are too few" in printed        # three steps: no suggestion whatever the loss
+    assert "lr range test: fastnet (recipe fast), muon, batch 50, 3 steps" in printed
+    assert len((tmp_path / "m" / "lr_finder.csv").read_text().splitlines()) == 4
+
+
 def run(args):
     return run_script("lr_finder.py", *args, timeout=300)
 
@@ -225,12 +352,29 @@ def test_cli_lenet_end_to_end(tmp_path, data_dir):
     assert 1e-4 <= chosen <= 1
 
 
+@pytest.mark.slow
+def test_cli_lenet_on_the_defaults_suggests(tmp_path, data_dir):
+    # only --data and --out, as a user's first run: LeNet's loss is slow to leave its start, the case
+    # the steps per decade are for
+    out = tmp_path / "defaults"
+    r = run(["--arch", "lenet", "--data", data_dir, "--out", str(out)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{lr_finder.planned_steps(1e-7, 10)} steps from 1e-07 to 10" in r.stdout
+    chosen = float(r.stdout.split("chosen (valley): ")[1].split()[0])
+    targs = train.get_parser().parse_args(shlex.split(r.stdout.strip().splitlines()[-1])[2:])
+    assert (targs.arch, targs.lr, targs.optimizer, targs.batch_size) == ("lenet", chosen, "sgd", 128)
+    assert 1e-3 < chosen < 1
+
+
 def test_cli_val_loss_with_mixing_and_channels_last(tmp_path, data_dir, capsys):
     out = tmp_path / "val"
+    # lrs far too small to move the held-out loss (the same 1,000 images after every step): the run
+    # must work, and its answer is a refusal
     code = lr_finder.main(["--arch", "lenet", "--subset", "2000", "--num-iter", "8", "--val-loss", "--mix", "cutmix",
-                           "--mix-off-epochs", "2", "--channels-last", "--data", data_dir, "--out", str(out)])
-    assert code in (0, 1)  # 8 steps may or may not show a descent; the run itself must work
-    assert "loss on 1,000 held-out" in capsys.readouterr().out
+                           "--mix-off-epochs", "2", "--channels-last", "--start-lr", "1e-7", "--end-lr", "1e-6",
+                           "--data", data_dir, "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 1 and "loss on 1,000 held-out" in printed and "no usable descent" in printed
     assert len((out / "lr_finder.csv").read_text().splitlines()) == 9
 
 
@@ -248,6 +392,8 @@ def test_cli_without_descent_says_so_and_suggests_nothing(tmp_path, data_dir, ca
     (["--start-lr", "1", "--end-lr", "0.1"], "--start-lr"),
     (["--num-iter", "0"], "--num-iter must be positive"),
     (["--data", "/nonexistent/cifar"], "/nonexistent/cifar"),
+    (["--recipe", "nope"], "unknown --recipe 'nope'"),
+    (["--recipe", "report002-resnet9", "--steps-per-decade", "0"], "--steps-per-decade must be positive"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, capsys, bad, message):
     out = tmp_path / "never"
@@ -293,9 +439,11 @@ def test_cli_fastnet_gets_its_whitening_and_the_command_keeps_bias_lr_scale(tmp_
         return real(self, images, **kw)
 
     monkeypatch.setattr(models.FastNet, "init_from_data", spy)
-    code = lr_finder.main(["--arch", "fastnet", "--subset", "500", "--num-iter", "6", "--batch-size", "50",
+    # three steps are too few for any suggestion whatever the loss does: exit 1, the curve still written
+    code = lr_finder.main(["--arch", "fastnet", "--subset", "500", "--num-iter", "3", "--batch-size", "50",
                            "--bias-lr-scale", "64", "--data", data_dir, "--out", str(tmp_path / "f")])
-    assert code in (0, 1) and len((tmp_path / "f" / "lr_finder.csv").read_text().splitlines()) == 7
+    assert code == 1 and "3 steps are too few" in capsys.readouterr().out
+    assert len((tmp_path / "f" / "lr_finder.csv").read_text().splitlines()) == 4
     assert calls == [(500, 3, 32, 32)]
     args = lr_finder.get_parser().parse_args(["--arch", "fastnet", "--bias-lr-scale", "64"])
     assert lr_finder.train_command(args, 0.1) == "python train.py --arch fastnet --bias-lr-scale 64.0 --lr 0.1"
