@@ -114,6 +114,7 @@ def test_bad_flags_one_line_exit_2(argv, words, capsys):
 
 # ----------------------------------------------------------------------------- the subcommands, as a user runs them
 
+# the three subcommands end to end take about 20 s of a 2-core CPU: the full suite only
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_dir):
     """data, step and epoch --quick on the CPU, all into one JSON file: (that file's content, {cmd: process})."""
@@ -135,6 +136,7 @@ def runs(tmp_path_factory, data_dir):
         return json.load(f), procs
 
 
+@pytest.mark.slow
 def test_one_file_holds_every_section(runs):
     res, _ = runs
     assert list(res) == ["device", "torch", "torchvision", "python", "threads", "measured", "data", "step", "epoch"]
@@ -143,6 +145,7 @@ def test_one_file_holds_every_section(runs):
         assert res[cmd]["torch"] == torch.__version__ and res[cmd]["device"] == res["device"]
 
 
+@pytest.mark.slow
 def test_data_quick(runs):
     res, procs = runs
     d = res["data"]
@@ -150,6 +153,7 @@ def test_data_quick(runs):
     assert "ratio" in procs["data"].stdout
 
 
+@pytest.mark.slow
 def test_step_quick(runs):
     res, procs = runs
     s = res["step"]
@@ -168,6 +172,7 @@ def test_step_quick(runs):
     assert len(table) == 4 and all(("PASS" in line) != ("FAIL" in line) for line in table)
 
 
+@pytest.mark.slow
 def test_epoch_quick(runs):
     res, procs = runs
     e = res["epoch"]
