@@ -335,29 +335,6 @@ def get_parser():
     return ap
 
 
-def parse_args(ap, argv=None):
-    """Parse the command line; --recipe NAME first makes the recipe's values of the flags this
-    parser shares with train.py the defaults (as train.parse_args does), so explicit flags win.
-    The recipe's training-only keys (epochs, schedule, ...) stay out: the train.py command
-    carries them by naming the recipe."""
-    args = ap.parse_args(argv)
-    if args.list_recipes:
-        print(train.list_recipes())
-        sys.exit(0)
-    if args.recipe:
-        if args.recipe not in train.RECIPES:
-            ap.error(f"unknown --recipe {args.recipe!r}; choose from: {', '.join(train.RECIPES)} (--list-recipes)")
-        ap.set_defaults(**recipe_values(ap, args.recipe))
-        args = ap.parse_args(argv)
-    return args
-
-
-def recipe_values(ap, name):
-    """The values of recipe `name` for this parser's destinations (train.py flags it has, and lr)."""
-    ours = set(vars(ap.parse_args([])))
-    return {k: v for k, v in train.RECIPES[name].items() if k not in train.NOT_FLAGS and k in ours}
-
-
 def check_args(ap, args):
     """Refuse bad values before anything is created."""
     check_arch(ap, args.arch)
@@ -378,7 +355,7 @@ def check_args(ap, args):
 
 def main(argv=None):
     ap = get_parser()
-    args = parse_args(ap, argv)
+    args = train.parse_args(ap, argv)
     check_args(ap, args)
     num_iter = args.num_iter or planned_steps(args.start_lr, args.end_lr, args.steps_per_decade)
     out = args.out or os.path.join("lr_finder", f"{args.arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}")

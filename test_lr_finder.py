@@ -275,21 +275,21 @@ def shared_flags():
 
 def test_recipe_fills_the_flags_and_explicit_flags_win(capsys):
     ap = lr_finder.get_parser()
-    args = lr_finder.parse_args(ap, ["--recipe", "report002-resnet9"])
+    args = train.parse_args(ap, ["--recipe", "report002-resnet9"])
     assert (args.arch, args.batch_size, args.optimizer, args.momentum, args.wd) == ("resnet9", 64, "sgd", 0.9, 0.032)
     assert (args.start_lr, args.end_lr, args.num_iter) == (1e-7, 10.0, None)   # the sweep keeps its own defaults
-    args = lr_finder.parse_args(lr_finder.get_parser(), ["--recipe", "report002-resnet9", "--batch-size", "128",
+    args = train.parse_args(lr_finder.get_parser(), ["--recipe", "report002-resnet9", "--batch-size", "128",
                                                          "--wd", "0", "--arch", "resnet18"])
     assert (args.arch, args.batch_size, args.optimizer, args.wd) == ("resnet18", 128, "sgd", 0.0)
     # every flag lr_finder shares with train.py comes from the recipe, whichever recipe
     for name, recipe in train.RECIPES.items():
-        args = lr_finder.parse_args(lr_finder.get_parser(), ["--recipe", name])
+        args = train.parse_args(lr_finder.get_parser(), ["--recipe", name])
         targs = train.parse_args(train.get_parser(), ["--recipe", name])
         for dest in shared_flags() | {"lr"}:
             assert getattr(args, dest) == getattr(targs, dest), (name, dest)
         assert args.optimizer == recipe.get("optimizer", "sgd")
     with pytest.raises(SystemExit) as e:
-        lr_finder.parse_args(lr_finder.get_parser(), ["--list-recipes"])
+        train.parse_args(lr_finder.get_parser(), ["--list-recipes"])
     assert e.value.code == 0 and "report002-resnet9" in capsys.readouterr().out
 
 
@@ -305,7 +305,7 @@ def test_recipe_fills_the_flags_and_explicit_flags_win(capsys):
     (["--recipe", "fast"], 0.12, "python train.py --recipe fast --lr 0.12"),
 ])
 def test_printed_command_with_a_recipe_reproduces_the_setting(argv, pick, expected):
-    args = lr_finder.parse_args(lr_finder.get_parser(), argv)
+    args = train.parse_args(lr_finder.get_parser(), argv)
     cmd = lr_finder.train_command(args, pick)
     assert cmd == expected
     tp = train.get_parser()

@@ -178,7 +178,9 @@ def list_recipes():
 
 
 def parse_args(ap, argv=None):
-    """Parse the command line; --recipe NAME first makes the recipe's values the defaults."""
+    """Parse the command line; --recipe NAME first makes the recipe's values the defaults, so explicit flags win.
+    Any parser that takes --recipe and --list-recipes may use it (lr_finder.py does): it takes the recipe's values
+    of the flags it has and leaves the rest to the train.py command that names the recipe."""
     args = ap.parse_args(argv)
     if args.list_recipes:
         print(list_recipes())
@@ -186,7 +188,8 @@ def parse_args(ap, argv=None):
     if args.recipe:
         if args.recipe not in RECIPES:
             ap.error(f"unknown --recipe {args.recipe!r}; choose from: {', '.join(RECIPES)} (--list-recipes)")
-        ap.set_defaults(**{k: v for k, v in RECIPES[args.recipe].items() if k not in NOT_FLAGS})
+        ours = vars(ap.parse_args([]))
+        ap.set_defaults(**{k: v for k, v in RECIPES[args.recipe].items() if k not in NOT_FLAGS and k in ours})
         args = ap.parse_args(argv)
     return args
 
