@@ -341,8 +341,9 @@ def flip_mode(args):
 
 
 def build_loaders(args, device, batch_size, *, dtype=torch.float32, channels_last=False, seed=0, epochs=None,
-                  eval_batch_size=None, rank=0, world_size=1, subset=None):
-    """(train_loader, val_loader or None, test_loader, info) from the flags of add_data_args."""
+                  eval_batch_size=None, rank=0, world_size=1, subset=None, mean_std=None):
+    """(train_loader, val_loader or None, test_loader, info) from the flags of add_data_args. Inputs are
+    normalised with the training images' per-channel statistics, or with mean_std = (mean, std) if given."""
     if not 0 <= args.crop_pad < 32 or args.cutout < 0 or args.jitter < 0 or args.mix_alpha <= 0:
         raise DataError("need 0 <= --crop-pad < 32, --cutout >= 0, --jitter >= 0 and --mix-alpha > 0")
     if args.mix_off_epochs < 0 or (args.mix_off_epochs and epochs is None):
@@ -352,7 +353,7 @@ def build_loaders(args, device, batch_size, *, dtype=torch.float32, channels_las
     if subset:
         x, y, tx, ty = x[:subset], y[:subset], tx[:subset], ty[:subset]
     x, y, vx, vy = split_val(x, y, args.val, seed=seed)
-    mean, std = channel_stats(x)
+    mean, std = channel_stats(x) if mean_std is None else (torch.tensor(v, dtype=torch.float32) for v in mean_std)
     if len(x) // world_size < 1:
         raise DataError(f"{len(x)} training images cannot be shared among {world_size} processes")
     common = dict(device=device, mean=mean, std=std, num_classes=len(d["classes"]), dtype=dtype,

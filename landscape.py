@@ -3,19 +3,19 @@ Santurkar et al. 2018, "How Does Batch Normalization Help Optimization?").
 
     python landscape.py                 # VGG-A without BN at every --lrs
     python landscape.py --bn            # VGG-A with BN; draws the comparison once both results exist
-    python landscape.py --both --epochs 1 --subset 2000     # both, short enough for a 2-core CPU
     python landscape.py --plot-only     # redraw from the saved JSON, no training
 
-Each variant is trained from the same initial weights once per learning rate (Adam, batch 128,
-no augmentation, as the course code behind report 003), recording the training loss of every step
-and, every --measure-every steps, the paper's three measures along the current gradient g on the
-same training batch (measure_along_gradient): the loss range of L(w - eta g), the range of
-||grad L(w) - grad L(w - eta g)|| (gradient predictiveness) and max ||delta grad|| / ||delta w||
-(effective beta-smoothness). Results go to --out/<arch>.json; figures (PNG) to --out:
+Each variant is trained from the same initial weights once per learning rate in the course code's setup
+behind report 003 (Adam, batch 128, Xavier-normal init, inputs normalised with mean and std 0.5, all
+50,000 training images, the test set for the per-epoch accuracy, no augmentation, fp32; --init, --norm,
+--val, --augment and --amp change these). Every step's training loss is recorded and, every
+--measure-every steps, the paper's three measures along the gradient g on the same batch
+(measure_along_gradient), at probe distances that are multiples of the length of Adam's update at that
+step (probe_multiples says why). Results go to --out/<arch>.json and --out/summary.json; figures to --out:
 
     loss_landscape.png   report 003's figure: per-step training loss, band between min and max over lrs
-    measures.png         the same band for the three measures (Santurkar et al. Fig. 4 style)
-    curves_lr<LR>.png    per lr: training loss per step and validation accuracy per epoch
+    measures.png         Santurkar et al.'s Fig. 4 at lr 5e-4: bands over the probe distances, and beta
+    curves_lr<LR>.png    per lr: training loss per step and held-out accuracy per epoch
     surface_1d.png, surface_2d.png   with --surface: filter-normalised loss slices (Li et al. 2018)
 
 Every figure shows whichever variants have results in --out, VGG-A green and VGG-A + BN red.
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 import data
 import evaluate
 import runtime
-from models import build_model
+from models import build_model, xavier_init
 
 VARIANTS = {"vgg_a": "VGG-A", "vgg_a_bn": "VGG-A + BatchNorm"}
 COLORS = {"vgg_a": "tab:green", "vgg_a_bn": "tab:red"}
@@ -50,27 +50,35 @@ FIGSIZE = {"loss_landscape": (10, 5), "measures": (16, 4.5), "curves": (12, 4.5)
 
 # ----------------------------------------------------------------------------- the three measures
 
-def probe_etas(lr, lo=0.5, hi=4.0, n=4):
-    """Step sizes for the measures: n values evenly spaced over [lo*lr, hi*lr]. Santurkar et al. move
-    along the gradient with steps up to 0.4 (they cap the distance at 0.4 x the gradient, at a training
-    lr of 0.1 as we read the paper), i.e. from a fraction of the step SGD takes up to 4x it; hence the
-    default [lr/2, 4 lr]. Our optimizer is Adam, so eta multiplies the raw gradient, not Adam's update."""
-    return [float(lr * m) for m in np.linspace(lo, hi, n)]
+def probe_multiples(lo=0.5, hi=4.0, n=4):
+    """The probe distances as multiples of the length of the optimizer's own update at the measured step:
+    n values evenly spaced over [lo, hi]. Santurkar et al. (Fig. 4) move along the gradient "as we move in
+    the gradient direction" and "cap the maximum distance to be eta = 0.4 x the gradient" while training
+    with SGD at lr 0.1, i.e. up to 4x the step SGD takes there. Adam's step is not lr x gradient (each
+    coordinate moves by about lr, whatever the gradient's size), so the unit here is the length of the
+    update the optimizer actually makes: [0.5, 4] x that length by default."""
+    return [float(m) for m in np.linspace(lo, hi, n)]
 
 
-def measure_along_gradient(model, closure, etas):
+def _norm(tensors):
+    return math.sqrt(sum(float(t.double().square().sum()) for t in tensors))
+
+
+def measure_along_gradient(model, closure, multiples, optimizer_step):
     """The paper's three measures at the current weights w on one fixed batch (closure() returns that
-    batch's loss from a fresh forward pass). With g = grad L(w) and, for each eta in etas,
-    w_eta = w - eta g:
+    batch's loss from a fresh forward pass), at distances set by the optimizer's own update.
 
-        loss[i]      = L(w_eta)                                        loss_min, loss_max: their range
-        grad_dist[i] = ||g - grad L(w_eta)||                           grad_min, grad_max: its range
-        beta         = max_i ||g - grad L(w_eta)|| / ||w - w_eta||     (||w - w_eta|| = eta ||g||)
+    With g = grad L(w), the update is taken first (optimizer_step() moves the weights using p.grad = g,
+    as a training step would); its length s = ||w_next - w|| sets the probe distances d_i = multiples[i] x s.
+    Then, along the unit gradient direction u = g / ||g||, with w_i = w - d_i u:
 
-    All on the same batch (as the paper), in whatever precision closure computes (the caller runs it
-    in fp32). Afterwards the weights and buffers are exactly as after the first forward pass (BN
-    running statistics see that pass only, as in a normal step) and every p.grad holds g, so an
-    optimizer step can follow. Returns a dict of floats (and lists for loss and grad_dist)."""
+        loss[i]      = L(w_i)                                   loss_min, loss_max: their range
+        grad_dist[i] = ||g - grad L(w_i)||                      grad_min, grad_max: its range
+        beta         = max_i ||g - grad L(w_i)|| / d_i          effective beta-smoothness
+
+    All on the same batch (as the paper), in closure's precision. Afterwards the weights are w_next, the
+    buffers as after the first forward pass (BN statistics see that pass only, as in a plain step) and
+    every p.grad holds g. Returns a dict of floats (and lists for loss, grad_dist and distances)."""
     params = [p for p in model.parameters() if p.requires_grad]
     model.zero_grad(set_to_none=True)
     loss0 = closure()
@@ -78,34 +86,37 @@ def measure_along_gradient(model, closure, etas):
     g = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
     w0 = [p.detach().clone() for p in params]
     buffers = [b.detach().clone() for b in model.buffers()]
-    g_norm = math.sqrt(sum(float(t.double().square().sum()) for t in g))
+    optimizer_step()
+    w1 = [p.detach().clone() for p in params]
+    step_length = _norm([b - a for a, b in zip(w0, w1)])
+    g_norm = _norm(g)
+    distances = [m * step_length for m in multiples]
     losses, dists, ratios = [], [], []
     try:
-        for eta in etas:
+        for d in distances:
             with torch.no_grad():
                 for p, w, gi in zip(params, w0, g):
-                    torch.add(w, gi, alpha=-eta, out=p.data)
+                    torch.add(w, gi, alpha=-d / g_norm if g_norm > 0 else 0.0, out=p.data)
             model.zero_grad(set_to_none=True)
             loss = closure()
             loss.backward()
-            dist = math.sqrt(sum(float((gi - (p.grad if p.grad is not None else 0)).double().square().sum())
-                                 for p, gi in zip(params, g)))
+            dist = _norm([gi - (p.grad if p.grad is not None else 0) for p, gi in zip(params, g)])
             losses.append(loss.item())
             dists.append(dist)
-            ratios.append(dist / (eta * g_norm) if eta * g_norm > 0 else 0.0)
+            ratios.append(dist / d if d > 0 else 0.0)
     finally:
         with torch.no_grad():
-            for p, w, gi in zip(params, w0, g):
+            for p, w, gi in zip(params, w1, g):
                 p.copy_(w)
                 p.grad = gi
             for b, s in zip(model.buffers(), buffers):
                 b.copy_(s)
-    return {"loss0": loss0.item(), "grad_norm": g_norm, "loss": losses, "grad_dist": dists,
-            "loss_min": min(losses), "loss_max": max(losses), "grad_min": min(dists), "grad_max": max(dists),
-            "beta": max(ratios)}
+    return {"loss0": loss0.item(), "grad_norm": g_norm, "step_length": step_length, "distances": distances,
+            "loss": losses, "grad_dist": dists, "loss_min": min(losses), "loss_max": max(losses),
+            "grad_min": min(dists), "grad_max": max(dists), "beta": max(ratios)}
 
 
-MEASURE_KEYS = ["loss0", "grad_norm", "loss_min", "loss_max", "grad_min", "grad_max", "beta"]
+MEASURE_KEYS = ["loss0", "grad_norm", "step_length", "loss_min", "loss_max", "grad_min", "grad_max", "beta"]
 
 
 # ----------------------------------------------------------------------------- loss surface (Li et al. 2018)
@@ -175,12 +186,15 @@ def train_lr(arch, lr, loaders, args, device, amp_dtype, show_bar):
     """Train `arch` at one lr from the seed's initial weights; returns (run record, model)."""
     train_loader, eval_loader, eval_split, num_classes = loaders
     torch.manual_seed(args.seed)  # same initial weights for every lr
-    model = build_model(arch, num_classes=num_classes).to(device)
+    model = build_model(arch, num_classes=num_classes)
+    if args.init == "xavier":
+        xavier_init(model)  # replaces build_model's Kaiming init
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)  # the course code's optimizer (no weight decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    etas = probe_etas(lr, *args.eta_range, args.probes)
-    run = {"lr": lr, "etas": etas, "steps_per_epoch": len(train_loader), "train_loss": [],
-           "measure": {"step": [], "loss": [], "grad_dist": [], **{k: [] for k in MEASURE_KEYS}},
+    multiples = probe_multiples(*args.probe_range, args.probes)
+    run = {"lr": lr, "probe_multiples": multiples, "steps_per_epoch": len(train_loader), "train_loss": [],
+           "measure": {"step": [], "loss": [], "grad_dist": [], "distances": [], **{k: [] for k in MEASURE_KEYS}},
            f"{eval_split}_acc": [], f"{eval_split}_loss": [], "diverged_at_step": None}
     t0, t_measure, step = time.time(), 0.0, 0
     model.train()
@@ -191,14 +205,14 @@ def train_lr(arch, lr, loaders, args, device, amp_dtype, show_bar):
         for x, y in train_loader:
             if args.measure_every and step % args.measure_every == 0:
                 tm = time.time()
-                # fp32, no autocast: the differences measured are far below bf16's resolution
-                m = measure_along_gradient(model, lambda: F.cross_entropy(model(x), y), etas)
+                # fp32, no autocast: the differences measured are far below bf16's resolution. The
+                # optimizer's step happens inside, on g, the fp32 gradient the measures start from.
+                m = measure_along_gradient(model, lambda: F.cross_entropy(model(x), y), multiples, optimizer.step)
                 t_measure += time.time() - tm
                 for k, v in m.items():
                     run["measure"][k].append(v)
                 run["measure"]["step"].append(step)
                 losses.append(torch.tensor(m["loss0"], device=device))
-                optimizer.step()  # on g, the fp32 gradient the measures started from
             else:
                 with runtime.autocast(device, amp_dtype):
                     loss = F.cross_entropy(model(x), y)
@@ -246,8 +260,8 @@ def run_variant(arch, args, loaders, info, device, amp_dtype, path, log=print):
     t0 = time.time()
     for i, lr in enumerate(args.lrs):
         log(f"== {VARIANTS[arch]}: lr {lr:g} ({i + 1}/{len(args.lrs)}), {args.epochs} epochs x "
-            f"{len(loaders[0])} steps, measures every {args.measure_every or 'never'} steps at eta "
-            f"{', '.join(f'{e:.2g}' for e in probe_etas(lr, *args.eta_range, args.probes))}")
+            f"{len(loaders[0])} steps, measures every {args.measure_every or 'never'} steps at "
+            f"{', '.join(f'{m:.3g}' for m in probe_multiples(*args.probe_range, args.probes))} x Adam's step")
         run, model = train_lr(arch, lr, loaders, args, device, amp_dtype, show_bar)
         result["runs"].append(run)
         if args.surface and lr == args.surface_lr:
@@ -268,8 +282,9 @@ def run_variant(arch, args, loaders, info, device, amp_dtype, path, log=print):
 def config_of(args, device, amp_dtype, info):
     return {"lrs": args.lrs, "epochs": args.epochs, "batch_size": args.batch_size, "subset": args.subset,
             "seed": args.seed, "optimizer": "adam", "measure_every": args.measure_every,
-            "eta_range": list(args.eta_range), "probes": args.probes, "measures_precision": "fp32",
-            "amp": str(amp_dtype), "augment": {"crop_pad": args.crop_pad, "flip": not args.no_flip},
+            "probe_range": list(args.probe_range), "probes": args.probes, "probe_unit": "length of Adam's step",
+            "measures_precision": "fp32", "amp": str(amp_dtype), "init": args.init, "norm": args.norm,
+            "augment": {"crop_pad": args.crop_pad, "flip": not args.no_flip},
             "data": {k: v for k, v in info.items() if k != "classes"}, "device": runtime.device_name(device),
             "torch": torch.__version__, "python": platform.python_version(), "git_commit": runtime.git_commit(),
             "started": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -315,16 +330,12 @@ def _stack(rows):
     return out
 
 
-def _nanreduce(fn, a, axis=0):
-    with warnings.catch_warnings():  # all-NaN columns (every lr diverged by then) stay NaN silently
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return fn(a, axis=axis)
-
-
 def loss_band(result):
     """(steps, min over lrs, max over lrs) of the per-step training loss."""
     a = _stack([r["train_loss"] for r in result["runs"]])
-    return np.arange(a.shape[1]), _nanreduce(np.nanmin, a), _nanreduce(np.nanmax, a)
+    with warnings.catch_warnings():  # all-NaN columns (every lr diverged by then) stay NaN silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.arange(a.shape[1]), np.nanmin(a, axis=0), np.nanmax(a, axis=0)
 
 
 def _width(lo, hi, counts):
@@ -332,55 +343,57 @@ def _width(lo, hi, counts):
     return np.where(counts >= 2, hi - lo, np.nan)
 
 
-def measure_band(result, lo_key, hi_key):
-    """(measured steps, min over lrs of lo_key, max over lrs of hi_key)."""
-    runs = [r for r in result["runs"] if r["measure"]["step"]]
-    if not runs:
-        return np.zeros(0), np.zeros(0), np.zeros(0)
-    longest = max(runs, key=lambda r: len(r["measure"]["step"]))
-    lo = _stack([r["measure"][lo_key] for r in runs])
-    hi = _stack([r["measure"][hi_key] for r in runs])
-    return np.asarray(longest["measure"]["step"]), _nanreduce(np.nanmin, lo), _nanreduce(np.nanmax, hi)
+def measures_lr(results):
+    """The lr whose measures are drawn and summarised: report 003's 5e-4 where it ran, else the first lr."""
+    lrs = [r["lr"] for res in results.values() for r in res["runs"]]
+    return next((lr for lr in lrs if math.isclose(lr, REPORT_LR, rel_tol=1e-9)), lrs[0] if lrs else REPORT_LR)
+
+
+def run_at(result, lr):
+    return next((r for r in result["runs"] if math.isclose(r["lr"], lr, rel_tol=1e-9)), None)
 
 
 def _nanmean(values):
-    a = np.asarray(values, dtype=float)
+    a = np.asarray([v if v is not None else np.nan for v in values], dtype=float)
     a = a[np.isfinite(a)]
     return float(a.mean()) if len(a) else float("nan")
 
 
-def summarize(result):
-    """One row of the summary table: the mean width of the training-loss band over lrs and the means
-    of the three measures over every measurement of every lr."""
+def summarize(result, lr):
+    """One row of the summary: the mean width of the training-loss band over lrs, and at `lr` the means over
+    its measurements of the loss variation along g (loss_max - loss_min), the gradient predictiveness
+    (max ||g - grad L(w_i)||), beta, Adam's step length and lr ||g|| (the probe unit of Santurkar et al.'s SGD)."""
     _, lo, hi = loss_band(result)
     counts = np.isfinite(_stack([r["train_loss"] for r in result["runs"]])).sum(0)
-    m = [r["measure"] for r in result["runs"]]
     split = "val" if any("val_acc" in r for r in result["runs"]) else "test"
-    accs = [(r[f"{split}_acc"][-1], r["lr"]) for r in result["runs"] if r.get(f"{split}_acc")]
-    best = max(accs, default=(float("nan"), None))
-    return {"loss_band": _nanmean(_width(lo, hi, counts)),
-            "loss_var": _nanmean([b - a for x in m for a, b in zip(x["loss_min"], x["loss_max"])
-                                  if a is not None and b is not None]),
-            "grad_pred": _nanmean([v for x in m for v in x["grad_max"]]),
-            "beta": _nanmean([v for x in m for v in x["beta"]]),
-            "final_acc": best[0], "best_lr": best[1], "split": split,
-            "measurements": sum(len(x["step"]) for x in m)}
+    run = run_at(result, lr) or {"measure": {k: [] for k in ("step", "loss_min", "loss_max", *MEASURE_KEYS)}}
+    m = run["measure"]
+    acc = run.get(f"{split}_acc") or [float("nan")]
+    return {"lr": lr, "loss_band": _nanmean(_width(lo, hi, counts)),
+            "loss_var": _nanmean([b - a if a is not None and b is not None else None
+                                  for a, b in zip(m["loss_min"], m["loss_max"])]),
+            "grad_pred": _nanmean(m["grad_max"]), "beta": _nanmean(m["beta"]),
+            "step_length": _nanmean(m.get("step_length", [])),
+            "lr_grad": lr * _nanmean(m["grad_norm"]), "final_acc": acc[-1], "split": split,
+            "measurements": len(m["step"])}
 
 
 def summary_table(results):
-    rows = [(VARIANTS[a], summarize(r)) for a, r in results.items()]
-    head = ["variant", "loss band", "loss var. along g", "max |dgrad|", "beta-smooth", "final acc (best lr)", "n"]
+    lr = measures_lr(results)
+    rows = [(VARIANTS[a], summarize(r, lr)) for a, r in results.items()]
+    head = ["variant", "loss band", f"loss var. along g", "max |dgrad|", "beta-smooth", "Adam step", "lr |g|",
+            "final acc", "n"]
     body = [[name, f"{s['loss_band']:.4f}", f"{s['loss_var']:.4g}", f"{s['grad_pred']:.4g}", f"{s['beta']:.4g}",
-             f"{s['split']} {s['final_acc']:.3f} ({s['best_lr']:g})" if s["best_lr"] is not None else "-",
+             f"{s['step_length']:.3g}", f"{s['lr_grad']:.3g}", f"{s['split']} {s['final_acc']:.3f}",
              str(s["measurements"])] for name, s in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    lines = ["  ".join(x.ljust(w) if i in (0, 5) else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))
+    lines = ["  ".join(x.ljust(w) if i in (0, 7) else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))
              for r in [head, *body]]
-    lines.append("loss band: mean over steps of (max - min) of the training loss across lrs (steps where at least "
-                 "two lrs ran); the other three: "
-                 "means over every measurement (n) of every lr of loss_max - loss_min, max ||grad L(w) - "
-                 "grad L(w - eta g)|| and max ||dgrad|| / ||dw|| along g")
-    if len(rows) == 2:
+    lines.append(f"loss band: mean over steps of (max - min) of the training loss across lrs (steps where at least "
+                 f"two lrs ran). The rest at lr {lr:g}, means over its n measurements: loss_max - loss_min and max "
+                 f"||grad L(w) - grad L(w_i)|| over the probes w_i = w - d_i g/||g||, max ||dgrad|| / d_i, the length "
+                 f"of Adam's step (the probe unit) and lr ||g||")
+    if len(rows) == 2 and all(math.isfinite(r[1]["loss_band"]) for r in rows):
         a, b = rows[0][1]["loss_band"], rows[1][1]["loss_band"]
         word = "narrower" if b < a else "wider" if b > a else "as wide"
         lines.append(f"BN's loss band is {word}: {b:.4f} vs {a:.4f} without BN" +
@@ -391,16 +404,21 @@ def summary_table(results):
 # ----------------------------------------------------------------------------- figures
 
 def _lrs_text(results):
-    parts = []
-    for arch, res in results.items():
-        parts.append(f"{VARIANTS[arch]} lrs " + ", ".join(f"{r['lr']:g}" for r in res["runs"]))
-    return "; ".join(parts)
+    return "; ".join(f"{VARIANTS[a]} lrs " + ", ".join(f"{r['lr']:g}" for r in res["runs"]) for a, res in results.items())
 
 
 def _band(ax, x, lo, hi, arch):
     ax.fill_between(x, lo, hi, color=COLORS[arch], alpha=0.35, lw=0, label=VARIANTS[arch])
     ax.plot(x, lo, color=COLORS[arch], lw=0.8)
     ax.plot(x, hi, color=COLORS[arch], lw=0.8)
+
+
+def _label(ax, xlabel, ylabel, title, legend=True):
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    if legend:
+        ax.legend(fontsize=8)
 
 
 def _save(fig, path):
@@ -416,39 +434,41 @@ def plot_loss_landscape(results, path):
     fig, ax = plt.subplots(figsize=FIGSIZE["loss_landscape"])
     for arch, res in results.items():
         _band(ax, *loss_band(res), arch)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("training loss (batch)")
-    ax.set_title(f"Loss landscape: range of the training loss over learning rates\n{_lrs_text(results)}",
-                 fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    _label(ax, "training step", "training loss (batch)",
+           f"Loss landscape: range of the training loss over learning rates\n{_lrs_text(results)}")
     return _save(fig, path)
 
 
-MEASURE_PANELS = [("loss_min", "loss_max", "loss L(w - eta g)", "(a) loss landscape: L along the gradient", False),
-                  ("grad_min", "grad_max", "||grad L(w) - grad L(w - eta g)||", "(b) gradient predictiveness", True),
-                  ("beta", "beta", "max ||dgrad|| / ||dw||", "(c) effective beta-smoothness", True)]
+MEASURE_PANELS = [("loss_min", "loss_max", "loss L(w - d g/||g||)", "(a) loss landscape", False),
+                  ("grad_min", "grad_max", "||grad L(w) - grad L(w - d g/||g||)||", "(b) gradient predictiveness", True),
+                  ("beta", None, "max ||dgrad|| / d", "(c) \"effective\" beta-smoothness", True)]
 
 
 def plot_measures(results, path):
-    """Santurkar et al. Fig. 4: per measured step, the band over lrs (and step sizes) of each measure."""
+    """Santurkar et al. Fig. 4 at one lr (measures_lr): at each measured step, the range over the probe
+    distances d of the loss (a) and of the gradient change (b) as a band, and beta (c) as a curve."""
     plt = runtime.pyplot()
+    lr = measures_lr(results)
     fig, axes = plt.subplots(1, 3, figsize=FIGSIZE["measures"])
+    units = set()
     for ax, (lo_key, hi_key, ylabel, title, log) in zip(axes, MEASURE_PANELS):
         for arch, res in results.items():
-            x, lo, hi = measure_band(res, lo_key, hi_key)
-            if len(x):
-                _band(ax, x, lo, hi, arch)
+            run = run_at(res, lr)
+            if run is None or not run["measure"]["step"]:
+                continue
+            m = run["measure"]
+            units.add(", ".join(f"{x:.3g}" for x in run.get("probe_multiples", [])))
+            x, lo = np.asarray(m["step"]), np.asarray(m[lo_key], dtype=float)
+            if hi_key:
+                _band(ax, x, lo, np.asarray(m[hi_key], dtype=float), arch)
+            else:
+                ax.plot(x, lo, color=COLORS[arch], lw=1.0, label=VARIANTS[arch])
         if log and ax.has_data():
             ax.set_yscale("log")
-        ax.set_xlabel("training step")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    etas = {f"[{c['eta_range'][0]:g}, {c['eta_range'][1]:g}] x lr, {c['probes']} steps"
-            for c in (res["config"] for res in results.values())}
-    fig.suptitle(f"Moving along the gradient g, eta in {' / '.join(sorted(etas))}; band over lrs", fontsize=10)
+        _label(ax, "training step", ylabel, title)
+    fig.suptitle(f"Adam at lr {lr:g}: at each measured step, probes along the gradient at distances d = "
+                 f"{' / '.join(sorted(units))} x the length of Adam's update at that step; "
+                 f"bands span the probe distances", fontsize=10)
     return _save(fig, path)
 
 
@@ -458,24 +478,17 @@ def plot_curves(results, lr, path):
     fig, (a1, a2) = plt.subplots(1, 2, figsize=FIGSIZE["curves"])
     split = "val"
     for arch, res in results.items():
-        for r in res["runs"]:
-            if not math.isclose(r["lr"], lr, rel_tol=1e-9):
-                continue
-            split = "val" if "val_acc" in r else "test"
-            a1.plot(np.arange(len(r["train_loss"])), np.asarray(r["train_loss"], dtype=float),
-                    color=COLORS[arch], lw=0.8, label=VARIANTS[arch])
-            acc = r.get(f"{split}_acc", [])
-            a2.plot(np.arange(1, len(acc) + 1), acc, "o-", color=COLORS[arch], label=VARIANTS[arch])
-    a1.set_xlabel("training step")
-    a1.set_ylabel("training loss (batch)")
-    a1.set_title(f"training loss, lr {lr:g}", fontsize=10)
+        r = run_at(res, lr)
+        if r is None:
+            continue
+        split = "val" if "val_acc" in r else "test"
+        a1.plot(np.arange(len(r["train_loss"])), np.asarray(r["train_loss"], dtype=float),
+                color=COLORS[arch], lw=0.8, label=VARIANTS[arch])
+        acc = r.get(f"{split}_acc", [])
+        a2.plot(np.arange(1, len(acc) + 1), acc, "o-", color=COLORS[arch], label=VARIANTS[arch])
+    _label(a1, "training step", "training loss (batch)", f"training loss, lr {lr:g}")
     a2.xaxis.set_major_locator(runtime.pyplot().MaxNLocator(integer=True))
-    a2.set_xlabel("epoch")
-    a2.set_ylabel(f"{split} accuracy")
-    a2.set_title(f"{split} accuracy per epoch, lr {lr:g}", fontsize=10)
-    for ax in (a1, a2):
-        ax.grid(alpha=0.3)
-        ax.legend()
+    _label(a2, "epoch", f"{split} accuracy", f"{split} accuracy per epoch, lr {lr:g}")
     return _save(fig, path)
 
 
@@ -488,11 +501,7 @@ def plot_surface(results, path_1d, path_2d):
         s = res["surface"]
         ax.plot(s["alphas"], np.asarray(s["loss_1d"], dtype=float), color=COLORS[arch],
                 label=f"{VARIANTS[arch]} (lr {s['lr']:g})")
-    ax.set_xlabel("alpha (filter-normalised random direction)")
-    ax.set_ylabel("training loss")
-    ax.set_title("1D loss slice around the final weights", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    _label(ax, "alpha (filter-normalised random direction)", "training loss", "1D loss slice around the final weights")
     _save(fig, path_1d)
     fig, axes = plt.subplots(1, len(with_surface), figsize=FIGSIZE["surface_2d"], squeeze=False)
     for ax, (arch, res) in zip(axes[0], with_surface.items()):
@@ -503,9 +512,7 @@ def plot_surface(results, path_1d, path_2d):
         cs = ax.contour(s["grid"], s["grid"], z, levels=levels if len(levels) > 1 else 2, cmap="viridis")
         ax.clabel(cs, fontsize=7, fmt="%.2f")
         ax.plot([0], [0], "k+", ms=10)
-        ax.set_xlabel("direction 1")
-        ax.set_ylabel("direction 2")
-        ax.set_title(f"{VARIANTS[arch]} (lr {s['lr']:g}, {s['images']} images)", fontsize=10)
+        _label(ax, "direction 1", "direction 2", f"{VARIANTS[arch]} (lr {s['lr']:g}, {s['images']} images)", False)
         ax.set_aspect("equal")
     fig.suptitle("2D loss slice (filter-normalised directions, Li et al. 2018)", fontsize=10)
     return _save(fig, path_2d)
@@ -536,20 +543,25 @@ def get_parser():
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--measure-every", type=int, default=10, metavar="K",
                     help="the three measures every K steps (0 = never); each costs probes + 1 fp32 forward/backward")
-    ap.add_argument("--probes", type=int, default=4, help="step sizes eta per measurement")
-    ap.add_argument("--eta-range", type=float, nargs=2, default=[0.5, 4.0], metavar=("LO", "HI"),
-                    help="step sizes evenly spaced over [LO*lr, HI*lr]")
+    ap.add_argument("--probes", type=int, default=4, help="probe distances per measurement")
+    ap.add_argument("--probe-range", type=float, nargs=2, default=[0.5, 4.0], metavar=("LO", "HI"),
+                    help="probe distances evenly spaced over [LO, HI] x the length of Adam's update at that step")
+    ap.add_argument("--init", default="xavier", choices=["xavier", "kaiming"],
+                    help="initial weights: Xavier-normal as the course code of 003, or build_model's Kaiming-normal")
+    ap.add_argument("--norm", default="half", choices=["half", "data"],
+                    help="input normalisation: mean and std 0.5 per channel as the course code, or the training "
+                         "images' own statistics")
     ap.add_argument("--augment", action="store_true",
                     help="random crop (--crop-pad, default 4) and flip; default none, as the course code of 003")
     data.add_data_args(ap, helps={
-        "val": "hold out N training images for the per-epoch validation accuracy (default 5000, with --subset a "
-               "tenth of it)",
+        "val": "hold out N training images for the per-epoch accuracy (0 = train on all, evaluate on the test set, "
+               "as the course code)",
         "crop_pad": "random crop with this padding (default: 4 with --augment, else 0 = off)"})
-    ap.set_defaults(val=None, crop_pad=None)
+    ap.set_defaults(crop_pad=None)
     ap.add_argument("--subset", type=int, default=None, help="use only the first N train (and test) images")
     ap.add_argument("--seed", type=int, default=0, help="initial weights (the same for every lr) and batch order")
-    runtime.add_amp_arg(ap, help="autocast for the training steps (the measures are always fp32): "
-                                 "auto = bf16 on CUDA and CPU")
+    runtime.add_amp_arg(ap, default="off", help="autocast for the training steps (the measures are always fp32): "
+                                                "off = fp32 as the course code, auto = bf16 on CUDA and CPU")
     ap.add_argument("--surface", action="store_true",
                     help="also Li et al.'s filter-normalised 1D and 2D loss slices around the final weights")
     ap.add_argument("--surface-lr", type=float, default=None,
@@ -578,19 +590,15 @@ def check_args(ap, args):
         ap.error("--lrs has a repeated value")
     if args.measure_every < 0:
         ap.error(f"--measure-every must be >= 0, got {args.measure_every}")
-    lo, hi = args.eta_range
+    lo, hi = args.probe_range
     if not 0 < lo <= hi or not math.isfinite(hi):
-        ap.error(f"--eta-range needs 0 < LO <= HI, got {lo:g} {hi:g}")
+        ap.error(f"--probe-range needs 0 < LO <= HI, got {lo:g} {hi:g}")
     if args.subset is not None and args.subset <= 0:
         ap.error(f"--subset must be positive, got {args.subset}")
-    if args.val is None:
-        args.val = 5000 if args.subset is None else args.subset // 10
     if args.val < 0:
         ap.error(f"--val must be >= 0, got {args.val}")
-    if args.crop_pad is None:
-        args.crop_pad = 4 if args.augment else 0
-    if not args.augment:
-        args.no_flip = True
+    args.crop_pad = (4 if args.augment else 0) if args.crop_pad is None else args.crop_pad
+    args.no_flip = args.no_flip or not args.augment
     if args.surface_lr is None:
         args.surface_lr = REPORT_LR if REPORT_LR in args.lrs else args.lrs[0]
     elif args.surface_lr not in args.lrs:
@@ -601,52 +609,53 @@ def check_args(ap, args):
         ap.error(f"--out {args.out} exists and is not a folder")
 
 
-def main(argv=None):
-    ap = get_parser()
-    args = ap.parse_args(argv)
-    check_args(ap, args)
-    asked = list(VARIANTS) if args.both else ["vgg_a_bn"] if args.bn else ["vgg_a"]
-    paths = {a: os.path.join(args.out, f"{a}.json") for a in VARIANTS}
+COURSE_NORM = ([0.5] * 3, [0.5] * 3)  # the course code's transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
-    if args.plot_only:
-        explicit = args.bn or args.both
-        missing = [paths[a] for a in asked if not os.path.exists(paths[a])]
-        if explicit and missing:
-            ap.error(f"--plot-only: no results at {', '.join(missing)}; train first (drop --plot-only)")
-        if not any(os.path.exists(p) for p in paths.values()):
-            ap.error(f"--plot-only: no results in {args.out} ({', '.join(os.path.basename(p) for p in paths.values())}); "
-                     f"train first (drop --plot-only) or point --out at a run")
-    else:
-        for a in asked:
-            if os.path.exists(paths[a]) and not args.force:
-                ap.error(f"{paths[a]} exists; use --force to overwrite it, --plot-only to redraw, or another --out")
+
+def train_variants(ap, args, asked, paths):
+    """Train every asked variant into its JSON; returns 130 when interrupted, else None."""
+    for a in asked:
+        if os.path.exists(paths[a]) and not args.force:
+            ap.error(f"{paths[a]} exists; use --force to overwrite it, --plot-only to redraw, or another --out")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        ap.error(f"cannot create --out {args.out}: {e.strerror}")
+    device = runtime.pick_device()
+    amp_dtype = runtime.resolve_amp(args.amp, device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 on purpose: no TF32
+    try:
+        train_loader, val_loader, test_loader, info = data.build_loaders(
+            args, device, args.batch_size, seed=args.seed, eval_batch_size=500, subset=args.subset,
+            mean_std=COURSE_NORM if args.norm == "half" else None)
+    except data.DataError as e:
+        ap.error(str(e))
+    split = "val" if val_loader is not None else "test"
+    loaders = (train_loader, val_loader or test_loader, split, len(info["classes"]))
+    print(f"{' and '.join(VARIANTS[a] for a in asked)} | Adam at lr {', '.join(f'{lr:g}' for lr in args.lrs)} | "
+          f"{args.epochs} epochs, batch {args.batch_size}, {info['n_train']:,} train / "
+          f"{info['n_val'] or info['n_test']:,} {split} | {args.init} init, {args.norm} normalisation | "
+          f"{runtime.device_name(device)}, training amp {amp_dtype}, measures fp32 | out {args.out}")
+    for a in asked:
         try:
-            os.makedirs(args.out, exist_ok=True)
-        except OSError as e:
-            ap.error(f"cannot create --out {args.out}: {e.strerror}")
+            run_variant(a, args, loaders, info, device, amp_dtype, paths[a])
+        except KeyboardInterrupt:
+            print(f"landscape.py: interrupted; what finished is in {paths[a]}", file=sys.stderr)
+            return 130
+    return None
 
-        device = runtime.pick_device()
-        amp_dtype = runtime.resolve_amp(args.amp, device)
-        if device.type == "cuda":  # the measures are fp32 on purpose: no TF32 (training runs under autocast anyway)
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
-        try:
-            train_loader, val_loader, test_loader, info = data.build_loaders(
-                args, device, args.batch_size, seed=args.seed, eval_batch_size=500, subset=args.subset)
-        except data.DataError as e:
-            ap.error(str(e))
-        split = "val" if val_loader is not None else "test"
-        loaders = (train_loader, val_loader or test_loader, split, len(info["classes"]))
-        print(f"{' and '.join(VARIANTS[a] for a in asked)} | Adam at lr {', '.join(f'{lr:g}' for lr in args.lrs)} | "
-              f"{args.epochs} epochs, batch {args.batch_size}, {info['n_train']:,} train / {info['n_val']:,} val | "
-              f"{runtime.device_name(device)}, training amp {amp_dtype}, measures fp32 | out {args.out}")
-        for a in asked:
-            try:
-                run_variant(a, args, loaders, info, device, amp_dtype, paths[a])
-            except KeyboardInterrupt:
-                print(f"landscape.py: interrupted; what finished is in {paths[a]}", file=sys.stderr)
-                return 130
 
+def check_plot_only(ap, args, asked, paths):
+    missing = [paths[a] for a in asked if not os.path.exists(paths[a])]
+    if (args.bn or args.both) and missing:
+        ap.error(f"--plot-only: no results at {', '.join(missing)}; train first (drop --plot-only)")
+    if not any(os.path.exists(p) for p in paths.values()):
+        ap.error(f"--plot-only: no results in {args.out} ({', '.join(os.path.basename(p) for p in paths.values())}); "
+                 f"train first (drop --plot-only) or point --out at a run")
+
+
+def report(ap, args, paths):
+    """Load whatever results --out holds, draw every figure, print and save the summary."""
     results = {}
     for a in VARIANTS:
         if os.path.exists(paths[a]):
@@ -656,7 +665,8 @@ def main(argv=None):
                 ap.error(str(e))
     if len(results) == 2:
         c0, c1 = (results[a]["config"] for a in VARIANTS)
-        differ = [k for k in ("lrs", "epochs", "batch_size", "subset", "seed") if c0.get(k) != c1.get(k)]
+        differ = [k for k in ("lrs", "epochs", "batch_size", "subset", "seed", "init", "norm", "amp", "probe_range")
+                  if c0.get(k) != c1.get(k)]
         if differ:
             print(f"note: the two variants were run with different {', '.join(differ)}; compare with care")
     for a, r in results.items():
@@ -664,10 +674,26 @@ def main(argv=None):
             print(f"note: {paths[a]} is incomplete ({len(r['runs'])} of {len(r['config']['lrs'])} lrs)")
     written = plot_all(results, args.out)
     print(("comparison" if len(results) == 2 else f"{VARIANTS[next(iter(results))]} only") + " figures:")
-    for p in written:
-        print(f"  {p}")
+    print("\n".join(f"  {p}" for p in written))
+    lr = measures_lr(results)
+    summary_path = os.path.join(args.out, "summary.json")
+    runtime.write_text(summary_path, json.dumps(_clean({a: summarize(r, lr) for a, r in results.items()}), indent=1))
     print(summary_table(results))
+    print(f"summary: {summary_path}")
     return 0
+
+
+def main(argv=None):
+    ap = get_parser()
+    args = ap.parse_args(argv)
+    check_args(ap, args)
+    asked = list(VARIANTS) if args.both else ["vgg_a_bn"] if args.bn else ["vgg_a"]
+    paths = {a: os.path.join(args.out, f"{a}.json") for a in VARIANTS}
+    if args.plot_only:
+        check_plot_only(ap, args, asked, paths)
+    elif train_variants(ap, args, asked, paths) is not None:
+        return 130
+    return report(ap, args, paths)
 
 
 if __name__ == "__main__":

@@ -234,6 +234,20 @@ def init_weights(model, zero_init_residual=False):
     return model
 
 
+def xavier_init(model):
+    """Xavier-normal conv and linear weights, zero biases, BN weight 1 / bias 0: the initialisation of the
+    course code behind report 003 (its VGG-A runs), which landscape.py uses by default."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model
+
+
 def build_model(name, num_classes=10, zero_init_residual=False):
     """Build a registered network with standard initialisation (or its own, where it has reset_parameters).
     Unknown names raise ValueError."""

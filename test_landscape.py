@@ -51,17 +51,18 @@ def fake_result(arch, lrs=(1e-3, 5e-4), steps=30, every=5, spread=1.0):
         loss = 2.3 * np.exp(-t / 20) + spread * k * t / steps
         ms = list(range(0, steps, every))
         m = {"step": ms, "loss0": [float(loss[s]) for s in ms], "grad_norm": [1.0] * len(ms),
+             "step_length": [2.0] * len(ms), "distances": [[1.0, 8.0] for _ in ms],
              "loss": [[float(loss[s]) - 0.1, float(loss[s]) + spread * 0.1] for s in ms],
              "grad_dist": [[0.1, 0.2 * spread] for _ in ms]}
         m.update(loss_min=[x[0] for x in m["loss"]], loss_max=[x[1] for x in m["loss"]],
                  grad_min=[x[0] for x in m["grad_dist"]], grad_max=[x[1] for x in m["grad_dist"]],
                  beta=[10.0 * spread + s / 10 for s in ms])
-        runs.append({"lr": lr, "etas": landscape.probe_etas(lr), "steps_per_epoch": steps // 3,
+        runs.append({"lr": lr, "probe_multiples": [0.5, 4.0], "steps_per_epoch": steps // 3,
                      "train_loss": loss.tolist(), "measure": m, "val_acc": [0.2, 0.3, 0.4 + k / 10],
                      "val_loss": [2.0, 1.9, 1.8], "diverged_at_step": None, "time_s": 1.0, "measure_time_s": 0.5})
     return {"arch": arch, "label": landscape.VARIANTS[arch], "complete": True, "runs": runs, "surface": None,
             "config": {"lrs": list(lrs), "epochs": 3, "batch_size": 128, "subset": None, "seed": 0,
-                       "eta_range": [0.5, 4.0], "probes": 2}, "time_s": 2.0}
+                       "probe_range": [0.5, 4.0], "probes": 2}, "time_s": 2.0}
 
 
 def exits_with_one_line(capsys, argv):
@@ -82,16 +83,23 @@ def assert_png(path, figsize):
 
 # ----------------------------------------------------------------------------- the three measures
 
+def sgd_step(model, lr):
+    return torch.optim.SGD(model.parameters(), lr=lr).step
+
+
 def test_measures_on_a_quadratic_match_hand_values():
-    # a = (1, 3, 10), w = (1, -2, 0.5): g = a w = (1, -6, 5), L(w) = 7.75.
+    # a = (1, 3, 10), w = (1, -2, 0.5): g = a w = (1, -6, 5), ||g|| = sqrt(62), L(w) = 7.75.
+    # SGD at lr 0.1 steps by 0.1 ||g||, so multiples 0.5 and 1 probe w - d g/||g|| = w - eta g, eta 0.05 and 0.1:
     # w - eta g = w (1 - eta a), so L(w - eta g) = 1/2 sum a w^2 (1 - eta a)^2:
     #   eta 0.05: 1/2 (0.95^2 + 12 * 0.85^2 + 2.5 * 0.5^2) = 5.09875;   eta 0.1: 1/2 (0.81 + 12 * 0.49 + 0) = 3.345
     # grad L(w) - grad L(w - eta g) = eta a g, norm eta sqrt(1 + 9*36 + 100*25) = eta sqrt(2825);
-    # ||delta w|| = eta ||g|| = eta sqrt(62), so beta = sqrt(2825 / 62) for every eta.
+    # the distance is eta ||g|| = eta sqrt(62), so beta = sqrt(2825 / 62) for every eta.
     model = Quadratic([1.0, 3.0, 10.0], [1.0, -2.0, 0.5])
-    m = landscape.measure_along_gradient(model, model, [0.05, 0.1])
+    m = landscape.measure_along_gradient(model, model, [0.5, 1.0], sgd_step(model, 0.1))
     assert m["loss0"] == pytest.approx(7.75)
     assert m["grad_norm"] == pytest.approx(math.sqrt(62))
+    assert m["step_length"] == pytest.approx(0.1 * math.sqrt(62))
+    assert m["distances"] == pytest.approx([0.05 * math.sqrt(62), 0.1 * math.sqrt(62)])
     assert m["loss"] == pytest.approx([5.09875, 3.345])
     assert (m["loss_min"], m["loss_max"]) == pytest.approx((3.345, 5.09875))
     assert m["grad_dist"] == pytest.approx([0.05 * math.sqrt(2825), 0.1 * math.sqrt(2825)])
@@ -100,36 +108,66 @@ def test_measures_on_a_quadratic_match_hand_values():
     assert m["beta"] < 10  # never above the largest curvature ...
     # ... and equal to it when the gradient points along that curvature's axis
     top = Quadratic([1.0, 3.0, 10.0], [0.0, 0.0, 0.5])
-    assert landscape.measure_along_gradient(top, top, [0.01, 0.02, 0.03])["beta"] == pytest.approx(10.0)
-    # weights back bit for bit, the gradient at w left for the optimizer
-    assert torch.equal(model.w.detach(), torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+    assert landscape.measure_along_gradient(top, top, [1, 2, 3], sgd_step(top, 0.01))["beta"] == pytest.approx(10.0)
+    # the weights are where the optimizer's step took them, the gradient at w is left in .grad
+    assert torch.allclose(model.w.detach(), torch.tensor([0.9, -1.4, 0.0], dtype=torch.float64))
     assert torch.allclose(model.w.grad, torch.tensor([1.0, -6.0, 5.0], dtype=torch.float64))
 
 
-def test_measures_leave_weights_and_bn_statistics_as_after_one_plain_step():
+def test_probe_distances_are_multiples_of_adams_step():
+    # Adam's first step moves every coordinate with a nonzero gradient by lr (m/sqrt(v) = g/|g| after bias
+    # correction), whatever the gradient's size: its length is lr sqrt(5) here, while lr ||g|| is 100x larger.
+    a = [1.0, 10.0, 100.0, 1000.0, 1e4]
+    model = Quadratic(a, [1.0, -1.0, 1.0, -1.0, 1.0])
+    g = torch.tensor(a, dtype=torch.float64) * torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0], dtype=torch.float64)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    multiples = landscape.probe_multiples(0.5, 4.0, 4)
+    assert multiples == pytest.approx([0.5, 0.5 + 3.5 / 3, 0.5 + 7 / 3, 4.0])
+    m = landscape.measure_along_gradient(model, model, multiples, opt.step)
+    step = 1e-3 * math.sqrt(5)
+    assert m["step_length"] == pytest.approx(step, rel=1e-6)
+    assert m["distances"] == pytest.approx([k * step for k in multiples], rel=1e-6)
+    assert 1e-3 * m["grad_norm"] > 100 * step                   # the old probe unit, lr ||g||, is far longer
+    # each probe sits at distance d along -g/||g||: L there is 1/2 sum a (w - d g_i/||g||)^2
+    w = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0], dtype=torch.float64)
+    for d, loss in zip(m["distances"], m["loss"]):
+        assert loss == pytest.approx(float(0.5 * (g / w * (w - d * g / g.norm()) ** 2).sum()), rel=1e-9)
+    assert torch.allclose(model.w.detach(), w - 1e-3 * torch.sign(g), rtol=0, atol=1e-9)  # Adam's step, once
+    assert opt.state[model.w]["step"] == 1
+
+
+def test_measures_leave_the_state_of_one_plain_training_step():
     x, y = batch()
     torch.manual_seed(0)
     model = TinyBN()
     ref = TinyBN()
     ref.load_state_dict(model.state_dict())
     w0 = {k: v.clone() for k, v in model.state_dict().items()}
-    m = landscape.measure_along_gradient(model, lambda: F.cross_entropy(model(x), y), landscape.probe_etas(0.1))
-    F.cross_entropy(ref(x), y).backward()  # one plain forward/backward on the same batch
+    opt, ref_opt = torch.optim.Adam(model.parameters(), lr=1e-2), torch.optim.Adam(ref.parameters(), lr=1e-2)
+    m = landscape.measure_along_gradient(model, lambda: F.cross_entropy(model(x), y), landscape.probe_multiples(),
+                                         opt.step)
+    F.cross_entropy(ref(x), y).backward()  # one plain forward/backward and Adam step on the same batch
+    ref_opt.step()
     for k, v in model.state_dict().items():
-        if "running" in k or "num_batches_tracked" in k:
-            assert torch.equal(v, ref.state_dict()[k]), k          # updated once, not once per probe
-        else:
-            assert torch.equal(v, w0[k]), k                         # weights untouched
+        assert torch.equal(v, ref.state_dict()[k]), k   # weights stepped once, BN statistics updated once
     assert not torch.equal(model.state_dict()["1.running_mean"], w0["1.running_mean"])  # the one update happened
+    assert not torch.equal(model.state_dict()["0.weight"], w0["0.weight"])              # and the one step
     for p, q in zip(model.parameters(), ref.parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=1e-6, atol=0)
-    assert len(m["loss"]) == len(m["grad_dist"]) == 4 and m["beta"] > 0
+    assert len(m["loss"]) == len(m["grad_dist"]) == len(m["distances"]) == 4 and m["beta"] > 0
     assert m["loss_min"] <= m["loss_max"] and m["grad_min"] <= m["grad_max"]
 
 
-def test_probe_etas_span_the_range_evenly():
-    assert landscape.probe_etas(1e-3) == pytest.approx([5e-4, 5e-4 + 3.5e-3 / 3, 5e-4 + 7e-3 / 3, 4e-3])
-    assert landscape.probe_etas(0.1, 1.0, 1.0, 1) == pytest.approx([0.1])
+def test_xavier_init_as_the_course_code():
+    from models import build_model, xavier_init
+    torch.manual_seed(0)
+    model = xavier_init(build_model("vgg_a_bn"))
+    conv = model.features[4]                                        # 64 -> 128, 3x3
+    assert isinstance(conv, nn.Conv2d) and not conv.bias.any()
+    expected = math.sqrt(2 / (9 * 64 + 9 * 128))
+    assert conv.weight.std().item() == pytest.approx(expected, rel=0.02)
+    lin = model.classifier[0]
+    assert lin.weight.std().item() == pytest.approx(math.sqrt(2 / 1024), rel=0.02) and not lin.bias.any()
 
 
 # ----------------------------------------------------------------------------- loss surface
@@ -181,10 +219,14 @@ def test_bands_and_summary_numbers():
     r["runs"][1]["train_loss"] = [2.0, 4.0, 6.0]                 # diverged: one step short
     x, lo, hi = landscape.loss_band(r)
     assert list(x) == [0, 1, 2, 3] and list(lo) == [1, 2, 3, 4] and list(hi) == [2, 4, 6, 4]
-    s = landscape.summarize(r)
+    assert landscape.measures_lr({"vgg_a": r}) == 5e-4                # report 003's lr, where it ran
+    r["runs"][1]["measure"]["beta"] = [3.0, 5.0]
+    s = landscape.summarize(r, 5e-4)
     assert s["loss_band"] == pytest.approx((1 + 2 + 3) / 3)       # the last step has one lr: no band
     assert s["loss_var"] == pytest.approx(0.2) and s["grad_pred"] == pytest.approx(0.2)
-    assert s["measurements"] == 4 and s["best_lr"] == 5e-4 and s["final_acc"] == pytest.approx(0.5)
+    assert s["beta"] == pytest.approx(4.0) and s["step_length"] == pytest.approx(2.0)
+    assert s["lr_grad"] == pytest.approx(5e-4) and s["measurements"] == 2 and s["final_acc"] == pytest.approx(0.5)
+    assert landscape.summarize(r, 1e-3)["final_acc"] == pytest.approx(0.4)
 
 
 def test_plot_only_draws_the_comparison_from_saved_json(tmp_path, capsys):
@@ -227,7 +269,9 @@ def test_plot_only_single_variant_and_surface(tmp_path, capsys):
     (["--lrs", "1e-3", "1e-3"], "repeated"),
     (["--epochs", "0"], "--epochs must be positive"),
     (["--amp", "fp8"], "invalid choice"),
-    (["--eta-range", "4", "1"], "--eta-range"),
+    (["--probe-range", "4", "1"], "--probe-range"),
+    (["--init", "he"], "invalid choice"),
+    (["--norm", "none"], "invalid choice"),
     (["--measure-every", "-1"], "--measure-every"),
     (["--surface-lr", "0.1"], "--surface-lr"),
     (["--plot-only", "--surface"], "--surface"),
@@ -244,7 +288,7 @@ def test_plot_only_without_results_exits_2_with_one_line(tmp_path):
 
 def test_cli_tiny_subset_trains_both_variants_and_writes_everything(tmp_path, data_dir, capsys):
     out = str(tmp_path / "ls")
-    # 60 images: 54 train (4 steps of 16) and 6 held out; measures at steps 0 and 3
+    # 60 training images (4 steps of 16), the first 60 test images for accuracy; measures at steps 0 and 3
     r = run_script("landscape.py", "--both", "--epochs", "1", "--subset", "60", "--batch-size", "16",
                    "--lrs", "1e-3", "5e-4", "--measure-every", "3", "--probes", "2",
                    "--surface", "--surface-res", "3", "--surface-images", "16", "--data", data_dir, "--out", out)
@@ -253,19 +297,28 @@ def test_cli_tiny_subset_trains_both_variants_and_writes_everything(tmp_path, da
         path = os.path.join(out, name + ".png")
         assert path in r.stdout and os.path.getsize(path) > 10_000, name
     assert "BN's loss band is" in r.stdout
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert set(summary) == set(landscape.VARIANTS) and all(v["lr"] == 5e-4 and v["measurements"] == 2
+                                                          for v in summary.values())
     for arch in landscape.VARIANTS:
         res = json.load(open(os.path.join(out, f"{arch}.json")))
         c = res["config"]
         assert res["complete"] and res["arch"] == arch
         assert c["lrs"] == [1e-3, 5e-4] and c["epochs"] == 1 and c["batch_size"] == 16 and c["subset"] == 60
         assert c["seed"] == 0 and c["device"] and c["torch"] == torch.__version__
-        assert c["data"]["n_train"] == 54 and c["data"]["n_val"] == 6
+        # the course code's setup by default: all training images, the test set for accuracy, mean/std 0.5, fp32
+        assert c["data"]["n_train"] == 60 and c["data"]["n_val"] == 0 and c["data"]["n_test"] == 60
+        assert c["data"]["mean"] == [0.5] * 3 and c["data"]["std"] == [0.5] * 3
+        assert c["init"] == "xavier" and c["amp"] == "None" and c["probe_range"] == [0.5, 4.0]
         assert [run["lr"] for run in res["runs"]] == [1e-3, 5e-4]
         for run in res["runs"]:
             assert len(run["train_loss"]) == 4 and all(math.isfinite(v) for v in run["train_loss"])
             assert run["measure"]["step"] == [0, 3] and len(run["measure"]["beta"]) == 2
             assert run["measure"]["loss0"][0] == pytest.approx(run["train_loss"][0])
-            assert len(run["val_acc"]) == 1 and run["time_s"] > 0
+            assert len(run["test_acc"]) == 1 and run["time_s"] > 0
+            assert run["probe_multiples"] == [0.5, 4.0]
+            for length, dists in zip(run["measure"]["step_length"], run["measure"]["distances"]):
+                assert length > 0 and dists == pytest.approx([0.5 * length, 4.0 * length])
         # step 0: same initial weights and batch at every lr, so the same loss
         assert res["runs"][0]["train_loss"][0] == res["runs"][1]["train_loss"][0]
         assert res["surface"]["lr"] == 5e-4 and np.asarray(res["surface"]["loss_2d"]).shape == (3, 3)
