@@ -3,6 +3,7 @@
     python bench.py data  [--quick] [--data DIR] [--batch-size 512]
     python bench.py step  [--quick] [--arch resnet18] [--batch-size 128] [--no-compile]
     python bench.py epoch [--quick] [--arch resnet18] [--batch-size 128] [--data DIR] [--subset N]
+    python bench.py race  [--seeds 0 1 2 3 4] [--data DIR] [--cores 0 1]      # needs pip install airbench
 
 `data`: data.py's on-device Loader (random crop with padding 4, flip, normalise) against the usual
 torchvision pipeline with the same transforms applied per image (Dataset + v2 transforms +
@@ -16,6 +17,9 @@ supports; train.py's overhead must stay under 5% (PASS/FAIL per row).
 
 `epoch`: one epoch of train.py end to end (data.build_loaders, make_train_step, evaluate.evaluate on the
 test split), its time split into data, compute and evaluation, with images/s and peak memory.
+
+`race`: `train.py --recipe fast` against pip airbench's train94, both at once, each pinned to its own
+core with one thread, so the machine's drift hits both (race.py says how, and holds the CPU shim).
 
 Timings exclude warm-up, repeat several times, and report the median and the spread
 ((max - min) / median). Every subcommand adds its section to one JSON file (--out, default
@@ -41,6 +45,7 @@ from torchvision.transforms import v2
 import data
 import evaluate
 import optim
+import race
 import runtime
 import train
 from models import ARCHS, build_model, count_params
@@ -503,6 +508,7 @@ SUBCOMMANDS = {
     "data": (add_data_args, bench_data, "data.py's Loader against torchvision's per-image pipeline"),
     "step": (add_step_args, bench_step, "train.py's step function against a bare loop, per precision/layout/compile"),
     "epoch": (add_epoch_args, bench_epoch, "one epoch of train.py end to end: data, compute, evaluation, memory"),
+    "race": (race.add_race_args, race.bench_race, "--recipe fast against airbench94, at once on one core each"),
 }
 
 
@@ -562,6 +568,11 @@ def main(argv=None):
         section = SUBCOMMANDS[args.cmd][1](args)
     except data.DataError as e:
         ap.error(str(e))
+    except race.RaceError as e:
+        if e.code == 2:
+            ap.error(str(e))
+        print(f"bench.py race: {e}", file=sys.stderr)
+        sys.exit(e.code)
     environment = {"device": device_name(args.device), "torch": torch.__version__,
                    "torchvision": torchvision.__version__, "python": platform.python_version(),
                    "threads": torch.get_num_threads(), "measured": datetime.datetime.now().isoformat(timespec="seconds")}

@@ -2,12 +2,18 @@
 file, bad input, and the three subcommands run as a user runs them (--quick, CPU, lenet)."""
 import json
 import os
+import subprocess
+import sys
+import time
+import types
 
 import pytest
 import torch
 
 import bench
+import data
 import optim
+import race
 import train
 from conftest import run_script
 from models import build_model
@@ -189,3 +195,92 @@ def test_data_from_a_missing_folder_is_refused(tmp_path):
     r = run_script("bench.py", "data", "--quick", "--data", tmp_path / "nowhere", "--out", tmp_path / "b.json")
     assert r.returncode == 2 and "CIFAR-10 in" in r.stderr and r.stderr.count("\n") == 1
     assert not (tmp_path / "b.json").exists()
+
+
+# ----------------------------------------------------------------------------- race: fast against airbench94
+
+def fake_lanes(monkeypatch, fast_s=0.05, air_s=0.12):
+    """race's two kinds of run replaced by sleeps that return records shaped like the real ones."""
+    def fake(kind, length):
+        def run(args, seed, core, started, device=None):
+            t0 = time.time() - started
+            time.sleep(length)
+            return {"seed": seed, "tta_acc": 0.905 + seed / 1000 if kind == "fast" else 0.904, "acc": 0.9,
+                    "whole_s": length, "counted_s": length / 2, "epoch_times": [length / 4] * 4, "core": core,
+                    "start_s": t0, "end_s": time.time() - started}
+        return run
+    monkeypatch.setattr(race, "fast_run", fake("fast", fast_s))
+    monkeypatch.setattr(race, "airbench_run", fake("airbench94", air_s))
+    monkeypatch.setattr(race, "airbench_data", lambda data_dir, work: None)
+    monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
+
+
+def test_race_runs_both_lanes_at_once_and_writes_the_ratio(tmp_path, monkeypatch, capsys):
+    fake_lanes(monkeypatch)
+    out = str(tmp_path / "bench.json")
+    bench.main(["race", "--seeds", "0", "1", "2", "--work", str(tmp_path / "race"), "--device", "cpu", "--out", out])
+    s = json.load(open(out))["race"]
+    fast, air = s["fast"], s["airbench94"]
+    assert [r["seed"] for r in fast] == [0, 1, 2] and all(r["core"] == 0 for r in fast)
+    assert all(r["core"] == 1 for r in air) and [r["seed"] for r in air] == list(range(len(air)))
+    # the airbench lane starts no run once the fast lane is done (0.15 s of fast: two airbench runs of 0.12 s)
+    assert len(air) == 2 and air[0]["start_s"] < 0.05 and fast[-1]["end_s"] < air[-1]["end_s"]
+    assert air[-1]["start_s"] < fast[-1]["end_s"]
+    assert s["ratio_whole"] == pytest.approx(0.12 / 0.05) and s["ratio_counted"] == pytest.approx(0.12 / 0.05)
+    assert s["fast_min_tta_acc"] == pytest.approx(0.905) and s["airbench94_mean_tta_acc"] == pytest.approx(0.904)
+    assert s["bar"] == {"every_seed_90.4": True, "every_seed_at_least_airbench94": True, "pace_2x": True}
+    assert s["drift"] == {"fast": pytest.approx(1.0), "airbench94": pytest.approx(1.0)}
+    printed = capsys.readouterr().out
+    assert "pace: fast is 2.40x airbench94" in printed and "bar: every_seed_90.4 yes" in printed
+
+
+def test_race_pins_each_run_to_its_core_with_one_thread(tmp_path):
+    log = str(tmp_path / "log")
+    code = "import os, torch; print(sorted(os.sched_getaffinity(0)), torch.get_num_threads())"
+    assert race.launch([sys.executable, "-c", code], log, 1, None) > 0
+    assert open(log).read().split() == ["[1]", "1"]
+    with pytest.raises(race.RaceError, match="exited with 3"):
+        race.launch([sys.executable, "-c", "raise SystemExit(3)"], log, 0, None)
+
+
+def test_race_without_airbench_says_how_to_install_it(tmp_path, monkeypatch, capsys, data_dir):
+    monkeypatch.setitem(sys.modules, "airbench", None)  # import airbench raises ImportError
+    with pytest.raises(SystemExit) as e:
+        bench.main(["race", "--data", data_dir, "--work", str(tmp_path), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "pip install airbench" in err, err
+    monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
+    with pytest.raises(SystemExit) as e:
+        bench.main(["race", "--cores", "0", "0", "--data", data_dir, "--work", str(tmp_path), "--device", "cpu"])
+    assert e.value.code == 2 and "--cores" in capsys.readouterr().err
+
+
+def airbench_or_skip():
+    """pip's airbench is an optional extra; .ci/run installs it and sets REQUIRE_AIRBENCH so this never skips there."""
+    try:
+        import airbench  # noqa: F401
+    except ImportError:
+        if os.environ.get("REQUIRE_AIRBENCH"):
+            raise
+        pytest.skip("pip's airbench is not installed (pip install airbench); the race's CPU shim needs it")
+
+
+@pytest.mark.slow
+def test_airbench94_trains_on_the_cpu_through_the_shim(tmp_path, data_dir):
+    airbench_or_skip()
+    d = data.load_cifar10(data_dir)
+    os.makedirs(tmp_path / "cifar10")
+    for split, n in (("train", 1024), ("test", 500)):  # one batch of 1024 per epoch: 10 steps in all
+        x, y = d[split]
+        torch.save({"images": x[:n].permute(0, 2, 3, 1).contiguous(), "labels": y[:n], "classes": d["classes"]},
+                   tmp_path / "cifar10" / f"{split}.pt")
+    out = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, race.__file__, "--seed", "0", "--device", "cpu", "--out", str(out)],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.load(open(out))
+    assert 0 <= res["tta_acc"] <= 1 and 0 <= res["acc"] <= 1 and res["threads"] == 1
+    assert len(res["epoch_times"]) == 10 and all(t > 0 for t in res["epoch_times"])  # ceil(9.9) epochs
+    assert res["counted_s"] >= sum(res["epoch_times"]) and res["process_s"] > res["counted_s"]
+    assert "tta_val_acc" in r.stdout  # airbench's own table, printed as published
