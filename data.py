@@ -353,7 +353,7 @@ def build_loaders(args, device, batch_size, *, dtype=torch.float32, channels_las
     if subset:
         x, y, tx, ty = x[:subset], y[:subset], tx[:subset], ty[:subset]
     x, y, vx, vy = split_val(x, y, args.val, seed=seed)
-    mean, std = channel_stats(x) if mean_std is None else (torch.tensor(v, dtype=torch.float32) for v in mean_std)
+    mean, std = channel_stats(x) if mean_std is None else (torch.as_tensor(v, dtype=torch.float32) for v in mean_std)
     if len(x) // world_size < 1:
         raise DataError(f"{len(x)} training images cannot be shared among {world_size} processes")
     common = dict(device=device, mean=mean, std=std, num_classes=len(d["classes"]), dtype=dtype,

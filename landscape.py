@@ -55,8 +55,8 @@ def probe_multiples(lo=0.5, hi=4.0, n=4):
     n values evenly spaced over [lo, hi]. Santurkar et al. (Fig. 4) move along the gradient "as we move in
     the gradient direction" and "cap the maximum distance to be eta = 0.4 x the gradient" while training
     with SGD at lr 0.1, i.e. up to 4x the step SGD takes there. Adam's step is not lr x gradient (each
-    coordinate moves by about lr, whatever the gradient's size), so the unit here is the length of the
-    update the optimizer actually makes: [0.5, 4] x that length by default."""
+    coordinate moves by at most about lr, whatever the gradient's size), so the unit here is the length of
+    the update the optimizer actually makes: [0.5, 4] x that length by default."""
     return [float(m) for m in np.linspace(lo, hi, n)]
 
 
@@ -283,7 +283,7 @@ def config_of(args, device, amp_dtype, info):
     return {"lrs": args.lrs, "epochs": args.epochs, "batch_size": args.batch_size, "subset": args.subset,
             "seed": args.seed, "optimizer": "adam", "measure_every": args.measure_every,
             "probe_range": list(args.probe_range), "probes": args.probes, "probe_unit": "length of Adam's step",
-            "measures_precision": "fp32", "amp": str(amp_dtype), "init": args.init, "norm": args.norm,
+            "measures_precision": "fp32", "amp": str(amp_dtype or "fp32"), "init": args.init, "norm": args.norm,
             "augment": {"crop_pad": args.crop_pad, "flip": not args.no_flip},
             "data": {k: v for k, v in info.items() if k != "classes"}, "device": runtime.device_name(device),
             "torch": torch.__version__, "python": platform.python_version(), "git_commit": runtime.git_commit(),
@@ -417,7 +417,7 @@ def _label(ax, xlabel, ylabel, title, legend=True):
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    if legend:
+    if legend and ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
 
 
@@ -457,7 +457,8 @@ def plot_measures(results, path):
             if run is None or not run["measure"]["step"]:
                 continue
             m = run["measure"]
-            units.add(", ".join(f"{x:.3g}" for x in run.get("probe_multiples", [])))
+            units.add(", ".join(f"{x:.3g}" for x in run["probe_multiples"]) if "probe_multiples" in run
+                      else "(unknown: results of an older landscape.py, whose probes were lr x 0.5-4 x g)")
             x, lo = np.asarray(m["step"]), np.asarray(m[lo_key], dtype=float)
             if hi_key:
                 _band(ax, x, lo, np.asarray(m[hi_key], dtype=float), arch)
@@ -467,8 +468,8 @@ def plot_measures(results, path):
             ax.set_yscale("log")
         _label(ax, "training step", ylabel, title)
     fig.suptitle(f"Adam at lr {lr:g}: at each measured step, probes along the gradient at distances d = "
-                 f"{' / '.join(sorted(units))} x the length of Adam's update at that step; "
-                 f"bands span the probe distances", fontsize=10)
+                 f"{' / '.join(sorted(units))} x the length of Adam's update at that step; bands span the probe "
+                 f"distances" if units else f"no measurements at lr {lr:g} (--measure-every 0?)", fontsize=10)
     return _save(fig, path)
 
 
@@ -635,7 +636,7 @@ def train_variants(ap, args, asked, paths):
     print(f"{' and '.join(VARIANTS[a] for a in asked)} | Adam at lr {', '.join(f'{lr:g}' for lr in args.lrs)} | "
           f"{args.epochs} epochs, batch {args.batch_size}, {info['n_train']:,} train / "
           f"{info['n_val'] or info['n_test']:,} {split} | {args.init} init, {args.norm} normalisation | "
-          f"{runtime.device_name(device)}, training amp {amp_dtype}, measures fp32 | out {args.out}")
+          f"{runtime.device_name(device)}, training {amp_dtype or 'fp32'}, measures fp32 | out {args.out}")
     for a in asked:
         try:
             run_variant(a, args, loaders, info, device, amp_dtype, paths[a])
@@ -675,8 +676,7 @@ def report(ap, args, paths):
     written = plot_all(results, args.out)
     print(("comparison" if len(results) == 2 else f"{VARIANTS[next(iter(results))]} only") + " figures:")
     print("\n".join(f"  {p}" for p in written))
-    lr = measures_lr(results)
-    summary_path = os.path.join(args.out, "summary.json")
+    lr, summary_path = measures_lr(results), os.path.join(args.out, "summary.json")
     runtime.write_text(summary_path, json.dumps(_clean({a: summarize(r, lr) for a, r in results.items()}), indent=1))
     print(summary_table(results))
     print(f"summary: {summary_path}")

@@ -2,20 +2,23 @@
 
 On a CPU a machine's speed drifts (up to 2x within an hour), so two runs one after the other compare two
 machines. Here both run at once, each pinned to its own core with one thread, in two lanes: the fast
-lane trains --seeds one after another, the airbench lane trains airbench94 with the same seeds one after
-another until the fast lane is done (its run in progress then finishes). Both cores stay loaded for the
-whole race, so a slowdown of the machine hits both lanes alike; the pace ratio is airbench94's mean
-whole-process time over fast's. On CUDA (one GPU) the runs go one after another instead, airbench94
-and fast in turn per seed, and airbench94 runs as published.
+lane trains --seeds one after another, the airbench lane trains airbench94 (the same seeds, then more)
+one after another until the fast lane has done its seeds; the fast lane then keeps its core loaded with
+filler runs (not counted, stopped when airbench94's last run ends). So both cores are loaded for the whole
+race and a slowdown of the machine hits both lanes alike; the pace ratio is airbench94's mean
+whole-process time over fast's. On CUDA (one GPU) the runs go one after another instead, airbench94 and
+fast in turn per seed, and airbench94 runs as published.
 
 airbench is an optional package (`pip install airbench`), for this race only. Its CifarLoader reads
 cifar10/{train,test}.pt below its working folder, which the race writes from --data, so both train and
-test on the same images. On a CPU the shim (airbench_on_cpu) changes only what a CPU needs.
+test on the same images. On a CPU a shim (airbench_on_cpu) changes only what a CPU needs.
 
 This module is bench.py's (add_race_args, bench_race) and, run as a script, the airbench94 worker
 process the race starts; it is not meant to be called by hand.
 """
 import argparse
+import importlib.metadata
+import itertools
 import json
 import os
 import statistics
@@ -43,10 +46,11 @@ INSTALL_HINT = "the race needs pip's airbench (an optional extra, for this bench
 
 # ----------------------------------------------------------------------------- the airbench94 worker
 
+INTERVALS = []  # every time airbench reads off its timer: whitening init, each epoch, the TTA evaluation
+
+
 class CpuEvent:
-    """torch.cuda.Event's timing interface on the CPU clock; every elapsed_time() is also logged in
-    CpuEvent.intervals (airbench times its whitening init, each epoch and the TTA evaluation with it)."""
-    intervals = []
+    """torch.cuda.Event's timing interface on the CPU clock."""
 
     def __init__(self, enable_timing=True):
         self.t = None
@@ -55,23 +59,35 @@ class CpuEvent:
         self.t = time.perf_counter()
 
     def elapsed_time(self, end):
-        ms = 1e3 * (end.t - self.t)
-        CpuEvent.intervals.append(ms / 1e3)
-        return ms
+        INTERVALS.append(end.t - self.t)
+        return 1e3 * (end.t - self.t)
+
+
+def log_cuda_intervals():
+    """On CUDA, airbench's own events, their readings also logged into INTERVALS."""
+    class Event(torch.cuda.Event):
+        def elapsed_time(self, end):
+            ms = super().elapsed_time(end)
+            INTERVALS.append(ms / 1e3)
+            return ms
+    torch.cuda.Event = Event
 
 
 def airbench_on_cpu(airbench):
-    """What a CPU needs and nothing else: tensors stay on the CPU (no .cuda(), no fp16 weights; the
-    loaders load to the CPU), the network's forward runs under bf16 autocast as train.py's recipes do
-    (its output cast back to fp32 for the loss), CUDA events become CPU clocks. Algorithm, network,
-    hyperparameters and data order are airbench's own."""
+    """What a CPU needs and nothing else; algorithm, network, hyperparameters and data order stay airbench's:
+    - tensors stay on the CPU: no .cuda(), the loaders (also the test loader train() builds) load to the CPU;
+    - precision as train.py's recipes on a CPU: fp32 weights, the forward under bf16 autocast (its output
+      cast to fp32 for the loss). On the GPU airbench trains fp16 weights; CPUs have no fast fp16, and bf16
+      weights would silently turn off its lookahead (which averages only fp16 and fp32 tensors);
+    - the loaders hold the images in fp32 (fp16 on the GPU, the same values), as CPU fp16 arithmetic is slow;
+    - CUDA events become CPU clocks."""
     import airbench.utils as utils
     import airbench.lib_airbench94 as lib
     init = utils.CifarLoader.__init__
 
     def init_cpu(self, *args, **kwargs):  # also the test loader train() builds itself (with gpu=0)
         init(self, *args, **{**kwargs, "gpu": "cpu"})
-        self.images = self.images.float()  # fp16 on the GPU, the same values; CPU kernels lack some fp16 ops
+        self.images = self.images.float()
     utils.CifarLoader.__init__ = init_cpu
     torch.cuda.Event, torch.cuda.synchronize = CpuEvent, lambda *a, **k: None
     make_net = lib.make_net94
@@ -104,7 +120,12 @@ def airbench_worker(argv):
     import airbench
     import airbench.utils as utils
     torch.manual_seed(args.seed)
-    kwargs = {"make_net": airbench_on_cpu(airbench)} if args.device == "cpu" else {}
+    if args.device == "cpu":
+        runtime.keep_freed_memory()  # the allocator setting train.py's CPU runs get (runtime.pick_device)
+        kwargs = {"make_net": airbench_on_cpu(airbench)}
+    else:
+        kwargs = {}
+        log_cuda_intervals()
     seen = {}
     show = utils.print_training_details
 
@@ -116,11 +137,10 @@ def airbench_worker(argv):
     loader = utils.CifarLoader("cifar10", train=True, batch_size=hyp["opt"]["batch_size"], aug=hyp["aug"],
                                altflip=True)  # what train94 builds when given none
     airbench.train94(loader, **kwargs)
-    intervals = CpuEvent.intervals if args.device == "cpu" else []
     runtime.write_text(args.out, json.dumps({
         "seed": args.seed, "tta_acc": seen["tta_val_acc"], "acc": seen["val_acc"],
-        "counted_s": seen["total_time_seconds"], "epoch_times": intervals[1:-1], "threads": torch.get_num_threads(),
-        "process_s": time.perf_counter() - t0, "airbench": getattr(airbench, "__version__", None)}))
+        "counted_s": seen["total_time_seconds"], "epoch_times": INTERVALS[1:-1], "threads": torch.get_num_threads(),
+        "process_s": time.perf_counter() - t0, "airbench": importlib.metadata.version("airbench")}))
 
 
 # ----------------------------------------------------------------------------- the race
@@ -146,25 +166,44 @@ def airbench_data(data_dir, work):
                    os.path.join(folder, name))
 
 
-def launch(cmd, log_path, core, cwd):
-    """Run cmd to the end, pinned to `core` (None = anywhere) with one thread; returns its wall time."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    pin = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
-    if core is None:
-        env.pop("OMP_NUM_THREADS"), env.pop("MKL_NUM_THREADS")
+class Cancelled(Exception):
+    """A run stopped because the race ended (a filler run) or failed elsewhere."""
+
+
+# pins the process to a core, then becomes the command: no preexec_fn, which is unsafe with threads
+PIN = "import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])}); os.execv(sys.argv[2], sys.argv[2:])"
+
+
+def launch(cmd, log_path, core, cwd, env=None, stopped=lambda: False):
+    """Run cmd to its end, pinned to `core` with one thread (core None: unpinned, threads as the environment
+    says); returns its wall time. RaceError if it fails; Cancelled (after stopping it) once stopped() is true."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    if core is not None:
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        cmd = [sys.executable, "-c", PIN, str(core), *cmd]
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, preexec_fn=pin).returncode
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        while True:
+            try:
+                rc = proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if stopped():
+                    proc.terminate()
+                    proc.wait()
+                    raise Cancelled() from None
     if rc != 0:
-        raise RaceError(f"{os.path.basename(cmd[1])} exited with {rc}; its output: {log_path}", code=1)
+        raise RaceError(f"a run exited with {rc}; its output: {log_path}", code=1)
     return time.perf_counter() - t0
 
 
-def fast_run(args, seed, core, started):
+def fast_run(args, seed, core, started, stopped):
     out = os.path.join(args.work, f"fast-seed{seed}")
     t = time.time() - started
     wall = launch([sys.executable, os.path.join(HERE, "train.py"), "--recipe", "fast", "--data", args.data,
-                   "--seed", str(seed), "--out", out, "--force", "--no-progress"], out + ".log", core, None)
+                   "--seed", str(seed), "--out", out, "--force", "--no-progress"], out + ".log", core, None,
+                  args.lane_env, stopped)
     with open(os.path.join(out, "summary.json")) as f:
         s = json.load(f)
     with open(os.path.join(out, "metrics.jsonl")) as f:
@@ -174,50 +213,74 @@ def fast_run(args, seed, core, started):
             "counted_s": counted, "epoch_times": epochs, "start_s": t, "end_s": time.time() - started}
 
 
-def airbench_run(args, seed, core, started, device):
+def airbench_run(args, seed, core, started, stopped):
     out = os.path.join(args.work, f"airbench94-seed{seed}.json")
     t = time.time() - started
-    wall = launch([sys.executable, os.path.abspath(__file__), "--seed", str(seed), "--device", device, "--out", out],
-                  out[:-5] + ".log", core, args.work)
+    wall = launch([sys.executable, os.path.abspath(__file__), "--seed", str(seed), "--device", args.device.type,
+                   "--out", out], out[:-5] + ".log", core, args.work, args.lane_env, stopped)
     with open(out) as f:
         r = json.load(f)
     return {**r, "whole_s": wall, "start_s": t, "end_s": time.time() - started}
 
 
-def run_lanes(args, device):
-    """The two lanes at once on a CPU (see the module's docstring); in turn on CUDA."""
-    fast, air, errors, started = [], [], [], time.time()
-    if device == "cuda":
-        for seed in args.seeds:
-            air.append(airbench_run(args, seed, None, started, device))
-            fast.append(fast_run(args, seed, None, started))
-        return fast, air
-    fast_done = threading.Event()
-    more_seeds = list(args.seeds) + list(range(max(args.seeds) + 1, max(args.seeds) + 100))  # until fast is done
+def announce(name, r):
+    print(f"race: {name} seed {r['seed']}: {100 * r['tta_acc']:.2f}% in {r['whole_s']:.0f}s", flush=True)
 
-    def lane(results, run, seeds, core):
+
+def run_lanes(args):
+    """(fast runs, airbench94 runs, filler runs): the two lanes at once on a CPU (the module's docstring says
+    how), in turn on CUDA. Any failure stops both lanes; so does Ctrl-C (RaceError, code 130)."""
+    fast, air, filler, errors, started = [], [], [], [], time.time()
+    if args.device.type == "cuda":
+        for seed in args.seeds:
+            air.append(airbench_run(args, seed, None, started, lambda: False))
+            announce("airbench94", air[-1])
+            fast.append(fast_run(args, seed, None, started, lambda: False))
+            announce("fast", fast[-1])
+        return fast, air, filler
+    fast_done, air_done, abort = threading.Event(), threading.Event(), threading.Event()
+
+    def lane(body, done):
         try:
-            for seed in seeds:
-                if run is airbench_run and fast_done.is_set():
-                    break
-                results.append(run(args, seed, core, started) if run is fast_run
-                               else run(args, seed, core, started, device))
-                print(f"race: {'fast' if run is fast_run else 'airbench94'} seed {seed}: "
-                      f"{100 * (results[-1]['tta_acc'] or 0):.2f}% in {results[-1]['whole_s']:.0f}s", flush=True)
-        except Exception as e:  # reported by the main thread
+            body()
+        except Cancelled:
+            pass
+        except Exception as e:  # the main thread reports it
             errors.append(e)
+            abort.set()
         finally:
-            if run is fast_run:
-                fast_done.set()
-    threads = [threading.Thread(target=lane, args=(fast, fast_run, args.seeds, args.cores[0])),
-               threading.Thread(target=lane, args=(air, airbench_run, more_seeds, args.cores[1]))]
+            done.set()
+
+    def fast_lane():
+        for seed in args.seeds:
+            fast.append(fast_run(args, seed, args.cores[0], started, abort.is_set))
+            announce("fast", fast[-1])
+        fast_done.set()
+        seeds, stop = itertools.count(max(args.seeds) + 1), lambda: air_done.is_set() or abort.is_set()
+        while not stop():  # filler, stopped when airbench94's last run ends
+            filler.append(fast_run(args, next(seeds), args.cores[0], started, stop))
+
+    def air_lane():
+        for seed in itertools.chain(args.seeds, itertools.count(max(args.seeds) + 1)):
+            if fast_done.is_set():
+                break
+            air.append(airbench_run(args, seed, args.cores[1], started, abort.is_set))
+            announce("airbench94", air[-1])
+    threads = [threading.Thread(target=lane, args=(fast_lane, fast_done)),
+               threading.Thread(target=lane, args=(air_lane, air_done))]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        while any(t.is_alive() for t in threads):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        abort.set()
+        for t in threads:
+            t.join()
+        raise RaceError(f"interrupted; the finished runs are in {args.work}", code=130) from None
     if errors:
         raise errors[0]
-    return fast, air
+    return fast, air, filler
 
 
 def _mean(runs, key):
@@ -230,26 +293,41 @@ def drift(runs, key="whole_s"):
     return max(times) / min(times) if times else None
 
 
-def bench_race(args):
+def check_race(args):
+    """RaceError (one line, code 2) for what would stop the race before it starts; resolves the paths."""
     try:
         import airbench  # noqa: F401
     except ImportError:
         raise RaceError(INSTALL_HINT) from None
-    device = args.device.type
-    if device not in ("cpu", "cuda"):
-        raise RaceError(f"the race runs on a CPU or CUDA, not {device}")
-    if device == "cpu" and (args.cores[0] == args.cores[1] or not set(args.cores) <= os.sched_getaffinity(0)):
-        raise RaceError(f"--cores needs two different cores of this machine's {sorted(os.sched_getaffinity(0))}")
+    device = args.device
+    if device.type not in ("cpu", "cuda"):
+        raise RaceError(f"the race runs on a CPU or CUDA, not {device.type}")
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        raise RaceError(f"--seeds must be different and >= 0, got {' '.join(map(str, args.seeds))}")
+    if device.type == "cpu":
+        if not hasattr(os, "sched_setaffinity"):
+            raise RaceError("pinning each lane to a core needs Linux (os.sched_setaffinity)")
+        if args.cores[0] == args.cores[1] or not set(args.cores) <= os.sched_getaffinity(0):
+            raise RaceError(f"--cores needs two different cores of this machine's {sorted(os.sched_getaffinity(0))}")
+    # CPU: train.py must not find a GPU; CUDA: both on the chosen one
+    args.lane_env = {"CUDA_VISIBLE_DEVICES": "" if device.type == "cpu" else str(device.index or 0)}
     args.work, args.data = os.path.abspath(args.work), os.path.abspath(args.data)
-    os.makedirs(args.work, exist_ok=True)
+    try:
+        os.makedirs(args.work, exist_ok=True)
+    except OSError as e:
+        raise RaceError(f"cannot create --work {args.work}: {e.strerror}") from None
+
+
+def bench_race(args):
+    check_race(args)
     airbench_data(args.data, args.work)
-    started = time.time()
     print(f"race: fast seeds {args.seeds} against airbench94 on {runtime.device_name(args.device)}"
-          + (f", lanes pinned to cores {args.cores[0]} and {args.cores[1]}, one thread each" if device == "cpu" else ""),
-          flush=True)
-    fast, air = run_lanes(args, device)
-    section = {"seeds": args.seeds, "cores": args.cores if device == "cpu" else None, "race_s": time.time() - started,
-               "fast": fast, "airbench94": air,
+          + (f", lanes pinned to cores {args.cores[0]} and {args.cores[1]}, one thread each"
+             if args.device.type == "cpu" else ""), flush=True)
+    started = time.time()
+    fast, air, filler = run_lanes(args)
+    section = {"seeds": args.seeds, "cores": args.cores if args.device.type == "cpu" else None,
+               "race_s": time.time() - started, "fast": fast, "airbench94": air, "fast_filler_runs": len(filler),
                "ratio_whole": _mean(air, "whole_s") / _mean(fast, "whole_s"),
                "ratio_counted": _mean(air, "counted_s") / _mean(fast, "counted_s"),
                "drift": {"fast": drift(fast), "airbench94": drift(air)},
@@ -265,7 +343,7 @@ def bench_race(args):
 def print_race(s):
     for name in ("airbench94", "fast"):
         for r in s[name]:
-            ep = ", ".join(f"{t:.0f}" for t in r["epoch_times"])
+            ep = ", ".join(f"{t:.0f}" for t in r["epoch_times"]) or "n/a"
             print(f"  {name:10s} seed {r['seed']}: TTA {100 * r['tta_acc']:.2f}%  whole process {r['whole_s']:.0f}s  "
                   f"counted {r['counted_s']:.0f}s  epochs {ep} s  (from {r['start_s']:.0f}s to {r['end_s']:.0f}s)")
     print(f"drift (slowest run / fastest run in a lane): fast {s['drift']['fast']:.2f}x, "

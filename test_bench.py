@@ -199,12 +199,20 @@ def test_data_from_a_missing_folder_is_refused(tmp_path):
 
 # ----------------------------------------------------------------------------- race: fast against airbench94
 
-def fake_lanes(monkeypatch, fast_s=0.05, air_s=0.12):
-    """race's two kinds of run replaced by sleeps that return records shaped like the real ones."""
+def fake_lanes(monkeypatch, fast_s=0.02, air_s=0.3, air_fails=False):
+    """race's two kinds of run replaced by sleeps that return records shaped like the real ones; a run
+    that finds the race stopped ends as launch ends it (Cancelled). Returns the list of runs started."""
+    started_runs = []
+
     def fake(kind, length):
-        def run(args, seed, core, started, device=None):
+        def run(args, seed, core, started, stopped):
+            started_runs.append((kind, seed))
             t0 = time.time() - started
+            if kind == "airbench94" and air_fails:
+                raise race.RaceError("a run exited with 1; its output: x.log", code=1)
             time.sleep(length)
+            if stopped():
+                raise race.Cancelled()
             return {"seed": seed, "tta_acc": 0.905 + seed / 1000 if kind == "fast" else 0.904, "acc": 0.9,
                     "whole_s": length, "counted_s": length / 2, "epoch_times": [length / 4] * 4, "core": core,
                     "start_s": t0, "end_s": time.time() - started}
@@ -213,6 +221,7 @@ def fake_lanes(monkeypatch, fast_s=0.05, air_s=0.12):
     monkeypatch.setattr(race, "airbench_run", fake("airbench94", air_s))
     monkeypatch.setattr(race, "airbench_data", lambda data_dir, work: None)
     monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
+    return started_runs
 
 
 def test_race_runs_both_lanes_at_once_and_writes_the_ratio(tmp_path, monkeypatch, capsys):
@@ -222,16 +231,28 @@ def test_race_runs_both_lanes_at_once_and_writes_the_ratio(tmp_path, monkeypatch
     s = json.load(open(out))["race"]
     fast, air = s["fast"], s["airbench94"]
     assert [r["seed"] for r in fast] == [0, 1, 2] and all(r["core"] == 0 for r in fast)
-    assert all(r["core"] == 1 for r in air) and [r["seed"] for r in air] == list(range(len(air)))
-    # the airbench lane starts no run once the fast lane is done (0.15 s of fast: two airbench runs of 0.12 s)
-    assert len(air) == 2 and air[0]["start_s"] < 0.05 and fast[-1]["end_s"] < air[-1]["end_s"]
-    assert air[-1]["start_s"] < fast[-1]["end_s"]
-    assert s["ratio_whole"] == pytest.approx(0.12 / 0.05) and s["ratio_counted"] == pytest.approx(0.12 / 0.05)
+    # airbench94 starts no run once fast has done its seeds (0.06 s): one run of 0.3 s, on the other core ...
+    assert [r["seed"] for r in air] == [0] and air[0]["core"] == 1 and air[0]["start_s"] < fast[0]["end_s"]
+    # ... while filler runs keep fast's core loaded until it ends
+    assert s["fast_filler_runs"] >= 3 and s["race_s"] >= 0.3
+    assert s["ratio_whole"] == pytest.approx(0.3 / 0.02) and s["ratio_counted"] == pytest.approx(0.3 / 0.02)
     assert s["fast_min_tta_acc"] == pytest.approx(0.905) and s["airbench94_mean_tta_acc"] == pytest.approx(0.904)
     assert s["bar"] == {"every_seed_90.4": True, "every_seed_at_least_airbench94": True, "pace_2x": True}
     assert s["drift"] == {"fast": pytest.approx(1.0), "airbench94": pytest.approx(1.0)}
     printed = capsys.readouterr().out
-    assert "pace: fast is 2.40x airbench94" in printed and "bar: every_seed_90.4 yes" in printed
+    assert "pace: fast is 15.00x airbench94" in printed and "bar: every_seed_90.4 yes" in printed
+
+
+def test_a_failed_run_stops_both_lanes_in_one_line(tmp_path, monkeypatch, capsys):
+    runs = fake_lanes(monkeypatch, fast_s=0.1, air_fails=True)
+    t0 = time.time()
+    with pytest.raises(SystemExit) as e:
+        bench.main(["race", "--seeds", "0", "1", "2", "3", "4", "--work", str(tmp_path), "--device", "cpu",
+                    "--out", str(tmp_path / "b.json")])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and len(err.strip().splitlines()) == 1 and "exited with 1" in err, err
+    assert [k for k, _ in runs].count("fast") == 1 and time.time() - t0 < 0.5  # fast's lane stopped at once
+    assert not os.path.exists(tmp_path / "b.json")
 
 
 def test_race_pins_each_run_to_its_core_with_one_thread(tmp_path):
@@ -241,6 +262,10 @@ def test_race_pins_each_run_to_its_core_with_one_thread(tmp_path):
     assert open(log).read().split() == ["[1]", "1"]
     with pytest.raises(race.RaceError, match="exited with 3"):
         race.launch([sys.executable, "-c", "raise SystemExit(3)"], log, 0, None)
+    t0 = time.time()
+    with pytest.raises(race.Cancelled):  # a run the race no longer needs is stopped, not waited for
+        race.launch([sys.executable, "-c", "import time; time.sleep(30)"], log, 0, None, stopped=lambda: True)
+    assert time.time() - t0 < 10
 
 
 def test_race_without_airbench_says_how_to_install_it(tmp_path, monkeypatch, capsys, data_dir):
