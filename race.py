@@ -156,7 +156,7 @@ def add_race_args(p):
 
 
 def airbench_data(data_dir, work):
-    """Our copy of CIFAR-10 in the layout airbench's CifarLoader reads (uint8 NHWC images), once."""
+    """Our copy of CIFAR-10 in the layout airbench's CifarLoader reads (uint8 NHWC images), once per race."""
     folder = os.path.join(work, "cifar10")
     os.makedirs(folder, exist_ok=True)
     d = data.load_cifar10(data_dir)
@@ -167,7 +167,7 @@ def airbench_data(data_dir, work):
 
 
 class Cancelled(Exception):
-    """A run stopped because the race ended (a filler run) or failed elsewhere."""
+    """A run stopped because the race ended (fast's run in progress when airbench94's last one ends) or failed."""
 
 
 # pins the process to a core, then becomes the command: no preexec_fn, which is unsafe with threads
