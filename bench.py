@@ -22,8 +22,9 @@ test split), its time split into data, compute and evaluation, with images/s and
 core with one thread, so the machine's drift hits both (race.py says how, and holds the CPU shim).
 
 Timings exclude warm-up, repeat several times, and report the median and the spread
-((max - min) / median); the race reports means over its runs and each lane's drift (slowest / fastest). Every subcommand adds its section to one JSON file (--out, default
-bench.json) next to the device and versions, keeping the sections other subcommands wrote.
+((max - min) / median); the race reports means over its runs and each lane's drift (slowest / fastest).
+Every subcommand adds its section to one JSON file (--out, default bench.json) next to the device and
+versions, keeping the sections other subcommands wrote.
 
 Every subcommand is a function `bench_<name>(args) -> dict` plus an `add_<name>_args(parser)`,
 listed in SUBCOMMANDS.

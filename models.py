@@ -235,16 +235,13 @@ def init_weights(model, zero_init_residual=False):
 
 
 def xavier_init(model):
-    """Xavier-normal conv and linear weights, zero biases, BN weight 1 / bias 0: the initialisation of the
-    course code behind report 003 (its VGG-A runs), which landscape.py uses by default."""
+    """Xavier-normal conv and linear weights, zero biases (BN keeps build_model's weight 1 / bias 0): the
+    initialisation of the course code behind report 003 (its VGG-A runs), which landscape.py uses by default."""
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.xavier_normal_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
     return model
 
 

@@ -133,10 +133,7 @@ def airbench_worker(argv):
         seen.update({k: variables.get(k) for k in ("val_acc", "tta_val_acc", "total_time_seconds")})
         show(variables, is_final_entry)
     utils.print_training_details = record
-    hyp = airbench.lib_airbench94.hyp
-    loader = utils.CifarLoader("cifar10", train=True, batch_size=hyp["opt"]["batch_size"], aug=hyp["aug"],
-                               altflip=True)  # what train94 builds when given none
-    airbench.train94(loader, **kwargs)
+    airbench.train94(**kwargs)  # builds its loaders from cifar10/ below the working folder
     runtime.write_text(args.out, json.dumps({
         "seed": args.seed, "tta_acc": seen["tta_val_acc"], "acc": seen["val_acc"],
         "counted_s": seen["total_time_seconds"], "epoch_times": INTERVALS[1:-1], "threads": torch.get_num_threads(),
