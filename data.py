@@ -153,12 +153,14 @@ class Loader:
     `crop` (0 = off), flip (True: a coin per image and epoch, "alternate": each image mirrored on every other
     epoch), jitter strength, Cutout side, mix ("none"/"cutmix"/"mixup"/"both", soft
     targets (B, num_classes)); rank/world_size give each process its shard of one common permutation.
+    sizes: the side per epoch the training batches are resized to (progressive resizing; the last one holds
+    for the epochs after; None = the images' own).
     train=False: no shuffle, no augmentation, no mixing, order preserved.
     """
 
     def __init__(self, images, labels, batch_size, *, device="cpu", mean, std, train=False,
                  crop=4, pad_mode="zeros", flip=True, jitter=0.0, cutout=0,
-                 mix="none", mix_alpha=1.0, mix_off_epochs=0, epochs=None, num_classes=10,
+                 mix="none", mix_alpha=1.0, mix_off_epochs=0, epochs=None, num_classes=10, sizes=None,
                  dtype=torch.float32, channels_last=False, drop_last=False, seed=0, rank=0, world_size=1):
         if batch_size <= 0 or not 0 <= rank < world_size:
             raise ValueError(f"need batch_size > 0, 0 <= rank < world_size; got {batch_size}, {rank}, {world_size}")
@@ -169,7 +171,7 @@ class Loader:
         self.device, self.batch_size, self.train, self.dtype = torch.device(device), batch_size, train, dtype
         self.crop, self.flip, self.jitter, self.cutout = (crop, flip, jitter, cutout) if train else (0, False, 0.0, 0)
         self.mix, self._mix_on, self.mix_alpha = mix, mix, mix_alpha
-        self.mix_off_epochs, self.epochs = mix_off_epochs, epochs
+        self.mix_off_epochs, self.epochs, self.sizes = mix_off_epochs, epochs, list(sizes or []) if train else []
         self.num_classes, self.channels_last, self.drop_last = num_classes, channels_last, drop_last
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
         self.n, _, self.h, self.w = images.shape
@@ -216,6 +218,11 @@ class Loader:
         self.epoch = epoch
         if self.mix_off_epochs:
             self.mix = "none" if epoch >= self.epochs - self.mix_off_epochs else self._mix_on
+
+    @property
+    def size(self):
+        """The side of this epoch's training batches."""
+        return self.sizes[min(self.epoch, len(self.sizes) - 1)] if self.sizes else self.h
 
     def __len__(self):
         b = self.batch_size
@@ -266,6 +273,9 @@ class Loader:
                 x = self._normalise(x)
             if self.cutout:
                 x = self._cutout(x, centres[s])
+            if self.size != self.h:  # after the crop, so a shift is the same share of the picture at any size
+                x = F.interpolate(x.float(), size=(self.size, self.size), mode="bilinear", antialias=True,
+                                  align_corners=False).to(x.dtype)
             if mixer is not None:  # v2 draws from the global CPU RNG: fork it and seed from our generator
                 with torch.random.fork_rng(devices=[]):
                     torch.default_generator.manual_seed(mix_seeds[i])
@@ -319,7 +329,10 @@ def add_data_args(parser, helps=None):
          "cutout": "Cutout square side in pixels (0 = off)",
          "mix": "CutMix/MixUp with soft targets; both = a random one of the two per batch",
          "mix_alpha": "mixing ratio ~ Beta(A, A)",
-         "mix_off_epochs": "no mixing in the last K epochs", **(helps or {})}
+         "mix_off_epochs": "no mixing in the last K epochs",
+         "image_sizes": "progressive resizing: train epoch 1 on images resized to S1 x S1, epoch 2 to S2, ...; the "
+                        "last S holds for the epochs after (a step's cost follows the pixels; tests stay 32x32)",
+         **(helps or {})}
     g = parser.add_argument_group("data")
     g.add_argument("--data", default="./data", metavar="DIR", help=h["data"])
     g.add_argument("--download", action="store_true", help=h["download"])
@@ -333,6 +346,7 @@ def add_data_args(parser, helps=None):
     g.add_argument("--mix", default="none", choices=["none", "cutmix", "mixup", "both"], help=h["mix"])
     g.add_argument("--mix-alpha", type=float, default=1.0, metavar="A", help=h["mix_alpha"])
     g.add_argument("--mix-off-epochs", type=int, default=0, metavar="K", help=h["mix_off_epochs"])
+    g.add_argument("--image-sizes", type=int, nargs="+", default=None, metavar="S", help=h["image_sizes"])
 
 
 def flip_mode(args):
@@ -348,6 +362,9 @@ def build_loaders(args, device, batch_size, *, dtype=torch.float32, channels_las
         raise DataError("need 0 <= --crop-pad < 32, --cutout >= 0, --jitter >= 0 and --mix-alpha > 0")
     if args.mix_off_epochs < 0 or (args.mix_off_epochs and epochs is None):
         raise DataError("--mix-off-epochs must be >= 0 (and needs a known number of epochs)")
+    sizes = getattr(args, "image_sizes", None)
+    if sizes and not all(8 <= s <= 32 for s in sizes):
+        raise DataError(f"--image-sizes must lie in 8..32 (the images are 32x32), got {' '.join(map(str, sizes))}")
     d = load_cifar10(args.data, download=args.download)
     (x, y), (tx, ty) = d["train"], d["test"]
     if subset:
@@ -360,7 +377,8 @@ def build_loaders(args, device, batch_size, *, dtype=torch.float32, channels_las
                   channels_last=channels_last)
     train = Loader(x, y, batch_size, train=True, crop=args.crop_pad, pad_mode=args.pad_mode, flip=flip_mode(args),
                    jitter=args.jitter, cutout=args.cutout, mix=args.mix, mix_alpha=args.mix_alpha,
-                   mix_off_epochs=args.mix_off_epochs, epochs=epochs, seed=seed, rank=rank, world_size=world_size,
+                   mix_off_epochs=args.mix_off_epochs, epochs=epochs, sizes=sizes, seed=seed, rank=rank,
+                   world_size=world_size,
                    drop_last=(len(x) // world_size) % batch_size == 1,  # a 1-image batch breaks BatchNorm in train mode
                    **common)
     # eval loaders are not sharded: every rank evaluates the whole split

@@ -12,6 +12,7 @@ its final report), lr_finder.py and landscape.py use them from this file.
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -63,23 +64,33 @@ def evaluate(model, loader, device, amp_dtype=None, return_outputs=False, criter
 class TTA(nn.Module):
     """Test-time augmentation: average the logits of the image and its mirror; with translate,
     also of copies shifted by `shift` pixels up-left and down-right (reflect-padded), weighted half and
-    half as in airbench."""
+    half as in airbench. frac < 1: the shifted views only for that share of each batch, the images whose
+    mirror-averaged prediction is least sure (smallest margin between its top two probabilities): they
+    cost twice the mirror pair, and a sure prediction rarely changes."""
 
-    def __init__(self, model, translate=False, shift=1):
+    def __init__(self, model, translate=False, shift=1, frac=1.0):
         super().__init__()
-        self.model, self.translate, self.shift = model, translate, shift
+        self.model, self.translate, self.shift, self.frac = model, translate, shift, frac
 
     def both(self, x):
         return 0.5 * (self.model(x) + self.model(x.flip(3)))
 
+    def shifted(self, x):
+        k = self.shift
+        p = F.pad(x, (k, k, k, k), mode="reflect")
+        h, w = x.shape[-2:]
+        return 0.5 * (self.both(p[..., :h, :w]) + self.both(p[..., 2 * k:, 2 * k:]))
+
     def forward(self, x):
         out = self.both(x)
-        if self.translate:
-            k = self.shift
-            p = F.pad(x, (k, k, k, k), mode="reflect")
-            h, w = x.shape[-2:]
-            shifted = 0.5 * (self.both(p[..., :h, :w]) + self.both(p[..., 2 * k:, 2 * k:]))
-            out = 0.5 * out + 0.5 * shifted
+        if not self.translate:
+            return out
+        if self.frac >= 1:
+            return 0.5 * out + 0.5 * self.shifted(x)
+        top2 = out.float().softmax(1).topk(2, dim=1).values
+        unsure = (top2[:, 0] - top2[:, 1]).argsort()[:math.ceil(self.frac * len(x))]
+        out = out.clone()
+        out[unsure] = 0.5 * out[unsure] + 0.5 * self.shifted(x[unsure]).to(out.dtype)
         return out
 
 

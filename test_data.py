@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import data
 
@@ -236,6 +237,25 @@ def test_alternate_flip_mirrors_each_image_every_other_epoch():
     assert 0.45 < f0.float().mean() < 0.55
     assert torch.equal(f1, ~f0) and torch.equal(f2, f0)  # both ways in any two epochs
     assert not torch.equal(flipped(coin, 1), ~flipped(coin, 0))  # a coin per epoch does not alternate
+
+
+def test_image_sizes_resize_each_epochs_batches_and_leave_eval_alone(synth):
+    x = position_image().expand(100, 3, 32, 32).contiguous()
+    y = torch.zeros(100, dtype=torch.int64)
+    loader = data.Loader(x, y, 50, train=True, crop=0, flip=False, sizes=[16, 24], **RAW)
+    assert [b.shape[-1] for b, _ in batches(loader, 0)] == [16, 16]
+    assert [b.shape[-1] for b, _ in batches(loader, 1)] == [24, 24]
+    assert [b.shape[-1] for b, _ in batches(loader, 5)] == [24, 24]  # the last size holds
+    (small, _), _ = batches(loader, 0)
+    want = F.interpolate(x[:1].float(), size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
+    assert torch.allclose(small[:1], want, atol=1e-4)  # the whole picture, smoothed: not a crop of it
+    assert small[0, 0, 0, 0] < 102 and small[0, 0, -1, 0] > 129
+    test = data.Loader(x, y, 50, sizes=[16], **RAW)
+    assert [b.shape[-1] for b, _ in test] == [32, 32]
+    with pytest.raises(data.DataError, match="--image-sizes must lie in 8..32 .* got 16 40"):
+        data.build_loaders(args_for(synth, "--image-sizes", "16", "40"), "cpu", 50)
+    tr, *_ = data.build_loaders(args_for(synth, "--image-sizes", "16", "24"), "cpu", 50)
+    assert tr.sizes == [16, 24]
 
 
 def test_eval_loader_keeps_order_and_pixels(synth):

@@ -53,6 +53,24 @@ def test_tta_translate_weighs_six_views_half_on_the_image_and_its_mirror():
     assert not torch.allclose(got, evaluate.TTA(model)(x), atol=1e-3)  # the shifted views count
 
 
+def test_tta_frac_shifts_only_the_least_sure_images():
+    """frac 0.25: the shifted views for the quarter of the batch whose flip-averaged prediction has the smallest
+    top-two margin (these get the full six-view figure), flip TTA alone for the rest."""
+    torch.manual_seed(0)
+    model, x = Counting(), torch.randn(16, 3, 6, 6)
+    full, flip = evaluate.TTA(model, translate=True)(x), evaluate.TTA(model)(x)
+    p = flip.softmax(1).topk(2, dim=1).values
+    unsure = (p[:, 0] - p[:, 1]).argsort()[:4]
+    want = flip.clone()
+    want[unsure] = full[unsure]
+    sizes = []
+    model.forward = lambda v, f=model.forward: sizes.append(len(v)) or f(v)
+    got = evaluate.TTA(model, translate=True, frac=0.25)(x)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert sizes == [16, 16, 4, 4, 4, 4]  # the four shifted views of 4 images only
+    assert not torch.allclose(got, flip, atol=1e-3) and not torch.allclose(got, full, atol=1e-3)
+
+
 def test_evaluate_with_a_criterion_gives_its_mean_over_every_image():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).train()

@@ -18,6 +18,7 @@ import torch.nn as nn
 import optim
 import runtime
 import train
+from evaluate import evaluate
 from conftest import run_script
 from models import ARCHS, build_model
 
@@ -55,6 +56,9 @@ def lenet_run(tmp_path_factory, data_dir):
     (["--bias-lr-scale", "0"], "--bias-lr-scale must be positive, got 0.0"),
     (["--optimizer", "muon", "--aux-lr", "-1"], "--aux-lr must be positive, got -1.0"),
     (["--tta", "mirror"], "argument --tta: invalid choice: 'mirror'"),
+    (["--tta-frac", "0"], "--tta-frac must be in (0, 1], got 0.0"),
+    (["--eval-every", "0"], "--eval-every must be positive, got 0"),
+    (["--image-sizes", "4"], "--image-sizes must lie in 8..32 (the images are 32x32), got 4"),
     (["--lookahead", "1"], "--label-smoothing, --ema and --lookahead in [0, 1)"),
     (["--lookahead-k", "0"], "--ema-every and --lookahead-k must be positive, got 4 and 0"),
     (["--val", "50000"], "--val 50000 must be at least 0 and below the 200 training images"),
@@ -450,6 +454,21 @@ def test_tta_flag_reports_a_second_figure(tmp_path, data_dir):
     assert s["tta"] == "translate" and s["tta_eval_s"] > 0
     assert s["tta_test_acc"] * 200 == pytest.approx(round(s["tta_test_acc"] * 200))  # a count of the 200 images
     # the figure itself: test_evaluate.py checks it equals evaluate.py's flip+translate TTA on the same weights
+
+
+def test_eval_every_skips_epochs_and_reuses_the_last_epochs_figure(tmp_path, data_dir, monkeypatch):
+    """--eval-every 2 over 3 epochs: the test set is read after epochs 2 and 3 only, the final figure is
+    the last epoch's (not a third pass), and the figures equal those of a run that evaluates every epoch."""
+    flags = [*QUICK, "--epochs", "3", "--data", data_dir]
+    assert train.main([*flags, "--out", str(tmp_path / "every")]) == 0
+    calls = []
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(1) or evaluate(*a, **k))
+    assert train.main([*flags, "--eval-every", "2", "--out", str(tmp_path / "sparse")]) == 0
+    every, sparse = (json.load(open(tmp_path / d / "summary.json")) for d in ("every", "sparse"))
+    rows = [json.loads(line) for line in open(tmp_path / "sparse" / "metrics.jsonl")]
+    assert ["test_acc" in r for r in rows] == [False, True, True]
+    assert sparse["final_test_acc"] == every["final_test_acc"] == rows[-1]["test_acc"]
+    assert len(calls) == 2 + (sparse["best_epoch"] != 3)  # best.pt is read again only if it is not the last epoch
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

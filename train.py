@@ -84,8 +84,14 @@ def get_parser():
                          "ALPHA**K * (progress)**3 of itself (e.g. 0.95); 0 = off")
     ap.add_argument("--lookahead-k", type=int, default=5, metavar="K", help="lookahead: steps between syncs")
     ap.add_argument("--eval-batch-size", type=int, default=1000)
+    ap.add_argument("--eval-every", type=int, default=1, metavar="K",
+                    help="evaluate (and pick the best epoch) every K epochs and after the last; a pass over the "
+                         "test set costs about a fifth of a training epoch on a CPU")
     ap.add_argument("--tta", default="none", choices=["none", "flip", "translate"],
                     help="final test figure also with test-time augmentation: flip, or flip + 1-pixel translations")
+    ap.add_argument("--tta-frac", type=float, default=1.0, metavar="F",
+                    help="translate TTA: the shifted views only for the share F of test images least sure "
+                         "under flip TTA (they cost twice the flip pair)")
     ap.add_argument("--save-every", type=int, default=0, metavar="STEPS", help="also write last.pt every N steps")
     ap.add_argument("--scale-lr", default="linear", choices=["linear", "none"],
                     help="under torchrun: linear = --lr times the number of processes (--batch-size is per process)")
@@ -209,7 +215,7 @@ def check_args(ap, args):
     check_arch(ap, args.arch)
     if args.optimizer not in ("sgd", "adam", "adamw", "muon"):
         ap.error(f"unknown --optimizer {args.optimizer!r}; choose from: sgd, adam, adamw, muon")
-    for name in ("epochs", "batch_size", "lr", "eval_batch_size", "aux_lr", "bias_lr_scale"):
+    for name in ("epochs", "batch_size", "lr", "eval_batch_size", "eval_every", "aux_lr", "bias_lr_scale"):
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.val < 0:
@@ -222,6 +228,8 @@ def check_args(ap, args):
         ap.error("--save-every and --skip-nonfinite must be >= 0")
     if args.ema_every < 1 or args.lookahead_k < 1:
         ap.error(f"--ema-every and --lookahead-k must be positive, got {args.ema_every} and {args.lookahead_k}")
+    if not 0 < args.tta_frac <= 1:
+        ap.error(f"--tta-frac must be in (0, 1], got {args.tta_frac}")
     if args.wd < 0 or not 0 <= args.label_smoothing < 1 or not 0 <= args.ema < 1 or not 0 <= args.lookahead < 1:
         ap.error("--wd must be >= 0, --label-smoothing, --ema and --lookahead in [0, 1)")
 
@@ -581,16 +589,17 @@ def train_one_epoch(run, epoch):
 
 
 def end_epoch(run, epoch, row, bar, images):
-    """Evaluate, log the epoch's row, keep best.pt and last.pt; stop here if a signal came during evaluation."""
-    t_eval = time.time()
-    for split, loader in (("val", run.val_loader), ("test", None if run.val_loader is not None else run.test_loader)):
-        if loader is not None:
-            r = evaluate(run.eval_model, loader, run.device, run.amp_dtype)
-            row[f"{split}_loss"], row[f"{split}_acc"] = r["loss"], r["acc"]
+    """Evaluate (every --eval-every epochs and after the last), log the epoch's row, keep best.pt and last.pt;
+    stop here if a signal came during evaluation."""
+    t_eval, sel = time.time(), run.select
+    if (epoch + 1) % run.args.eval_every == 0 or epoch + 1 == run.args.epochs:
+        for split, loader in (("val", run.val_loader), ("test", run.test_loader if sel == "test" else None)):
+            if loader is not None:
+                r = evaluate(run.eval_model, loader, run.device, run.amp_dtype)
+                row[f"{split}_loss"], row[f"{split}_acc"] = r["loss"], r["acc"]
     row.update(epoch_time=run.epoch_time, eval_time=time.time() - t_eval,
                images_per_s=images / run.epoch_time, rss_mib=round(rss_mib(), 1))
-    sel = run.select
-    improved = row[f"{sel}_acc"] > run.best
+    improved = row.get(f"{sel}_acc", -1.0) > run.best
     if improved:
         run.best, run.best_epoch = row[f"{sel}_acc"], epoch + 1
     if run.main_proc:
@@ -598,8 +607,9 @@ def end_epoch(run, epoch, row, bar, images):
         if improved:
             checkpoint(run, "best.pt", epoch + 1, 0, acc=run.best)
         checkpoint(run, "last.pt", epoch + 1, 0)
+        scores = f"{sel} loss {row[sel + '_loss']:.4f}  {sel} acc {row[sel + '_acc']:.4f}  " if sel + "_acc" in row else ""
         bar.close(f"epoch {epoch + 1}/{run.args.epochs}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  "
-                  f"{sel} loss {row[sel + '_loss']:.4f}  {sel} acc {row[sel + '_acc']:.4f}  "
+                  f"{scores}"
                   f"lr {row['lr']:.3g}  {row['epoch_time']:.1f}s  {row['images_per_s']:.0f} img/s")
     if any_rank(run.stop_signal, run.device):  # a signal during evaluation
         raise stopped(run, f"after epoch {epoch + 1}")
@@ -610,15 +620,21 @@ def end_epoch(run, epoch, row, bar, images):
 def test_figures(run):
     """Test accuracy of the final weights, of best.pt, and of the final weights with TTA (if asked)."""
     model, loader, device, amp_dtype, args = run.eval_model, run.test_loader, run.device, run.amp_dtype, run.args
-    figures = {"final": evaluate(model, loader, device, amp_dtype)["acc"]}
-    last_state = {k: v.clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(eval_weights(load_checkpoint(os.path.join(run.out, "best.pt"))))
-    figures["best"] = evaluate(model, loader, device, amp_dtype)["acc"]
-    model.load_state_dict(last_state)
+    last = run.metrics.rows[-1] if run.metrics.rows else {}
+    # the last epoch's row already holds the final weights' test accuracy when the test set picks the best epoch
+    done = "test_acc" in last and last["epoch"] == args.epochs
+    figures = {"final": last["test_acc"] if done else evaluate(model, loader, device, amp_dtype)["acc"]}
+    if run.best_epoch == args.epochs:  # best.pt holds the final weights
+        figures["best"] = figures["final"]
+    else:
+        last_state = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(eval_weights(load_checkpoint(os.path.join(run.out, "best.pt"))))
+        figures["best"] = evaluate(model, loader, device, amp_dtype)["acc"]
+        model.load_state_dict(last_state)
     if args.tta != "none":
         sync(device)
         t = time.time()
-        tta = evaluate(TTA(model, args.tta == "translate"), loader, device, amp_dtype)
+        tta = evaluate(TTA(model, args.tta == "translate", frac=args.tta_frac), loader, device, amp_dtype)
         sync(device)
         figures.update(tta=args.tta, tta_test_acc=tta["acc"], tta_eval_s=time.time() - t)
     return figures
