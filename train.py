@@ -17,7 +17,6 @@ import platform
 import random
 import signal
 import sys
-import textwrap
 import time
 import warnings
 
@@ -30,6 +29,7 @@ import data
 from evaluate import TTA, evaluate, n_correct
 from models import ARCHS, build_model, check_arch, count_flops, count_params, init_from_data
 from optim import Lookahead, ema_warmup, training_parts
+from recipes import NOT_FLAGS, RECIPES, list_recipes
 from runtime import (MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast, device_name,
                      eval_weights, git_commit, load_checkpoint, make_run_dir, pick_device, prepare_run_dir, ranks_agree,
                      remove_stale_temps, resolve_amp, rng_state, rss_mib, save_checkpoint, set_rng_state,
@@ -102,85 +102,6 @@ def get_parser():
     ap.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     ap.add_argument("--no-progress", action="store_true", help="plain lines even on a terminal")
     return ap
-
-
-# Every report's setting as its report describes it (../shared/seeds), and our own. `--recipe NAME` makes
-# these the defaults; flags given on the command line still win. Keys are train.py's argument names, except
-# source (where the setting comes from), report (the figure the report published) and assumes (where the report
-# is silent or its run differs from ours). What we measured with each recipe is in RESULTS.md.
-EVERY_REPORT = ("bf16 autocast (the reports trained in fp32: --amp off for that); Kaiming-normal conv init (PyTorch's "
-                "default init where a report's code built its own layers); inputs normalised by the training images' "
-                "own channel statistics; random crop with 4-pixel zero padding and a coin-flip mirror")
-PER_ITERATION = "; the schedule stepped every iteration (the report's stepped once an epoch)"
-RECIPES = {
-    "report000-resnet50": dict(
-        source="000: ResNet-50, SGD 0.1 momentum 0.9 wd 5e-4, cosine, batch 256, crop+flip, 200 epochs",
-        report="95.33% (official data, best epoch on test)", assumes=EVERY_REPORT + PER_ITERATION,
-        arch="resnet50", epochs=200, batch_size=256, lr=0.1, optimizer="sgd", wd=5e-4, schedule="cosine"),
-    "report001-resnet34": dict(
-        source="001: ResNet-34, SGD 5e-3 momentum 0.9 no wd, cosine, batch 128, crop+flip+jitter 0.4, 500 epochs",
-        report="93.65% (official data, best epoch on test)", assumes=EVERY_REPORT + PER_ITERATION,
-        arch="resnet34", epochs=500, batch_size=128, lr=5e-3, optimizer="sgd", wd=0.0, schedule="cosine", jitter=0.4),
-    "report001-resnet34-mix": dict(
-        source="001: the report001-resnet34 setting plus CutMix or MixUp (random choice per batch)",
-        report="96.47% (official data, best epoch on test)", assumes=EVERY_REPORT + PER_ITERATION,
-        arch="resnet34", epochs=500, batch_size=128, lr=5e-3, optimizer="sgd", wd=0.0, schedule="cosine", jitter=0.4,
-        mix="both"),
-    "report002-resnet9": dict(
-        source="002: ResNet-9, SGD 5e-3 momentum 0.9 wd 5e-4 x batch (0.032), cosine, batch 64, crop+flip, 24 epochs",
-        report="88% (official data)",
-        assumes=EVERY_REPORT + "; the cosine schedule stepped every iteration (the report does not show its "
-                               "scheduler); data statistics where the report normalised with mean and std 0.5",
-        arch="resnet9", epochs=24, batch_size=64, lr=5e-3, optimizer="sgd", wd=5e-4 * 64, schedule="cosine"),
-    "report003-rescnn9": dict(
-        source="003: 9-block residual CNN, Adam 1e-4, cosine, 180 epochs (its table)",
-        report="90.29% (official data, best epoch on test)",
-        assumes=EVERY_REPORT + "; batch 128 and that augmentation (the report states neither); the cosine "
-                               "schedule stepped every iteration",
-        arch="rescnn9", epochs=180, batch_size=128, lr=1e-4, optimizer="adam", wd=0.0, schedule="cosine"),
-    "report004-dainet7": dict(
-        source="004: DaiNet7, Adam 1e-3 betas (0.9, 0.99) wd 5e-4, lr x0.5/0.3/0.1/0.01/0.001 from epochs "
-               "50/100/150/200/230, batch 128, crop+flip, 250 epochs",
-        report="91.91% (official data, best epoch on test)",
-        assumes=EVERY_REPORT + "; data statistics where the report normalised with fixed CIFAR-10 means and stds",
-        arch="dainet7", epochs=250, batch_size=128, lr=1e-3, optimizer="adam", betas=[0.9, 0.99], wd=5e-4,
-        schedule="step", milestones=[50, 100, 150, 200, 230], gamma=[0.5, 0.3, 0.1, 0.01, 0.001]),
-    "report004-resnet50": dict(
-        source="004: ResNet-50 (the report gives no setting for it: 'with some of my parameters')",
-        report="92.50% (official data, best epoch on test)",
-        assumes="the whole setting: DaiNet7's (Adam 1e-3, step decay, batch 128, crop+flip, 250 epochs) is our "
-                "guess; " + EVERY_REPORT,
-        arch="resnet50", epochs=250, batch_size=128, lr=1e-3, optimizer="adam", betas=[0.9, 0.99], wd=5e-4,
-        schedule="step", milestones=[50, 100, 150, 200, 230], gamma=[0.5, 0.3, 0.1, 0.01, 0.001]),
-    # ---- ours
-    "resnet18-fast": dict(
-        source="ours: ResNet-18 in 40 epochs, batch 512, Nesterov SGD 0.2, 2 warm-up epochs, cosine, label "
-               "smoothing 0.1, weight EMA 0.999",
-        arch="resnet18", epochs=40, batch_size=512, lr=0.2, nesterov=True, label_smoothing=0.1, warmup_epochs=2,
-        channels_last=True, ema=0.999),
-    "fast": dict(
-        source="ours: fastnet (airbench-style), 7 epochs at batch 500, Muon for the filters, Nesterov SGD for "
-               "the rest, linear decay, label smoothing 0.2, lookahead 0.95, alternating flip + 2-pixel translate, "
-               "flip+translate TTA",
-        arch="fastnet", epochs=7, batch_size=500, optimizer="muon", lr=0.12, momentum=0.6, aux_lr=0.005125,
-        aux_momentum=0.85, bias_lr_scale=5170, wd=0.195, schedule="linear", label_smoothing=0.2, crop_pad=2,
-        pad_mode="reflect", alt_flip=True, lookahead=0.95, channels_last=True, tta="translate"),
-}
-RECIPES["fast-long"] = dict(RECIPES["fast"], epochs=21, source="ours: the fast recipe for 21 epochs")
-NOT_FLAGS = ("source", "report", "assumes")  # recipe keys that are not train.py arguments
-
-
-def list_recipes():
-    lines = []
-    for name, r in RECIPES.items():
-        flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(map(str, v))}"
-                                                        if isinstance(v, list) else f" {v}")
-                         for k, v in r.items() if k not in NOT_FLAGS)
-        fields = [("from", r["source"]), ("report", r.get("report", "(ours: no report figure)")),
-                  *([("assumes", r["assumes"])] if "assumes" in r else []), ("flags", flags)]
-        lines += [name] + [textwrap.fill(text, 116, initial_indent=f"    {key:8s}", subsequent_indent=" " * 12)
-                           for key, text in fields]
-    return "\n".join(lines + ["what these recipes gave us, with commands, commits and machines: RESULTS.md"])
 
 
 def parse_args(ap, argv=None):
