@@ -57,7 +57,7 @@ def lenet_run(tmp_path_factory, data_dir):
     (["--optimizer", "muon", "--aux-lr", "-1"], "--aux-lr must be positive, got -1.0"),
     (["--tta", "mirror"], "argument --tta: invalid choice: 'mirror'"),
     (["--tta-frac", "0"], "--tta-frac must be in (0, 1], got 0.0"),
-    (["--eval-every", "0"], "--eval-every must be positive, got 0"),
+    (["--eval-every", "-1"], "--save-every, --skip-nonfinite and --eval-every must be >= 0"),
     (["--image-sizes", "4"], "--image-sizes must lie in 8..32 (the images are 32x32), got 4"),
     (["--lookahead", "1"], "--label-smoothing, --ema and --lookahead in [0, 1)"),
     (["--lookahead-k", "0"], "--ema-every and --lookahead-k must be positive, got 4 and 0"),
@@ -458,7 +458,8 @@ def test_tta_flag_reports_a_second_figure(tmp_path, data_dir):
 
 def test_eval_every_skips_epochs_and_reuses_the_last_epochs_figure(tmp_path, data_dir, monkeypatch):
     """--eval-every 2 over 3 epochs: the test set is read after epochs 2 and 3 only, the final figure is
-    the last epoch's (not a third pass), and the figures equal those of a run that evaluates every epoch."""
+    the last epoch's (not a third pass), and the figures equal those of a run that evaluates every epoch;
+    --eval-every 0: after the last epoch only."""
     flags = [*QUICK, "--epochs", "3", "--data", data_dir]
     assert train.main([*flags, "--out", str(tmp_path / "every")]) == 0
     calls = []
@@ -469,6 +470,9 @@ def test_eval_every_skips_epochs_and_reuses_the_last_epochs_figure(tmp_path, dat
     assert ["test_acc" in r for r in rows] == [False, True, True]
     assert sparse["final_test_acc"] == every["final_test_acc"] == rows[-1]["test_acc"]
     assert len(calls) == 2 + (sparse["best_epoch"] != 3)  # best.pt is read again only if it is not the last epoch
+    assert train.main([*flags, "--eval-every", "0", "--out", str(tmp_path / "last")]) == 0
+    rows = [json.loads(line) for line in open(tmp_path / "last" / "metrics.jsonl")]
+    assert ["test_acc" in r for r in rows] == [False, False, True]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

@@ -85,8 +85,8 @@ def get_parser():
     ap.add_argument("--lookahead-k", type=int, default=5, metavar="K", help="lookahead: steps between syncs")
     ap.add_argument("--eval-batch-size", type=int, default=1000)
     ap.add_argument("--eval-every", type=int, default=1, metavar="K",
-                    help="evaluate (and pick the best epoch) every K epochs and after the last; a pass over the "
-                         "test set costs about a fifth of a training epoch on a CPU")
+                    help="evaluate (and pick the best epoch) every K epochs and after the last (0: after the last "
+                         "only); a pass over the test set costs about a fifth of a training epoch on a CPU")
     ap.add_argument("--tta", default="none", choices=["none", "flip", "translate"],
                     help="final test figure also with test-time augmentation: flip, or flip + 1-pixel translations")
     ap.add_argument("--tta-frac", type=float, default=1.0, metavar="F",
@@ -136,7 +136,7 @@ def check_args(ap, args):
     check_arch(ap, args.arch)
     if args.optimizer not in ("sgd", "adam", "adamw", "muon"):
         ap.error(f"unknown --optimizer {args.optimizer!r}; choose from: sgd, adam, adamw, muon")
-    for name in ("epochs", "batch_size", "lr", "eval_batch_size", "eval_every", "aux_lr", "bias_lr_scale"):
+    for name in ("epochs", "batch_size", "lr", "eval_batch_size", "aux_lr", "bias_lr_scale"):
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.val < 0:
@@ -145,8 +145,8 @@ def check_args(ap, args):
         ap.error(f"--subset must be positive, got {args.subset}")
     if len(args.gamma) not in (1, len(args.milestones)):
         ap.error(f"--gamma takes one value or one per milestone ({len(args.milestones)}), got {len(args.gamma)}")
-    if args.save_every < 0 or args.skip_nonfinite < 0:
-        ap.error("--save-every and --skip-nonfinite must be >= 0")
+    if args.save_every < 0 or args.skip_nonfinite < 0 or args.eval_every < 0:
+        ap.error("--save-every, --skip-nonfinite and --eval-every must be >= 0")
     if args.ema_every < 1 or args.lookahead_k < 1:
         ap.error(f"--ema-every and --lookahead-k must be positive, got {args.ema_every} and {args.lookahead_k}")
     if not 0 < args.tta_frac <= 1:
@@ -513,7 +513,8 @@ def end_epoch(run, epoch, row, bar, images):
     """Evaluate (every --eval-every epochs and after the last), log the epoch's row, keep best.pt and last.pt;
     stop here if a signal came during evaluation."""
     t_eval, sel = time.time(), run.select
-    if (epoch + 1) % run.args.eval_every == 0 or epoch + 1 == run.args.epochs:
+    k = run.args.eval_every
+    if (k and (epoch + 1) % k == 0) or epoch + 1 == run.args.epochs:
         for split, loader in (("val", run.val_loader), ("test", run.test_loader if sel == "test" else None)):
             if loader is not None:
                 r = evaluate(run.eval_model, loader, run.device, run.amp_dtype)
