@@ -79,6 +79,7 @@ def list_recipes():
                          for k, v in r.items() if k not in NOT_FLAGS)
         fields = [("from", r["source"]), ("report", r.get("report", "(ours: no report figure)")),
                   *([("assumes", r["assumes"])] if "assumes" in r else []), ("flags", flags)]
-        lines += [name] + [textwrap.fill(text, 116, initial_indent=f"    {key:8s}", subsequent_indent=" " * 12)
+        lines += [name] + [textwrap.fill(text, 116, initial_indent=f"    {key:8s}", subsequent_indent=" " * 12,
+                                         break_on_hyphens=False)
                            for key, text in fields]
     return "\n".join(lines + ["what these recipes gave us, with commands, commits and machines: RESULTS.md"])
