@@ -315,8 +315,9 @@ class Loader:
 
 # ----------------------------------------------------------------------------- command line
 
-def add_data_args(parser, helps=None):
-    """The data flags (see README); `helps` replaces the help text of some, by dest (a script with other defaults)."""
+def add_data_args(parser, helps=None, resize=False):
+    """The data flags (see README); `helps` replaces the help text of some, by dest (a script with other defaults);
+    resize: also --image-sizes (train.py's: the other scripts measure at the images' own size)."""
     h = {"data": "folder holding cifar-10-batches-py, or that folder",
          "download": "fetch the official files through torchvision if missing or damaged",
          "val": "hold out N training images (stratified) to pick the best epoch on",
@@ -346,7 +347,8 @@ def add_data_args(parser, helps=None):
     g.add_argument("--mix", default="none", choices=["none", "cutmix", "mixup", "both"], help=h["mix"])
     g.add_argument("--mix-alpha", type=float, default=1.0, metavar="A", help=h["mix_alpha"])
     g.add_argument("--mix-off-epochs", type=int, default=0, metavar="K", help=h["mix_off_epochs"])
-    g.add_argument("--image-sizes", type=int, nargs="+", default=None, metavar="S", help=h["image_sizes"])
+    if resize:
+        g.add_argument("--image-sizes", type=int, nargs="+", default=None, metavar="S", help=h["image_sizes"])
 
 
 def flip_mode(args):

@@ -7,8 +7,8 @@ Prints test accuracy and per-class accuracy (the layout of report 002), writes a
 confusion-matrix PNG beside the checkpoint, and measures inference images/s.
 Checkpoints are read with torch.load(weights_only=True): a crafted file cannot run code.
 
-The evaluation loop, the accuracy count and test-time augmentation live here; train.py (every epoch and
-its final report), lr_finder.py and landscape.py use them from this file.
+The evaluation loop, the accuracy count and test-time augmentation live here; train.py (its per-epoch
+evaluations and final report), lr_finder.py and landscape.py use them from this file.
 """
 import argparse
 import json
@@ -156,6 +156,9 @@ def get_parser():
     ap.add_argument("--tta", action="store_true", help="also report flip test-time augmentation")
     ap.add_argument("--translate", action="store_true",
                     help="TTA with copies shifted 1 pixel up-left and down-right too (implies --tta)")
+    ap.add_argument("--tta-frac", type=float, default=None, metavar="F",
+                    help="--translate: the shifted copies only for the share F of images least sure under flip TTA "
+                         "(default: the run's own, so the figure matches its summary)")
     ap.add_argument("--subset", type=int, default=None, help="evaluate only the first N test images")
     ap.add_argument("--out", default=None, help="folder for confusion_matrix.png (default: the checkpoint's folder)")
     ap.add_argument("--json", default=None, metavar="PATH", help="write the numbers as JSON")
@@ -183,6 +186,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.batch_size <= 0:
         ap.error(f"--batch-size must be positive, got {args.batch_size}")
+    if args.tta_frac is not None and not 0 < args.tta_frac <= 1:
+        ap.error(f"--tta-frac must be in (0, 1], got {args.tta_frac}")
     args.tta = args.tta or args.translate
     ckpt, x, y, classes = load_run(ap, args)
     targs = ckpt["args"]
@@ -211,10 +216,11 @@ def main(argv=None):
     for name, acc in result["per_class_acc"].items():
         print(f"Accuracy of {name:>10s} : {100 * acc:5.1f} %")
     if args.tta:
-        tta = TTA(model, args.translate)
+        frac = args.tta_frac if args.tta_frac is not None else targs.get("tta_frac", 1.0)
+        tta = TTA(model, args.translate, frac=frac)
         r = evaluate(tta, loader, device, amp_dtype)
         kind = "flip+translate" if args.translate else "flip"
-        result.update(tta=kind, tta_test_acc=r["acc"], tta_test_loss=r["loss"],
+        result.update(tta=kind, tta_frac=frac, tta_test_acc=r["acc"], tta_test_loss=r["loss"],
                       tta_images_per_s=images_per_s(tta, loader, device, amp_dtype))
         print(f"With {kind} TTA: {100 * r['acc']:.2f} % (without: {100 * res['acc']:.2f} %)")
     print(f"Inference: {result['images_per_s']:.0f} images/s at batch size {args.batch_size}"

@@ -96,7 +96,8 @@ def plot_curves(ap, runs, path, title=None):
         mark = dict(marker="o", markersize=3) if len(rows) <= 30 else {}
         for ax, key in ((axes[0], "loss"), (axes[1], "acc")):
             ax.plot(ep, [r.get(f"train_{key}") for r in rows], color=col, ls="-", **mark)
-            ax.plot(ep, [r.get(f"{split}_{key}") for r in rows], color=col, ls="--", **mark)
+            held = [r for r in rows if f"{split}_{key}" in r]  # --eval-every: not every epoch was evaluated
+            ax.plot([r["epoch"] for r in held], [r[f"{split}_{key}"] for r in held], color=col, ls="--", **mark)
         axes[2].plot(ep, [r.get("lr") for r in rows], color=col, **mark)
     split = "/".join(sorted(splits))
     for ax, what in zip(axes, ("loss", "accuracy", "learning rate (at the end of the epoch)")):

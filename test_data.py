@@ -35,7 +35,7 @@ def real():
 
 def args_for(root, *flags):
     ap = argparse.ArgumentParser()
-    data.add_data_args(ap)
+    data.add_data_args(ap, resize=True)
     return ap.parse_args(["--data", root, *flags])
 
 

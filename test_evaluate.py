@@ -87,15 +87,17 @@ def test_evaluate_with_a_criterion_gives_its_mean_over_every_image():
 
 @pytest.fixture(scope="module")
 def fp32_run(tmp_path_factory, data_dir):
-    """A one-epoch lenet run trained and evaluated without autocast, with flip+translate TTA."""
+    """A one-epoch lenet run trained and evaluated without autocast, with flip+translate TTA for the least sure half."""
     out = str(tmp_path_factory.mktemp("runs") / "fp32")
-    assert train.main([*QUICK, "--amp", "off", "--tta", "translate", "--data", data_dir, "--out", out]) == 0
+    assert train.main([*QUICK, "--amp", "off", "--tta", "translate", "--tta-frac", "0.5", "--data", data_dir,
+                       "--out", out]) == 0
     return out
 
 
 def test_evaluate_py_uses_the_runs_precision_and_gives_its_figures(fp32_run, data_dir, tmp_path):
     """No --amp: the run's own (off), so the loss is the one train.py logged to the last digits (bf16 would move
-    it in the third); --translate alone turns on TTA, whose figure is the one in summary.json."""
+    it in the third); --translate alone turns on TTA, at the run's --tta-frac, whose figure is the one in
+    summary.json."""
     js = str(tmp_path / "eval.json")
     r = run_script("evaluate.py", fp32_run, "--data", data_dir, "--subset", "200", "--translate", "--json", js,
                    "--out", str(tmp_path))
@@ -105,5 +107,5 @@ def test_evaluate_py_uses_the_runs_precision_and_gives_its_figures(fp32_run, dat
     summary = json.load(open(os.path.join(fp32_run, "summary.json")))
     assert res["amp"] == "None" and res["test_loss"] == pytest.approx(row["test_loss"], rel=1e-6)
     assert res["test_acc"] == summary["best_test_acc"]
-    assert res["tta"] == "flip+translate" and res["tta_test_acc"] == summary["tta_test_acc"]
+    assert res["tta"] == "flip+translate" and res["tta_frac"] == 0.5 and res["tta_test_acc"] == summary["tta_test_acc"]
     assert "With flip+translate TTA" in r.stdout

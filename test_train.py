@@ -59,6 +59,7 @@ def lenet_run(tmp_path_factory, data_dir):
     (["--tta-frac", "0"], "--tta-frac must be in (0, 1], got 0.0"),
     (["--eval-every", "-1"], "--save-every, --skip-nonfinite and --eval-every must be >= 0"),
     (["--image-sizes", "4"], "--image-sizes must lie in 8..32 (the images are 32x32), got 4"),
+    (["--image-sizes", "16", "32"], "--arch lenet cannot take 16x16 images (--image-sizes)"),
     (["--lookahead", "1"], "--label-smoothing, --ema and --lookahead in [0, 1)"),
     (["--lookahead-k", "0"], "--ema-every and --lookahead-k must be positive, got 4 and 0"),
     (["--val", "50000"], "--val 50000 must be at least 0 and below the 200 training images"),

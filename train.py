@@ -68,7 +68,7 @@ def get_parser():
                     help="step schedule: lr *= GAMMA at every milestone; or one value per milestone: lr = --lr x that value")
     ap.add_argument("--label-smoothing", type=float, default=0.0)
     ap.add_argument("--zero-init-residual", action="store_true", help="last BN of every residual branch starts at 0")
-    data.add_data_args(ap)
+    data.add_data_args(ap, resize=True)
     ap.add_argument("--subset", type=int, default=None, help="use only the first N train and test images (quick runs)")
     ap.add_argument("--seed", type=int, default=0)
     add_amp_arg(ap)
@@ -86,7 +86,7 @@ def get_parser():
     ap.add_argument("--eval-batch-size", type=int, default=1000)
     ap.add_argument("--eval-every", type=int, default=1, metavar="K",
                     help="evaluate (and pick the best epoch) every K epochs and after the last (0: after the last "
-                         "only); a pass over the test set costs about a fifth of a training epoch on a CPU")
+                         "only); a pass over the test set costs about a fifteenth of a training epoch")
     ap.add_argument("--tta", default="none", choices=["none", "flip", "translate"],
                     help="final test figure also with test-time augmentation: flip, or flip + 1-pixel translations")
     ap.add_argument("--tta-frac", type=float, default=1.0, metavar="F",
@@ -149,6 +149,13 @@ def check_args(ap, args):
         ap.error("--save-every, --skip-nonfinite and --eval-every must be >= 0")
     if args.ema_every < 1 or args.lookahead_k < 1:
         ap.error(f"--ema-every and --lookahead-k must be positive, got {args.ema_every} and {args.lookahead_k}")
+    if args.image_sizes and 8 <= min(args.image_sizes) <= 32:
+        try:  # a network's pooling or fixed-size layers set the smallest image it takes
+            with torch.no_grad():
+                build_model(args.arch).eval()(torch.zeros(1, 3, min(args.image_sizes), min(args.image_sizes)))
+        except RuntimeError:
+            ap.error(f"--arch {args.arch} cannot take {min(args.image_sizes)}x{min(args.image_sizes)} images "
+                     f"(--image-sizes)")
     if not 0 < args.tta_frac <= 1:
         ap.error(f"--tta-frac must be in (0, 1], got {args.tta_frac}")
     if args.wd < 0 or not 0 <= args.label_smoothing < 1 or not 0 <= args.ema < 1 or not 0 <= args.lookahead < 1:
