@@ -110,12 +110,12 @@ def test_out_of_memory_in_the_final_evaluation(tmp_path, data_dir, capsys, monke
 
     def failing_final_eval(*a, **k):
         calls[0] += 1
-        if calls[0] > 3:  # after the 3 epochs' evaluations: the final report's
+        if calls[0] > 3:  # after the 3 epochs' evaluations (of the val split): the final report's, on test
             raise torch.OutOfMemoryError("CUDA out of memory")
         return real(*a, **k)
 
     monkeypatch.setattr(train, "evaluate", failing_final_eval)
-    code = train.main([*RUN, "--data", data_dir, "--out", str(tmp_path / "run")])
+    code = train.main([*RUN, "--val", "200", "--data", data_dir, "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "out of memory" in err
     assert runtime.load_checkpoint(str(tmp_path / "run" / "last.pt"))["epoch"] == 3
