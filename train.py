@@ -149,13 +149,13 @@ def check_args(ap, args):
         ap.error("--save-every, --skip-nonfinite and --eval-every must be >= 0")
     if args.ema_every < 1 or args.lookahead_k < 1:
         ap.error(f"--ema-every and --lookahead-k must be positive, got {args.ema_every} and {args.lookahead_k}")
-    if args.image_sizes and 8 <= min(args.image_sizes) <= 32:
+    side = min(args.image_sizes or [32])
+    if 8 <= side < 32:  # sizes outside 8..32 are refused by data.build_loaders in its own line
         try:  # a network's pooling or fixed-size layers set the smallest image it takes
             with torch.no_grad():
-                build_model(args.arch).eval()(torch.zeros(1, 3, min(args.image_sizes), min(args.image_sizes)))
+                build_model(args.arch).eval()(torch.zeros(1, 3, side, side))
         except RuntimeError:
-            ap.error(f"--arch {args.arch} cannot take {min(args.image_sizes)}x{min(args.image_sizes)} images "
-                     f"(--image-sizes)")
+            ap.error(f"--arch {args.arch} cannot take {side}x{side} images (--image-sizes)")
     if not 0 < args.tta_frac <= 1:
         ap.error(f"--tta-frac must be in (0, 1], got {args.tta_frac}")
     if args.wd < 0 or not 0 <= args.label_smoothing < 1 or not 0 <= args.ema < 1 or not 0 <= args.lookahead < 1:
