@@ -2,6 +2,7 @@
 checkpoints refuse crafted pickles, divergence stops cleanly, the lr schedules have the right
 shape, and every network of models.py trains a step through the real command.
 """
+import copy
 import json
 import math
 import os
@@ -21,6 +22,7 @@ import train
 from evaluate import evaluate
 from conftest import run_script
 from models import ARCHS, build_model
+from selection import HardExamples
 
 QUICK = ["--arch", "lenet", "--epochs", "1", "--subset", "200", "--batch-size", "50", "--eval-batch-size", "100"]
 
@@ -57,11 +59,13 @@ def lenet_run(tmp_path_factory, data_dir):
     (["--optimizer", "muon", "--aux-lr", "-1"], "--aux-lr must be positive, got -1.0"),
     (["--tta", "mirror"], "argument --tta: invalid choice: 'mirror'"),
     (["--tta-frac", "0"], "--tta-frac must be in (0, 1], got 0.0"),
+    (["--select-frac", "1.5"], "--select-frac must be in (0, 1], got 1.5"),
+    (["--select-every", "0"], "--ema-every, --lookahead-k and --select-every must be positive, got 4, 5 and 0"),
     (["--eval-every", "-1"], "--save-every, --skip-nonfinite and --eval-every must be >= 0"),
     (["--image-sizes", "4"], "--image-sizes must lie in 8..32 (the images are 32x32), got 4"),
     (["--image-sizes", "16", "32"], "--arch lenet cannot take 16x16 images (--image-sizes)"),
     (["--lookahead", "1"], "--label-smoothing, --ema and --lookahead in [0, 1)"),
-    (["--lookahead-k", "0"], "--ema-every and --lookahead-k must be positive, got 4 and 0"),
+    (["--lookahead-k", "0"], "--ema-every, --lookahead-k and --select-every must be positive, got 4, 0 and 4"),
     (["--val", "50000"], "--val 50000 must be at least 0 and below the 200 training images"),
     (["--data", "{tmp}/nowhere"], "CIFAR-10 in {tmp}/nowhere/cifar-10-batches-py: folder not found; fetch the "
                                   "official files with --download, or unpack a local copy"),
@@ -551,3 +555,63 @@ def test_the_default_run_folder_is_named_by_rank_0(monkeypatch):
     monkeypatch.setattr(runtime, "rank0_value", lambda value: "runs/from-rank-0")
     args = train.get_parser().parse_args([])
     assert runtime.prepare_run_dir(args, train.get_parser()) == "runs/from-rank-0"
+
+
+# ----------------------------------------------------------------------------- hard-example selection
+
+class Images:
+    """What HardExamples reads from a loader: its number of batches and clean images for the whitening."""
+    def __len__(self):
+        return 8
+
+    def clean_images(self, n):
+        return torch.randn(64, 3, 32, 32)
+
+
+def test_selection_trains_on_the_proxys_hardest_share_and_teaches_it_every_kth_batch():
+    torch.manual_seed(0)
+    args = types.SimpleNamespace(**{**vars(train.get_parser().parse_args([])), "select_frac": 0.25, "select_every": 2,
+                                    "label_smoothing": 0.2})
+    select = HardExamples(args, Images(), torch.device("cpu"), None, 10)
+    x, y = torch.randn(40, 3, 32, 32), torch.randint(0, 10, (40,))
+    for batch in range(4):
+        before = [p.detach().clone() for p in select.proxy.parameters()]
+        with torch.no_grad():  # the proxy's loss per image, from a copy (scoring also moves BN's running statistics)
+            losses = nn.functional.cross_entropy(copy.deepcopy(select.proxy)(x), y, reduction="none",
+                                                 label_smoothing=0.2)
+        xs, ys = select(x, y)
+        hard = losses.topk(10).indices
+        assert torch.equal(xs, x[hard]) and torch.equal(ys, y[hard])
+        learnt = any(not torch.equal(a, p) for a, p in zip(before, select.proxy.parameters()))
+        assert learnt == (batch % 2 == 0), batch
+    assert select.scheduler.last_epoch == 2
+
+
+def test_a_selecting_run_steps_on_the_hard_half_and_resumes_to_identical_weights(tmp_path, data_dir, monkeypatch):
+    """--select-frac 0.5: every step sees 25 of the batch's 50 images. A run stopped by SIGTERM after its second
+    step and resumed ends on the weights of a run that was not stopped: the proxy is in last.pt too."""
+    real, sizes = train.make_train_step, []
+
+    def recording(stop_at=None):
+        def make(*a, **k):
+            inner = real(*a, **k)
+
+            def step(x, y):
+                sizes.append(len(x))
+                if len(sizes) == stop_at:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return inner(x, y)
+            return step
+        return make
+    flags = [*QUICK, "--epochs", "2", "--select-frac", "0.5", "--select-every", "3", "--data", data_dir]
+    monkeypatch.setattr(train, "make_train_step", recording())
+    assert train.main([*flags, "--out", str(tmp_path / "whole")]) == 0
+    assert sizes == [25] * 8
+    monkeypatch.setattr(train, "make_train_step", recording(stop_at=2))
+    sizes.clear()
+    assert train.main([*flags, "--out", str(tmp_path / "cut")]) == 128 + signal.SIGTERM
+    assert train.main(["--resume", str(tmp_path / "cut"), "--data", data_dir]) == 0
+    a, b = (runtime.load_checkpoint(str(tmp_path / run / "last.pt")) for run in ("whole", "cut"))
+    assert b["hard"]["batches"] == 8
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k

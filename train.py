@@ -30,6 +30,7 @@ from evaluate import TTA, evaluate, n_correct
 from models import ARCHS, build_model, check_arch, count_flops, count_params, init_from_data
 from optim import Lookahead, ema_warmup, training_parts
 from recipes import NOT_FLAGS, RECIPES, list_recipes
+from selection import PROXY_WIDTHS, HardExamples
 from runtime import (MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast, device_name,
                      eval_weights, git_commit, load_checkpoint, make_run_dir, pick_device, prepare_run_dir, ranks_agree,
                      remove_stale_temps, resolve_amp, rng_state, rss_mib, save_checkpoint, set_rng_state,
@@ -92,6 +93,11 @@ def get_parser():
     ap.add_argument("--tta-frac", type=float, default=1.0, metavar="F",
                     help="translate TTA: the shifted views only for the share F of test images least sure "
                          "under flip TTA (they cost twice the flip pair)")
+    ap.add_argument("--select-frac", type=float, default=1.0, metavar="F",
+                    help="train on the share F of each batch that a small proxy network finds hardest (selection.py; "
+                         "1 = every image)")
+    ap.add_argument("--select-every", type=int, default=4, metavar="K",
+                    help="--select-frac: the proxy also learns from its pick of every K-th batch")
     ap.add_argument("--save-every", type=int, default=0, metavar="STEPS", help="also write last.pt every N steps")
     ap.add_argument("--scale-lr", default="linear", choices=["linear", "none"],
                     help="under torchrun: linear = --lr times the number of processes (--batch-size is per process)")
@@ -147,8 +153,9 @@ def check_args(ap, args):
         ap.error(f"--gamma takes one value or one per milestone ({len(args.milestones)}), got {len(args.gamma)}")
     if args.save_every < 0 or args.skip_nonfinite < 0 or args.eval_every < 0:
         ap.error("--save-every, --skip-nonfinite and --eval-every must be >= 0")
-    if args.ema_every < 1 or args.lookahead_k < 1:
-        ap.error(f"--ema-every and --lookahead-k must be positive, got {args.ema_every} and {args.lookahead_k}")
+    if min(args.ema_every, args.lookahead_k, args.select_every) < 1:
+        ap.error(f"--ema-every, --lookahead-k and --select-every must be positive, got {args.ema_every}, "
+                 f"{args.lookahead_k} and {args.select_every}")
     side = min(args.image_sizes or [32])
     if 8 <= side < 32:  # sizes outside 8..32 are refused by data.build_loaders in its own line
         try:  # a network's pooling or fixed-size layers set the smallest image it takes
@@ -156,8 +163,9 @@ def check_args(ap, args):
                 build_model(args.arch).eval()(torch.zeros(1, 3, side, side))
         except RuntimeError:
             ap.error(f"--arch {args.arch} cannot take {side}x{side} images (--image-sizes)")
-    if not 0 < args.tta_frac <= 1:
-        ap.error(f"--tta-frac must be in (0, 1], got {args.tta_frac}")
+    for name in ("tta_frac", "select_frac"):
+        if not 0 < getattr(args, name) <= 1:
+            ap.error(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")
     if args.wd < 0 or not 0 <= args.label_smoothing < 1 or not 0 <= args.ema < 1 or not 0 <= args.lookahead < 1:
         ap.error("--wd must be >= 0, --label-smoothing, --ema and --lookahead in [0, 1)")
 
@@ -318,6 +326,8 @@ def build_training(run, resuming):
                                   run.scaler, run.ema, skip_nonfinite=args.skip_nonfinite > 0,
                                   ema_every=args.ema_every, lookahead=run.lookahead)
     run.eval_model = run.ema.module if run.ema is not None else raw
+    run.hard = HardExamples(args, run.train_loader, device, run.amp_dtype, len(run.info["classes"])) \
+        if args.select_frac < 1 else None
 
 
 def resume(ap, run, ckpt):
@@ -334,6 +344,8 @@ def resume(ap, run, ckpt):
         run.ema.load_state_dict(ckpt["ema"])
     if run.lookahead is not None:
         run.lookahead.load_state_dict(ckpt["lookahead"])
+    if run.hard is not None and ckpt.get("hard"):  # (else the proxy starts afresh)
+        run.hard.load_state_dict(ckpt["hard"])
     run.start_epoch, run.batch, run.step = ckpt["epoch"], ckpt["batch"], ckpt["step"]
     run.best, run.best_epoch, run.rows = ckpt["best"], ckpt["best_epoch"], ckpt["metrics"]
     run.partial = ckpt.get("partial")
@@ -377,6 +389,9 @@ def announce(run):
             f"{device_name(run.device)} | amp {args.amp}->{run.amp_dtype} | "
             f"{info['n_train']:,} train, {info['n_val']:,} val, {info['n_test']:,} test | "
             f"batch {args.batch_size}x{world} | {len(run.train_loader)} steps/epoch | run folder {run.out}")
+    if run.hard is not None:
+        run.log(f"training on the hardest {args.select_frac:.0%} of each batch, as a {'-'.join(map(str, PROXY_WIDTHS))} "
+                f"fastnet proxy ranks it (it learns from one batch in {args.select_every})")
     if world > 1:
         run.log(f"torchrun: {world} processes, global batch {args.batch_size} x {world} = {args.batch_size * world}, "
                 f"lr {args.lr:g} -> {run.lr:g} (--scale-lr {args.scale_lr}), "
@@ -391,6 +406,7 @@ def checkpoint(run, name, epoch, batch, partial=None, acc=None):
              "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
              "ema": run.ema.state_dict() if run.ema is not None else None,
              "lookahead": run.lookahead.state_dict() if run.lookahead is not None else None,
+             "hard": run.hard.state_dict() if run.hard is not None else None,
              "epoch": epoch, "batch": batch, "step": run.step, "best": run.best, "best_epoch": run.best_epoch,
              "partial": partial, "metrics": run.metrics.rows, "rng": rng_state(), "args": vars(run.args),
              "classes": run.info["classes"], "mean": run.info["mean"], "std": run.info["std"], "acc": acc,
@@ -474,6 +490,8 @@ def train_one_epoch(run, epoch):
         if i < run.batch:  # resumed mid-epoch: the loader replays the epoch's draws, skip what was done
             bar.update(1)
             continue
+        if run.hard is not None:  # --select-frac: the step sees the batch's hardest part only
+            x, y = run.hard(x, y)
         loss, logits = run.step_fn(x, y)
         run.step += 1
         if args.skip_nonfinite and not torch.isfinite(loss):  # step_fn left the weights alone
