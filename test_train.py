@@ -60,6 +60,8 @@ def lenet_run(tmp_path_factory, data_dir):
     (["--tta", "mirror"], "argument --tta: invalid choice: 'mirror'"),
     (["--tta-frac", "0"], "--tta-frac must be in (0, 1], got 0.0"),
     (["--select-frac", "1.5"], "--select-frac must be in (0, 1], got 1.5"),
+    (["--arch", "resnet18", "--select-frac", "0.5", "--image-sizes", "8", "32"],
+     "the --select-frac proxy (fastnet) cannot take 8x8 images (--image-sizes)"),
     (["--select-every", "0"], "--ema-every, --lookahead-k and --select-every must be positive, got 4, 5 and 0"),
     (["--eval-every", "-1"], "--save-every, --skip-nonfinite and --eval-every must be >= 0"),
     (["--image-sizes", "4"], "--image-sizes must lie in 8..32 (the images are 32x32), got 4"),

@@ -157,12 +157,13 @@ def check_args(ap, args):
         ap.error(f"--ema-every, --lookahead-k and --select-every must be positive, got {args.ema_every}, "
                  f"{args.lookahead_k} and {args.select_every}")
     side = min(args.image_sizes or [32])
-    if 8 <= side < 32:  # sizes outside 8..32 are refused by data.build_loaders in its own line
+    nets = [(args.arch, f"--arch {args.arch}")] + [("fastnet", "the --select-frac proxy (fastnet)")] * (args.select_frac < 1)
+    for arch, name in nets if 8 <= side < 32 else []:  # sizes outside 8..32: data.build_loaders refuses them
         try:  # a network's pooling or fixed-size layers set the smallest image it takes
             with torch.no_grad():
-                build_model(args.arch).eval()(torch.zeros(1, 3, side, side))
+                build_model(arch).eval()(torch.zeros(1, 3, side, side))
         except RuntimeError:
-            ap.error(f"--arch {args.arch} cannot take {side}x{side} images (--image-sizes)")
+            ap.error(f"{name} cannot take {side}x{side} images (--image-sizes)")
     for name in ("tta_frac", "select_frac"):
         if not 0 < getattr(args, name) <= 1:
             ap.error(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")
