@@ -125,6 +125,16 @@ def build_scheduler(optimizer, args, steps_per_epoch):
         optimizer, lambda s: lr_factor(s, total, warmup, args.schedule, ms, args.gamma))
 
 
+def set_schedule(optimizer, scheduler, step, peaks):
+    """Put a per-iteration schedule at `step`, each group at its peak lr in `peaks` times the schedule's factor
+    (a run resumed with another number of processes, whose epochs have another number of steps)."""
+    scheduler.base_lrs = list(peaks)
+    scheduler.last_epoch = step
+    for g, f, peak in zip(optimizer.param_groups, scheduler.lr_lambdas, peaks):
+        g["initial_lr"], g["lr"] = peak, peak * f(step)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
 # ----------------------------------------------------------------------------- weight averages: EMA and lookahead
 
 def ema_warmup(decay):

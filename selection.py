@@ -1,23 +1,26 @@
 """Hard-example selection for train.py (--select-frac F): a small proxy network scores every training batch and
-the model trains on the share F that the proxy finds hardest, so a step costs about F of a full one. This is
+the model trains on the share F that the proxy finds hardest, so a step costs F of a full one plus the proxy's
+forward pass (and a backward one on every --select-every-th batch). This is
 airbench96_faster's data filtering (Keller Jordan, 2024), there shown to keep a run's accuracy at half the
 backward passes. Written here because torch has nothing like it. Under torchrun each process picks from its own
 share of the batch with a proxy of its own; last.pt keeps rank 0's, which every process resumes from."""
+import math
+
 import torch
-import torch.nn as nn
 
 from models import FastNet, init_from_data
-from optim import build_optimizer, build_scheduler
+from optim import set_schedule, training_parts
 from runtime import autocast
 
-PROXY_WIDTHS = (32, 64, 64)  # a fastnet at a sixteenth of the model's compute per image (airbench96_faster's proxy)
+PROXY_WIDTHS = (32, 64, 64)  # airbench96_faster's proxy: a seventh of our fastnet's multiply-adds per image
 
 
 class HardExamples:
     """Called on each training batch, returns its hardest `frac` (by the proxy's loss, highest first). The proxy
     is a fastnet of PROXY_WIDTHS whitened from the same images as the model; it trains with the run's own
     optimizer, schedule and loss on its own pick of every `every`-th batch (scoring costs a forward pass, training
-    it a backward one as well), so it keeps up with what the model still gets wrong."""
+    it a backward one as well), so it keeps up with what the model still gets wrong. Its lr is --lr unscaled under
+    torchrun: each process's proxy learns from that process's batch alone."""
 
     def __init__(self, args, train_loader, device, amp_dtype, num_classes):
         self.frac, self.every, self.device, self.amp_dtype = args.select_frac, args.select_every, device, amp_dtype
@@ -25,10 +28,9 @@ class HardExamples:
         init_from_data(self.proxy, train_loader)
         if args.channels_last:
             self.proxy = self.proxy.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(self.proxy, args)
-        self.scheduler = build_scheduler(self.optimizer, args, len(train_loader) / self.every)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-        self.loss = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing, reduction="none")
+        self.optimizer, self.scheduler, self.scaler, self.loss = training_parts(
+            self.proxy, args, device, amp_dtype, len(train_loader) / self.every)
+        self.loss.reduction = "none"  # a loss per image, to rank them
         self.batches = 0
 
     def __call__(self, x, y):
@@ -45,6 +47,11 @@ class HardExamples:
             self.scaler.update()
             self.scheduler.step()
         return x[hard], y[hard]
+
+    def move_to(self, batches):
+        """Continue as if `batches` batches had been seen (a run resumed with another number of processes)."""
+        self.batches = batches
+        set_schedule(self.optimizer, self.scheduler, math.ceil(batches / self.every), self.scheduler.base_lrs)
 
     def state_dict(self):
         return {"proxy": self.proxy.state_dict(), "optimizer": self.optimizer.state_dict(),

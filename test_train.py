@@ -576,6 +576,12 @@ def test_selection_trains_on_the_proxys_hardest_share_and_teaches_it_every_kth_b
                                     "label_smoothing": 0.2})
     select = HardExamples(args, Images(), torch.device("cpu"), None, 10)
     x, y = torch.randn(40, 3, 32, 32), torch.randint(0, 10, (40,))
+    grads = []  # the gradient reaching the proxy's logits: it must come from its pick only
+
+    def keep_grad(module, inputs, out):
+        if out.requires_grad:
+            out.register_hook(grads.append)
+    select.proxy.head.register_forward_hook(keep_grad)
     for batch in range(4):
         before = [p.detach().clone() for p in select.proxy.parameters()]
         with torch.no_grad():  # the proxy's loss per image, from a copy (scoring also moves BN's running statistics)
@@ -585,8 +591,14 @@ def test_selection_trains_on_the_proxys_hardest_share_and_teaches_it_every_kth_b
         hard = losses.topk(10).indices
         assert torch.equal(xs, x[hard]) and torch.equal(ys, y[hard])
         learnt = any(not torch.equal(a, p) for a, p in zip(before, select.proxy.parameters()))
-        assert learnt == (batch % 2 == 0), batch
+        assert learnt == (batch % 2 == 0) and len(grads) == batch // 2 + 1, batch
+        if learnt:
+            assert set(grads[-1].abs().sum(1).nonzero().flatten().tolist()) == set(hard.tolist())
     assert select.scheduler.last_epoch == 2
+    select.move_to(7)  # as a run resumed with another number of processes: 4 proxy steps before batch 7
+    assert select.batches == 7 and select.scheduler.last_epoch == 4
+    factor = optim.lr_factor(4, args.epochs * len(Images()) / 2, 0, "cosine")
+    assert select.optimizer.param_groups[0]["lr"] == select.scheduler.base_lrs[0] * factor
 
 
 def test_a_selecting_run_steps_on_the_hard_half_and_resumes_to_identical_weights(tmp_path, data_dir, monkeypatch):

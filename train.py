@@ -28,7 +28,7 @@ import torch.nn as nn
 import data
 from evaluate import TTA, evaluate, n_correct
 from models import ARCHS, build_model, check_arch, count_flops, count_params, init_from_data
-from optim import Lookahead, ema_warmup, training_parts
+from optim import Lookahead, ema_warmup, set_schedule, training_parts
 from recipes import NOT_FLAGS, RECIPES, list_recipes
 from selection import PROXY_WIDTHS, HardExamples
 from runtime import (MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast, device_name,
@@ -361,11 +361,9 @@ def resume(ap, run, ckpt):
             run.log(f"warning: the run stopped mid-epoch with {ckpt.get('world_size', 1)} processes; with "
                     f"{world} the shards differ, so epoch {run.start_epoch + 1} restarts from its first batch")
         run.batch, run.partial, run.step = 0, None, run.start_epoch * len(run.train_loader)
-        run.scheduler.base_lrs = fresh_lrs
-        run.scheduler.last_epoch = run.step
-        for g, f, peak in zip(run.optimizer.param_groups, run.scheduler.lr_lambdas, fresh_lrs):
-            g["initial_lr"], g["lr"] = peak, peak * f(run.step)
-        run.scheduler._last_lr = [g["lr"] for g in run.optimizer.param_groups]
+        set_schedule(run.optimizer, run.scheduler, run.step, fresh_lrs)
+        if run.hard is not None:
+            run.hard.move_to(run.step)
     if run.main_proc:
         remove_stale_temps(run.out)
     run.log(f"resuming {run.out} at epoch {run.start_epoch + 1}, batch {run.batch}, step {run.step}")
@@ -391,8 +389,9 @@ def announce(run):
             f"{info['n_train']:,} train, {info['n_val']:,} val, {info['n_test']:,} test | "
             f"batch {args.batch_size}x{world} | {len(run.train_loader)} steps/epoch | run folder {run.out}")
     if run.hard is not None:
-        run.log(f"training on the hardest {args.select_frac:.0%} of each batch, as a {'-'.join(map(str, PROXY_WIDTHS))} "
-                f"fastnet proxy ranks it (it learns from one batch in {args.select_every})")
+        run.log(f"each step trains on the {args.select_frac:.0%} of its batch that a proxy network (fastnet "
+                f"{'-'.join(map(str, PROXY_WIDTHS))}) finds hardest; the proxy learns from one batch in "
+                f"{args.select_every}")
     if world > 1:
         run.log(f"torchrun: {world} processes, global batch {args.batch_size} x {world} = {args.batch_size * world}, "
                 f"lr {args.lr:g} -> {run.lr:g} (--scale-lr {args.scale_lr}), "
