@@ -1,9 +1,9 @@
 """Hard-example selection for train.py (--select-frac F): a small proxy network scores every training batch and
 the model trains on the share F that the proxy finds hardest, so a step costs F of a full one plus the proxy's
-forward pass (and a backward one on every --select-every-th batch). This is
-airbench96_faster's data filtering (Keller Jordan, 2024), there shown to keep a run's accuracy at half the
-backward passes. Written here because torch has nothing like it. Under torchrun each process picks from its own
-share of the batch with a proxy of its own; last.pt keeps rank 0's, which every process resumes from."""
+forward pass (and a backward one on every --select-every-th batch). This is airbench96_faster's data filtering
+(Keller Jordan, 2024), there shown to keep a run's accuracy at half the backward passes. Written here because
+torch has nothing like it. Under torchrun each process picks from its own share of the batch with a proxy of its
+own; last.pt keeps rank 0's, which every process resumes from."""
 import math
 
 import torch

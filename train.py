@@ -30,11 +30,11 @@ from evaluate import TTA, evaluate, n_correct
 from models import ARCHS, build_model, check_arch, count_flops, count_params, init_from_data
 from optim import Lookahead, ema_warmup, set_schedule, training_parts
 from recipes import NOT_FLAGS, RECIPES, list_recipes
-from selection import PROXY_WIDTHS, HardExamples
 from runtime import (MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast, device_name,
                      eval_weights, git_commit, load_checkpoint, make_run_dir, pick_device, prepare_run_dir, ranks_agree,
                      remove_stale_temps, resolve_amp, rng_state, rss_mib, save_checkpoint, set_rng_state,
                      setup_distributed, sync, write_text)
+from selection import PROXY_WIDTHS, HardExamples
 
 
 # ----------------------------------------------------------------------------- command line
@@ -157,7 +157,8 @@ def check_args(ap, args):
         ap.error(f"--ema-every, --lookahead-k and --select-every must be positive, got {args.ema_every}, "
                  f"{args.lookahead_k} and {args.select_every}")
     side = min(args.image_sizes or [32])
-    nets = [(args.arch, f"--arch {args.arch}")] + [("fastnet", "the --select-frac proxy (fastnet)")] * (args.select_frac < 1)
+    nets = [(args.arch, f"--arch {args.arch}")]
+    nets += [("fastnet", "the --select-frac proxy (fastnet)")] if args.select_frac < 1 else []
     for arch, name in nets if 8 <= side < 32 else []:  # sizes outside 8..32: data.build_loaders refuses them
         try:  # a network's pooling or fixed-size layers set the smallest image it takes
             with torch.no_grad():
