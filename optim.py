@@ -32,6 +32,16 @@ class Muon(torch.optim.Optimizer):
 
     def __init__(self, groups, lr, momentum):
         super().__init__(groups, dict(lr=lr, momentum=momentum, weight_decay=0.0, muon=False))
+        self.device_lr = None
+
+    def use_device_lr(self, device):
+        """Read each group's lr from a tensor on `device`, which load_lr() fills from the group's lr: a CUDA
+        graph replays the kernels it captured, so a Python float lr would stay the one of the captured step."""
+        self.device_lr = [torch.zeros((), device=device) for _ in self.param_groups]
+
+    def load_lr(self):
+        for t, group in zip(self.device_lr, self.param_groups):
+            t.fill_(group["lr"])
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -39,8 +49,9 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:  # as torch's optimizers: re-evaluate the model, with gradients, before the step
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for i, group in enumerate(self.param_groups):
             lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+            lr_t = self.device_lr[i] if self.device_lr is not None else None
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -51,7 +62,7 @@ class Muon(torch.optim.Optimizer):
                 if group["muon"]:
                     p.mul_(len(p) ** 0.5 / p.norm())
                     g = orthogonalise(g.reshape(len(g), -1)).view_as(p)
-                p.add_(g, alpha=-lr)
+                p.sub_(g * (lr if lr_t is None else lr_t))  # the same two roundings for either lr
         return loss
 
 

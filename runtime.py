@@ -106,8 +106,76 @@ def resolve_amp(amp, device, log=print):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
 
-def autocast(device, dtype):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+def autocast(device, dtype, cache=True):
+    """cache=False inside a CUDA graph: autocast's cache of cast weights must not outlive the capture."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
+
+
+class Uncaptured:
+    """torch.cuda.CUDAGraph's part in GraphedStep on a CPU: each replay calls the function on the static
+    inputs and writes its results into the same output tensors, so a CPU runs the graphed path (tests cover it)."""
+
+    def __init__(self, fn, inputs):
+        self.fn, self.inputs, self.outputs = fn, inputs, None
+
+    def replay(self):
+        new = self.fn(*self.inputs)
+        if self.outputs is None:
+            self.outputs = new
+        else:
+            for out, t in zip(self.outputs, new):
+                out.copy_(t)
+
+
+class GraphedStep:
+    """fn(x, y) -> tensors, captured as one CUDA graph per input shape and replayed: a small network's step
+    is hundreds of small kernels, and launching them one by one from Python takes longer than the GPU
+    takes to run them. fn must not sync with the host and must read what changes between steps (the lr)
+    from tensors it updates in place. The first `warmup` calls, and the first of each new shape or key,
+    run eagerly (on a side stream, as torch's CUDA-graph notes ask): lazy initialisation and cuDNN's
+    autotuning must not happen inside a capture. A change of key() (which parameters train) drops the graphs."""
+
+    def __init__(self, fn, device, key=lambda: None, warmup=3):
+        self.fn, self.cuda, self.key, self.warmup = fn, device.type == "cuda", key, warmup
+        self.graphs, self.graphs_key, self.seen, self.captures = {}, None, set(), 0
+
+    def __call__(self, x, y):
+        key = (self.key(), x.shape, y.shape)
+        if self.warmup > 0 or key not in self.seen:
+            self.warmup -= 1
+            self.seen.add(key)
+            return self.eager(x, y)
+        if key[0] != self.graphs_key:
+            self.graphs, self.graphs_key = {}, key[0]
+        if key not in self.graphs:
+            self.graphs[key] = self.capture(x.clone(), y.clone())
+            self.captures += 1
+        g = self.graphs[key]
+        g.inputs[0].copy_(x)
+        g.inputs[1].copy_(y)
+        g.replay()
+        return g.outputs
+
+    def eager(self, x, y):
+        if not self.cuda:
+            return self.fn(x, y)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            out = self.fn(x, y)
+        torch.cuda.current_stream().wait_stream(side)
+        return out
+
+    def capture(self, x, y):
+        if not self.cuda:
+            return Uncaptured(self.fn, (x, y))
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            g.outputs = self.fn(x, y)
+        g.inputs = (x, y)
+        return g
 
 
 def setup_distributed():

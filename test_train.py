@@ -64,6 +64,9 @@ def lenet_run(tmp_path_factory, data_dir):
      "the --select-frac proxy (fastnet) cannot take 8x8 images (--image-sizes)"),
     (["--select-every", "0"], "--ema-every, --lookahead-k and --select-every must be positive, got 4, 5 and 0"),
     (["--eval-every", "-1"], "--save-every, --skip-nonfinite and --eval-every must be >= 0"),
+    (["--cuda-graph"], "--cuda-graph needs --optimizer muon, and takes no --compile, --skip-nonfinite or --amp fp16"),
+    (["--optimizer", "muon", "--cuda-graph", "--skip-nonfinite", "3"],
+     "--cuda-graph needs --optimizer muon, and takes no --compile, --skip-nonfinite or --amp fp16"),
     (["--image-sizes", "4"], "--image-sizes must lie in 8..32 (the images are 32x32), got 4"),
     (["--image-sizes", "16", "32"], "--arch lenet cannot take 16x16 images (--image-sizes)"),
     (["--lookahead", "1"], "--label-smoothing, --ema and --lookahead in [0, 1)"),
@@ -629,3 +632,30 @@ def test_a_selecting_run_steps_on_the_hard_half_and_resumes_to_identical_weights
     assert b["hard"]["batches"] == 8
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_the_graphed_step_trains_exactly_as_the_eager_one():
+    """--cuda-graph: after 3 eager warm-up steps the step is captured once per batch shape, each shape first run
+    eagerly once, and replayed (on a CPU the replay calls the same function on the static inputs), the lr read
+    from a tensor that every step fills; a change of which parameters train captures again. The weights stay
+    those of the eager step, bit for bit."""
+    args = train.parse_args(train.get_parser(), ["--recipe", "fast", "--epochs", "1", "--data", "x"])
+    torch.manual_seed(0)
+    base = build_model("fastnet", num_classes=4)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(n, 3, 16, 16, generator=g), torch.randint(0, 4, (n,), generator=g))
+               for n in (8, 8, 8, 8, 8, 5, 8, 5, 8, 8, 5, 8, 5)]
+    weights = []
+    for graphed in (False, True):
+        model = copy.deepcopy(base)
+        opt, sched, scaler, loss = optim.training_parts(model, args, torch.device("cpu"), torch.bfloat16, len(batches))
+        step = train.make_train_step(model, opt, sched, loss, torch.device("cpu"), torch.bfloat16, scaler,
+                                     cuda_graph=graphed)
+        for i, (x, y) in enumerate(batches):
+            model.set_epoch(0 if i < 7 else 9)  # fastnet freezes its whitening bias: another set of trained weights
+            step(x, y)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert step.graphed.captures == 3  # batches of 8 (4th step); after the freeze, of 8 and 5 (each seen once before)
+    last_lr = sched.base_lrs[0] * optim.lr_factor(len(batches) - 1, len(batches), 0, "linear")  # the last step's
+    assert opt.device_lr[0].item() == pytest.approx(last_lr) and last_lr > 0
+    assert all(torch.equal(a, b) for a, b in zip(*weights))

@@ -30,8 +30,8 @@ from evaluate import TTA, evaluate, n_correct
 from models import ARCHS, build_model, check_arch, count_flops, count_params, init_from_data
 from optim import Lookahead, ema_warmup, set_schedule, training_parts
 from recipes import NOT_FLAGS, RECIPES, list_recipes
-from runtime import (MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast, device_name,
-                     eval_weights, git_commit, load_checkpoint, make_run_dir, pick_device, prepare_run_dir, ranks_agree,
+from runtime import (GraphedStep, MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast,
+                     device_name, eval_weights, git_commit, load_checkpoint, make_run_dir, pick_device, prepare_run_dir, ranks_agree,
                      remove_stale_temps, resolve_amp, rng_state, rss_mib, save_checkpoint, set_rng_state,
                      setup_distributed, sync, write_text)
 from selection import PROXY_WIDTHS, HardExamples
@@ -75,6 +75,8 @@ def get_parser():
     add_amp_arg(ap)
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="replay each step as one CUDA graph (muon, one process; a CPU runs the same path uncaptured)")
     ap.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                     help="evaluate and select an exponential moving average of the weights (e.g. 0.999); 0 = off")
     ap.add_argument("--ema-every", type=int, default=4, metavar="K",
@@ -168,6 +170,8 @@ def check_args(ap, args):
     for name in ("tta_frac", "select_frac"):
         if not 0 < getattr(args, name) <= 1:
             ap.error(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")
+    if args.cuda_graph and (args.optimizer != "muon" or args.compile or args.skip_nonfinite or args.amp == "fp16"):
+        ap.error("--cuda-graph needs --optimizer muon, and takes no --compile, --skip-nonfinite or --amp fp16")
     if args.wd < 0 or not 0 <= args.label_smoothing < 1 or not 0 <= args.ema < 1 or not 0 <= args.lookahead < 1:
         ap.error("--wd must be >= 0, --label-smoothing, --ema and --lookahead in [0, 1)")
 
@@ -178,31 +182,56 @@ SYNC_EVERY = 20  # read the running loss back every N steps only: each .item() m
 
 
 def make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler, ema=None, skip_nonfinite=False,
-                    ema_every=1, lookahead=None):
+                    ema_every=1, lookahead=None, cuda_graph=False):
     """One optimisation step on a ready batch; returns (loss, logits) still on the device (no sync).
     ema: an AveragedModel updated every `ema_every` steps (counted by the scheduler, so a resumed run keeps the beat).
     lookahead: a Lookahead, stepped after every optimizer step (before the EMA sees the weights).
-    skip_nonfinite: a NaN/Inf loss leaves the weights untouched (costs one host sync per step)."""
-    def step(x, y):
-        with autocast(device, amp_dtype):
+    skip_nonfinite: a NaN/Inf loss leaves the weights untouched (costs one host sync per step).
+    cuda_graph: forward, backward and Muon's step replayed as one CUDA graph (runtime.GraphedStep); the
+    schedule, lookahead and EMA stay outside it."""
+    def forward(x, y):
+        with autocast(device, amp_dtype, cache=not cuda_graph):
             out = model(x)
-            loss = criterion(out, y)
-        skipped = skip_nonfinite and not torch.isfinite(loss)
+            return criterion(out, y), out
+
+    def learn(loss):
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    def whole(x, y):
+        loss, out = forward(x, y)
+        learn(loss)
+        return loss.detach(), out.detach()
+    if cuda_graph:
+        optimizer.use_device_lr(device)
+        whole = GraphedStep(whole, device, key=lambda: tuple(p.requires_grad for p in model.parameters()))
+
+    def step(x, y):
+        skipped = False
+        if skip_nonfinite:
+            loss, out = forward(x, y)
+            skipped = not torch.isfinite(loss)
+            if not skipped:
+                learn(loss)
+            loss, out = loss.detach(), out.detach()
+        else:
+            if cuda_graph:
+                optimizer.load_lr()
+            loss, out = whole(x, y)
         if skipped:
             with warnings.catch_warnings():  # stepping the schedule without the optimizer is meant here
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                 scheduler.step()  # keep the schedule on time
         else:
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
             scheduler.step()
         if lookahead is not None:  # on skipped steps too: its syncs keep their beat and the run ends on one
             lookahead.step(scheduler.last_epoch)
         if ema is not None and not skipped and scheduler.last_epoch % ema_every == 0:
             ema.update_parameters(model)
-        return loss.detach(), out.detach()
+        return loss, out
+    step.graphed = whole if cuda_graph else None
     return step
 
 
@@ -265,11 +294,15 @@ def set_up(ap, args):
     rank, world = setup_distributed()
     if world > 1 and args.skip_nonfinite:
         ap.error("--skip-nonfinite works in a single process only (a rank that skips its backward would stall the others)")
+    if world > 1 and args.cuda_graph:
+        ap.error("--cuda-graph works in a single process only (its graph holds no DDP communication)")
     log = print if rank == 0 else (lambda *a, **k: None)
     out = prepare_run_dir(args, ap)
     device = pick_device(log)
     torch.set_float32_matmul_precision("high")  # TF32 for what stays fp32 on Ampere+ (a no-op elsewhere)
     run = Run(args, out, rank, world, device, resolve_amp(args.amp, device, log), log)
+    if args.cuda_graph and run.amp_dtype == torch.float16:  # the gradient scaler syncs with the host every step
+        ap.error("--cuda-graph needs bf16 autocast or none, and this GPU has no bf16 (use --amp off)")
     if args.compile and device.type == "mps":
         log("warning: --compile is not supported on MPS; running eagerly")
         args.compile = False
@@ -326,7 +359,7 @@ def build_training(run, resuming):
         if args.lookahead else None
     run.step_fn = make_train_step(model, run.optimizer, run.scheduler, run.criterion, device, run.amp_dtype,
                                   run.scaler, run.ema, skip_nonfinite=args.skip_nonfinite > 0,
-                                  ema_every=args.ema_every, lookahead=run.lookahead)
+                                  ema_every=args.ema_every, lookahead=run.lookahead, cuda_graph=args.cuda_graph)
     run.eval_model = run.ema.module if run.ema is not None else raw
     run.hard = HardExamples(args, run.train_loader, device, run.amp_dtype, len(run.info["classes"])) \
         if args.select_frac < 1 else None
