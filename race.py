@@ -21,6 +21,7 @@ import importlib.metadata
 import itertools
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -150,6 +151,8 @@ def add_race_args(p):
     p.add_argument("--work", default="race", help="folder for the runs' folders, logs and airbench's data")
     p.add_argument("--device", default="auto", help="auto = cuda, else cpu")
     p.add_argument("--out", default="bench.json", help="JSON file the figures are added to")
+    p.add_argument("--fast-args", default="", metavar="FLAGS",
+                   help="more train.py flags for the fast lane, as one string: --fast-args='--cuda-graph'")
 
 
 def airbench_data(data_dir, work):
@@ -199,7 +202,8 @@ def fast_run(args, seed, core, started, stopped):
     out = os.path.join(args.work, f"fast-seed{seed}")
     t = time.time() - started
     wall = launch([sys.executable, os.path.join(HERE, "train.py"), "--recipe", "fast", "--data", args.data,
-                   "--seed", str(seed), "--out", out, "--force", "--no-progress"], out + ".log", core, None,
+                   "--seed", str(seed), "--out", out, "--force", "--no-progress", *shlex.split(args.fast_args)],
+                  out + ".log", core, None,
                   args.lane_env, stopped)
     with open(os.path.join(out, "summary.json")) as f:
         s = json.load(f)
@@ -322,12 +326,14 @@ def check_race(args):
 def bench_race(args):
     check_race(args)
     airbench_data(args.data, args.work)
-    print(f"race: fast seeds {args.seeds} against airbench94 on {runtime.device_name(args.device)}"
+    lane = "fast" + (f" ({args.fast_args})" if args.fast_args else "")
+    print(f"race: {lane} seeds {args.seeds} against airbench94 on {runtime.device_name(args.device)}"
           + (f", lanes pinned to cores {args.cores[0]} and {args.cores[1]}, one thread each"
              if args.device.type == "cpu" else ""), flush=True)
     started = time.time()
     fast, air, cut = run_lanes(args)
-    section = {"seeds": args.seeds, "cores": args.cores if args.device.type == "cpu" else None,
+    section = {"seeds": args.seeds, "fast_args": args.fast_args,
+               "cores": args.cores if args.device.type == "cpu" else None,
                "race_s": time.time() - started, "fast": fast, "airbench94": air, "fast_runs_cut": len(cut),
                "ratio_whole": _mean(air, "whole_s") / _mean(fast, "whole_s"),
                "ratio_counted": _mean(air, "counted_s") / _mean(fast, "counted_s"),

@@ -271,6 +271,24 @@ def test_race_pins_each_run_to_its_core_with_one_thread(tmp_path):
     assert time.time() - t0 < 10
 
 
+def test_race_passes_fast_args_to_the_fast_lane(tmp_path, monkeypatch):
+    """--fast-args='--cuda-graph --epochs 9' reach train.py's command line as two more flags."""
+    seen = []
+
+    def launch(cmd, log, core, cwd, env=None, stopped=None):
+        seen.append(cmd)
+        out = cmd[cmd.index("--out") + 1]
+        os.makedirs(out)
+        json.dump({"init_time_s": 1, "train_time_s": 2, "final_test_acc": 0.9, "tta_test_acc": 0.91},
+                  open(os.path.join(out, "summary.json"), "w"))
+        open(os.path.join(out, "metrics.jsonl"), "w").write('{"epoch_time": 2}\n')
+        return 3.0
+    monkeypatch.setattr(race, "launch", launch)
+    args = types.SimpleNamespace(work=str(tmp_path), data="D", fast_args="--cuda-graph  --epochs 9", lane_env={})
+    r = race.fast_run(args, 4, 0, time.time(), lambda: False)
+    assert seen[0][-3:] == ["--cuda-graph", "--epochs", "9"] and r["tta_acc"] == 0.91 and r["counted_s"] == 3
+
+
 def test_race_without_airbench_says_how_to_install_it(tmp_path, monkeypatch, capsys, data_dir):
     monkeypatch.setitem(sys.modules, "airbench", None)  # import airbench raises ImportError
     with pytest.raises(SystemExit) as e:
