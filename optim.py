@@ -35,9 +35,11 @@ class Muon(torch.optim.Optimizer):
         self.device_lr = None
 
     def use_device_lr(self, device):
-        """Read each group's lr from a tensor on `device`, which load_lr() fills from the group's lr: a CUDA
-        graph replays the kernels it captured, so a Python float lr would stay the one of the captured step."""
+        """From now on read each group's lr from a tensor on `device`; call load_lr() before every step to fill
+        it from the group's lr (the schedule's). A CUDA graph replays the kernels it captured, so a Python
+        float lr would stay the one of the captured step."""
         self.device_lr = [torch.zeros((), device=device) for _ in self.param_groups]
+        self.load_lr()
 
     def load_lr(self):
         for t, group in zip(self.device_lr, self.param_groups):
@@ -50,19 +52,26 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for i, group in enumerate(self.param_groups):
-            lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
-            lr_t = self.device_lr[i] if self.device_lr is not None else None
+            mom, wd = group["momentum"], group["weight_decay"]
+            params, updates = [], []
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 g = p.grad if not wd else p.grad.add(p, alpha=wd)
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(g))
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(g)
+                buf = state["momentum_buffer"]
                 buf.mul_(mom).add_(g)
                 g = g.add(buf, alpha=mom)  # Nesterov
                 if group["muon"]:
                     p.mul_(len(p) ** 0.5 / p.norm())
                     g = orthogonalise(g.reshape(len(g), -1)).view_as(p)
-                p.sub_(g * (lr if lr_t is None else lr_t))  # the same two roundings for either lr
+                params.append(p)
+                updates.append(g)
+            if params:  # lr x update, then subtracted: the same two roundings for a float and a tensor lr
+                lr = group["lr"] if self.device_lr is None else self.device_lr[i]
+                torch._foreach_sub_(params, torch._foreach_mul(updates, lr))
         return loss
 
 

@@ -202,9 +202,8 @@ def fast_run(args, seed, core, started, stopped):
     out = os.path.join(args.work, f"fast-seed{seed}")
     t = time.time() - started
     wall = launch([sys.executable, os.path.join(HERE, "train.py"), "--recipe", "fast", "--data", args.data,
-                   "--seed", str(seed), "--out", out, "--force", "--no-progress", *shlex.split(args.fast_args)],
-                  out + ".log", core, None,
-                  args.lane_env, stopped)
+                   "--seed", str(seed), "--out", out, "--force", "--no-progress", *args.fast_flags],
+                  out + ".log", core, None, args.lane_env, stopped)
     with open(os.path.join(out, "summary.json")) as f:
         s = json.load(f)
     with open(os.path.join(out, "metrics.jsonl")) as f:
@@ -298,6 +297,25 @@ def drift(runs):
             "epochs": max(epochs) / min(epochs) if epochs else None}
 
 
+RACE_SETS = ("--recipe", "--data", "--seed", "--out", "--force", "--no-progress")  # on every fast run's command
+
+
+def check_fast_args(args):
+    """--fast-args split into args.fast_flags, and refused in one line before any run if train.py would refuse
+    them (its own check, exit code 2) or they name a flag the race sets itself."""
+    import train  # the fast lane's script, for its flag check only
+    try:
+        args.fast_flags = shlex.split(args.fast_args)
+    except ValueError as e:
+        raise RaceError(f"--fast-args {args.fast_args!r}: {e}") from None
+    taken = [f for f in args.fast_flags if f.split("=")[0] in RACE_SETS]
+    if taken:
+        raise RaceError(f"--fast-args cannot set {', '.join(taken)}: the race sets {', '.join(RACE_SETS)} itself")
+    ap = train.get_parser()
+    ap.prog = "bench.py race --fast-args"
+    train.check_args(ap, train.parse_args(ap, ["--recipe", "fast", *args.fast_flags]))
+
+
 def check_race(args):
     """RaceError (one line, code 2) for what would stop the race before it starts; resolves the paths."""
     try:
@@ -314,6 +332,7 @@ def check_race(args):
             raise RaceError("pinning each lane to a core needs Linux (os.sched_setaffinity)")
         if args.cores[0] == args.cores[1] or not set(args.cores) <= os.sched_getaffinity(0):
             raise RaceError(f"--cores needs two different cores of this machine's {sorted(os.sched_getaffinity(0))}")
+    check_fast_args(args)
     # CPU: train.py must not find a GPU; CUDA: both on the chosen one
     args.lane_env = {"CUDA_VISIBLE_DEVICES": "" if device.type == "cpu" else str(device.index or 0)}
     args.work, args.data = os.path.abspath(args.work), os.path.abspath(args.data)

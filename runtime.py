@@ -107,7 +107,8 @@ def resolve_amp(amp, device, log=print):
 
 
 def autocast(device, dtype, cache=True):
-    """cache=False inside a CUDA graph: autocast's cache of cast weights must not outlive the capture."""
+    """cache=False for a step captured as a CUDA graph, as torch's CUDA-graph notes ask of autocast there
+    (the cache only saves recasting a weight used twice in one forward pass)."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
@@ -135,16 +136,18 @@ class GraphedStep:
     takes to run them. fn must not sync with the host and must read what changes between steps (the lr)
     from tensors it updates in place. The first `warmup` calls, and the first of each new shape or key,
     run eagerly (on a side stream, as torch's CUDA-graph notes ask): lazy initialisation and cuDNN's
-    autotuning must not happen inside a capture. A change of key() (which parameters train) drops the graphs."""
+    autotuning must not happen inside a capture. A change of key() (which parameters train) drops the graphs;
+    until then each shape's graph (and its memory) is kept, one per image size under progressive resizing."""
 
     def __init__(self, fn, device, key=lambda: None, warmup=3):
         self.fn, self.cuda, self.key, self.warmup = fn, device.type == "cuda", key, warmup
         self.graphs, self.graphs_key, self.seen, self.captures = {}, None, set(), 0
+        self.side = torch.cuda.Stream(device) if self.cuda else None
 
     def __call__(self, x, y):
-        key = (self.key(), x.shape, y.shape)
+        key = (self.key(), x.shape, x.dtype, y.shape, y.dtype)
         if self.warmup > 0 or key not in self.seen:
-            self.warmup -= 1
+            self.warmup = max(0, self.warmup - 1)
             self.seen.add(key)
             return self.eager(x, y)
         if key[0] != self.graphs_key:
@@ -161,11 +164,10 @@ class GraphedStep:
     def eager(self, x, y):
         if not self.cuda:
             return self.fn(x, y)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
             out = self.fn(x, y)
-        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.current_stream().wait_stream(self.side)
         return out
 
     def capture(self, x, y):

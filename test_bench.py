@@ -284,9 +284,26 @@ def test_race_passes_fast_args_to_the_fast_lane(tmp_path, monkeypatch):
         open(os.path.join(out, "metrics.jsonl"), "w").write('{"epoch_time": 2}\n')
         return 3.0
     monkeypatch.setattr(race, "launch", launch)
-    args = types.SimpleNamespace(work=str(tmp_path), data="D", fast_args="--cuda-graph  --epochs 9", lane_env={})
+    args = types.SimpleNamespace(fast_args="--cuda-graph  --epochs 9")
+    race.check_fast_args(args)
+    args = types.SimpleNamespace(**vars(args), work=str(tmp_path), data="D", lane_env={})
     r = race.fast_run(args, 4, 0, time.time(), lambda: False)
     assert seen[0][-3:] == ["--cuda-graph", "--epochs", "9"] and r["tta_acc"] == 0.91 and r["counted_s"] == 3
+
+
+@pytest.mark.parametrize("fast_args, says", [
+    ("--epochs 0", "bench.py race --fast-args: error: --epochs must be positive, got 0"),
+    ("--cuda-graph --optimizer sgd", "--cuda-graph needs --optimizer muon"),
+    ("--tta 'flip", "--fast-args \"--tta 'flip\": No closing quotation"),
+    ("--seed=3 --out x", "--fast-args cannot set --seed=3, --out: the race sets --recipe, --data"),
+])
+def test_race_refuses_bad_fast_args_in_one_line_before_any_run(fast_args, says, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
+    monkeypatch.setattr(race, "run_lanes", lambda args: pytest.fail("a run started"))
+    with pytest.raises(SystemExit) as e:
+        bench.main(["race", f"--fast-args={fast_args}", "--work", str(tmp_path), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and says in err, err
 
 
 def test_race_without_airbench_says_how_to_install_it(tmp_path, monkeypatch, capsys, data_dir):

@@ -20,7 +20,7 @@ import optim
 import runtime
 import train
 from evaluate import evaluate
-from conftest import run_script
+from conftest import run_script, training_metrics
 from models import ARCHS, build_model
 from selection import HardExamples
 
@@ -65,6 +65,8 @@ def lenet_run(tmp_path_factory, data_dir):
     (["--select-every", "0"], "--ema-every, --lookahead-k and --select-every must be positive, got 4, 5 and 0"),
     (["--eval-every", "-1"], "--save-every, --skip-nonfinite and --eval-every must be >= 0"),
     (["--cuda-graph"], "--cuda-graph needs --optimizer muon, and takes no --compile, --skip-nonfinite or --amp fp16"),
+    (["--optimizer", "muon", "--cuda-graph", "--compile"],
+     "--cuda-graph needs --optimizer muon, and takes no --compile, --skip-nonfinite or --amp fp16"),
     (["--optimizer", "muon", "--cuda-graph", "--skip-nonfinite", "3"],
      "--cuda-graph needs --optimizer muon, and takes no --compile, --skip-nonfinite or --amp fp16"),
     (["--image-sizes", "4"], "--image-sizes must lie in 8..32 (the images are 32x32), got 4"),
@@ -111,6 +113,12 @@ def test_existing_run_is_not_overwritten(capsys, lenet_run, data_dir):
 def test_resume_refuses_a_contradicting_flag(capsys, lenet_run, data_dir):
     err = refused(capsys, ["--resume", lenet_run, "--arch", "rescnn6", "--data", data_dir])
     assert "that run has --arch lenet, not rescnn6" in err
+
+
+def test_resume_may_add_cuda_graph_which_changes_no_result(capsys, lenet_run, data_dir):
+    """--cuda-graph is no setting of the run: a resume may add it, and it is checked against the run's own."""
+    err = refused(capsys, ["--resume", lenet_run, "--cuda-graph", "--data", data_dir])
+    assert "--cuda-graph needs --optimizer muon" in err  # the run's sgd, not 'that run has --cuda-graph False'
 
 
 def test_resume_refuses_a_contradicting_flag_even_at_its_default_value(capsys, lenet_run, data_dir):
@@ -425,6 +433,23 @@ def test_muon_groups_and_one_exact_step():
     assert torch.allclose(head, h0 - 0.02 * 1.85 * (gh + 0.1 * h0), atol=1e-6)
 
 
+def test_muon_with_a_device_lr_steps_at_the_lr_that_load_lr_read():
+    """use_device_lr: the step reads the lr tensors (a CUDA graph's replay cannot read a Python float), which
+    load_lr fills from the groups: a NaN lr set after load_lr does not reach the weights."""
+    weights = []
+    for device_lr in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 36, 4))
+        opt = optim.build_optimizer(model, opt_args(lr=0.12))
+        if device_lr:
+            opt.use_device_lr(torch.device("cpu"))  # reads the groups' lr now, not at the step
+            opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = opt.param_groups[2]["lr"] = float("nan")
+        model(torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))).square().mean().backward()
+        opt.step()
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
 def test_muon_under_a_gradient_scaler_steps_on_the_unscaled_gradient():
     """fp16 runs (CUDA) scale the loss by 2^16: Muon and its SGD groups must step as an unscaled run does."""
     weights = []
@@ -651,11 +676,24 @@ def test_the_graphed_step_trains_exactly_as_the_eager_one():
         opt, sched, scaler, loss = optim.training_parts(model, args, torch.device("cpu"), torch.bfloat16, len(batches))
         step = train.make_train_step(model, opt, sched, loss, torch.device("cpu"), torch.bfloat16, scaler,
                                      cuda_graph=graphed)
+        outputs = []
         for i, (x, y) in enumerate(batches):
             model.set_epoch(0 if i < 7 else 9)  # fastnet freezes its whitening bias: another set of trained weights
-            step(x, y)
-        weights.append([p.detach().clone() for p in model.parameters()])
+            outputs += [t.clone() for t in step(x, y)]  # as the caller reads them, before the next step
+        weights.append([p.detach().clone() for p in model.parameters()] + outputs)
     assert step.graphed.captures == 3  # batches of 8 (4th step); after the freeze, of 8 and 5 (each seen once before)
     last_lr = sched.base_lrs[0] * optim.lr_factor(len(batches) - 1, len(batches), 0, "linear")  # the last step's
     assert opt.device_lr[0].item() == pytest.approx(last_lr) and last_lr > 0
     assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+def test_a_graphed_fast_run_ends_on_the_weights_of_an_eager_one(tmp_path, data_dir):
+    """train.py --recipe fast --cuda-graph end to end on a CPU (4 epochs: the whitening bias freezes after
+    the 3rd, lookahead syncs every 5 steps): the same figures and weights as without the flag."""
+    flags = ["--recipe", "fast", "--subset", "200", "--batch-size", "50", "--epochs", "4", "--tta", "none",
+             "--data", data_dir]
+    assert train.main([*flags, "--out", str(tmp_path / "eager")]) == 0
+    assert train.main([*flags, "--cuda-graph", "--out", str(tmp_path / "graphed")]) == 0
+    assert training_metrics(str(tmp_path / "eager")) == training_metrics(str(tmp_path / "graphed"))
+    a, b = (runtime.load_checkpoint(str(tmp_path / run / "last.pt")) for run in ("eager", "graphed"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

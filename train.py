@@ -31,9 +31,9 @@ from models import ARCHS, build_model, check_arch, count_flops, count_params, in
 from optim import Lookahead, ema_warmup, set_schedule, training_parts
 from recipes import NOT_FLAGS, RECIPES, list_recipes
 from runtime import (GraphedStep, MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast,
-                     device_name, eval_weights, git_commit, load_checkpoint, make_run_dir, pick_device, prepare_run_dir, ranks_agree,
-                     remove_stale_temps, resolve_amp, rng_state, rss_mib, save_checkpoint, set_rng_state,
-                     setup_distributed, sync, write_text)
+                     device_name, eval_weights, git_commit, load_checkpoint, make_run_dir, pick_device,
+                     prepare_run_dir, ranks_agree, remove_stale_temps, resolve_amp, rng_state, rss_mib,
+                     save_checkpoint, set_rng_state, setup_distributed, sync, write_text)
 from selection import PROXY_WIDTHS, HardExamples
 
 
@@ -129,7 +129,7 @@ def parse_args(ap, argv=None):
     return args
 
 
-RESUME_MAY_CHANGE = {"resume", "data", "download", "no_progress"}  # the rest must match the run being resumed
+RESUME_MAY_CHANGE = {"resume", "data", "download", "no_progress", "cuda_graph"}  # the rest must match the run resumed
 
 
 def flags_given(argv):
@@ -277,7 +277,8 @@ def read_command_line(ap, argv):
             if vars(args)[k] != saved.get(k, ap.get_default(k)):
                 ap.error(f"--resume {args.resume}: that run has --{k.replace('_', '-')} "
                          f"{saved.get(k, ap.get_default(k))}, not {vars(args)[k]}; drop the flag or start a new run")
-        saved.update(resume=args.resume, data=args.data, download=args.download, no_progress=args.no_progress)
+        saved.update(resume=args.resume, data=args.data, download=args.download, no_progress=args.no_progress,
+                     cuda_graph=args.cuda_graph or saved.get("cuda_graph", False))  # changes no result
         args = argparse.Namespace(**{**{k: ap.get_default(k) for k in vars(args)}, **saved})  # flags newer than the run
     check_args(ap, args)
     return args, resume_ckpt
@@ -300,9 +301,11 @@ def set_up(ap, args):
     out = prepare_run_dir(args, ap)
     device = pick_device(log)
     torch.set_float32_matmul_precision("high")  # TF32 for what stays fp32 on Ampere+ (a no-op elsewhere)
+    if args.cuda_graph and device.type == "cuda" and args.amp != "off" and not torch.cuda.is_bf16_supported():
+        ap.error("--cuda-graph needs bf16 autocast or none, and this GPU has no bf16: add --amp off")  # (fp16 syncs)
+    if args.cuda_graph and device.type != "cuda":
+        log(f"note: --cuda-graph captures on CUDA only; on {device.type} the step runs the same path uncaptured")
     run = Run(args, out, rank, world, device, resolve_amp(args.amp, device, log), log)
-    if args.cuda_graph and run.amp_dtype == torch.float16:  # the gradient scaler syncs with the host every step
-        ap.error("--cuda-graph needs bf16 autocast or none, and this GPU has no bf16 (use --amp off)")
     if args.compile and device.type == "mps":
         log("warning: --compile is not supported on MPS; running eagerly")
         args.compile = False
