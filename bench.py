@@ -3,7 +3,7 @@
     python bench.py data  [--quick] [--data DIR] [--batch-size 512]
     python bench.py step  [--quick] [--arch resnet18] [--batch-size 128] [--no-compile]
     python bench.py epoch [--quick] [--arch resnet18] [--batch-size 128] [--data DIR] [--subset N]
-    python bench.py race  [--seeds 0 1 2 3 4] [--data DIR] [--cores 0 1]      # needs pip install airbench
+    python bench.py race  [--seeds 0 1 2 3 4] [--data DIR] [--cores 0 1] [--fast-args='FLAGS']  # pip install airbench
 
 `data`: data.py's on-device Loader (random crop with padding 4, flip, normalise) against the usual
 torchvision pipeline with the same transforms applied per image (Dataset + v2 transforms +
@@ -18,8 +18,9 @@ supports; train.py's overhead must stay under 5% (PASS/FAIL per row).
 `epoch`: one epoch of train.py end to end (data.build_loaders, make_train_step, evaluate.evaluate on the
 test split), its time split into data, compute and evaluation, with images/s and peak memory.
 
-`race`: `train.py --recipe fast` against pip airbench's train94, both at once, each pinned to its own
-core with one thread, so the machine's drift hits both (race.py says how, and holds the CPU shim).
+`race`: `train.py --recipe fast` (plus --fast-args) against pip airbench's train94, both at once, each pinned
+to its own core with one thread, so the machine's drift hits both (race.py says how, and holds the CPU shim);
+on CUDA one after the other.
 
 Timings exclude warm-up, repeat several times, and report the median and the spread
 ((max - min) / median); the race reports means over its runs and each lane's drift (slowest / fastest).
