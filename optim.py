@@ -69,9 +69,12 @@ class Muon(torch.optim.Optimizer):
                     g = orthogonalise(g.reshape(len(g), -1)).view_as(p)
                 params.append(p)
                 updates.append(g)
-            if params:  # lr x update, then subtracted: the same two roundings for a float and a tensor lr
-                lr = group["lr"] if self.device_lr is None else self.device_lr[i]
-                torch._foreach_sub_(params, torch._foreach_mul(updates, lr))
+            if not params:
+                continue
+            if self.device_lr is None:
+                torch._foreach_add_(params, updates, alpha=-group["lr"])
+            else:  # a tensor lr cannot be an alpha: lr x update, then subtracted (rounds apart from the line above)
+                torch._foreach_sub_(params, torch._foreach_mul(updates, self.device_lr[i]))
         return loss
 
 
