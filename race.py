@@ -297,7 +297,7 @@ def drift(runs):
             "epochs": max(epochs) / min(epochs) if epochs else None}
 
 
-RACE_SETS = ("--recipe", "--data", "--seed", "--out", "--force", "--no-progress")  # on every fast run's command
+RACE_SETS = ("--recipe", "--data", "--seed", "--out", "--force", "--no-progress", "--resume")  # or must not set
 
 
 def check_fast_args(args):
@@ -312,7 +312,7 @@ def check_fast_args(args):
     if taken:
         raise RaceError(f"--fast-args cannot set {', '.join(taken)}: the race sets {', '.join(RACE_SETS)} itself")
     ap = train.get_parser()
-    ap.prog = "bench.py race --fast-args"
+    ap.prog, ap.allow_abbrev = "bench.py race --fast-args", False  # '--see 3' would be --seed 3 in the lane
     train.check_args(ap, train.parse_args(ap, ["--recipe", "fast", *args.fast_flags]))
 
 

@@ -132,8 +132,8 @@ class Uncaptured:
 
 class GraphedStep:
     """fn(x, y) -> tensors, captured as one CUDA graph per input shape and replayed: a small network's step
-    is hundreds of small kernels, and launching them one by one from Python takes longer than the GPU
-    takes to run them. fn must not sync with the host and must read what changes between steps (the lr)
+    is hundreds of small kernels, which Python may launch more slowly than the GPU runs them; a replay
+    launches them all at once. fn must not sync with the host and must read what changes between steps (the lr)
     from tensors it updates in place. The first `warmup` calls, and the first of each new shape or key,
     run eagerly (on a side stream, as torch's CUDA-graph notes ask): lazy initialisation and cuDNN's
     autotuning must not happen inside a capture. A change of key() (which parameters train) drops the graphs;

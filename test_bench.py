@@ -296,6 +296,7 @@ def test_race_passes_fast_args_to_the_fast_lane(tmp_path, monkeypatch):
     ("--cuda-graph --optimizer sgd", "--cuda-graph needs --optimizer muon"),
     ("--tta 'flip", "--fast-args \"--tta 'flip\": No closing quotation"),
     ("--seed=3 --out x", "--fast-args cannot set --seed=3, --out: the race sets --recipe, --data"),
+    ("--see 3", "bench.py race --fast-args: error: unrecognized arguments: --see 3"),
 ])
 def test_race_refuses_bad_fast_args_in_one_line_before_any_run(fast_args, says, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))

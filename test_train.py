@@ -116,8 +116,9 @@ def test_resume_refuses_a_contradicting_flag(capsys, lenet_run, data_dir):
     assert "that run has --arch lenet, not rescnn6" in err
 
 
-def test_resume_may_add_cuda_graph_which_changes_no_result(capsys, lenet_run, data_dir):
-    """--cuda-graph is no setting of the run: a resume may add it, and it is checked against the run's own."""
+def test_resume_may_add_cuda_graph_checked_against_the_runs_settings(capsys, lenet_run, data_dir):
+    """--cuda-graph trains the same steps (Muon's update rounded apart): a resume may add it, and it is checked
+    against the run's own settings."""
     err = refused(capsys, ["--resume", lenet_run, "--cuda-graph", "--data", data_dir])
     assert "--cuda-graph needs --optimizer muon" in err  # the run's sgd, not 'that run has --cuda-graph False'
 

@@ -278,7 +278,7 @@ def read_command_line(ap, argv):
                 ap.error(f"--resume {args.resume}: that run has --{k.replace('_', '-')} "
                          f"{saved.get(k, ap.get_default(k))}, not {vars(args)[k]}; drop the flag or start a new run")
         saved.update(resume=args.resume, data=args.data, download=args.download, no_progress=args.no_progress,
-                     cuda_graph=args.cuda_graph or saved.get("cuda_graph", False))  # changes no result
+                     cuda_graph=args.cuda_graph or saved.get("cuda_graph", False))  # the same training, rounded apart
         args = argparse.Namespace(**{**{k: ap.get_default(k) for k in vars(args)}, **saved})  # flags newer than the run
     check_args(ap, args)
     return args, resume_ckpt
@@ -301,8 +301,9 @@ def set_up(ap, args):
     out = prepare_run_dir(args, ap)
     device = pick_device(log)
     torch.set_float32_matmul_precision("high")  # TF32 for what stays fp32 on Ampere+ (a no-op elsewhere)
+    # fp16 autocast needs a GradScaler, whose step reads its inf check back on the host: nothing a graph can hold
     if args.cuda_graph and device.type == "cuda" and args.amp != "off" and not torch.cuda.is_bf16_supported():
-        ap.error("--cuda-graph needs bf16 autocast or none, and this GPU has no bf16: add --amp off")  # (fp16 syncs)
+        ap.error("--cuda-graph needs bf16 autocast or none, and this GPU has no bf16: add --amp off")
     if args.cuda_graph and device.type != "cuda":
         log(f"note: --cuda-graph captures on CUDA only; on {device.type} the step runs the same path uncaptured")
     run = Run(args, out, rank, world, device, resolve_amp(args.amp, device, log), log)
