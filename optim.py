@@ -51,26 +51,25 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:  # as torch's optimizers: re-evaluate the model, with gradients, before the step
             with torch.enable_grad():
                 loss = closure()
-        for i, group in enumerate(self.param_groups):
-            mom, wd = group["momentum"], group["weight_decay"]
-            params, updates = [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad if not wd else p.grad.add(p, alpha=wd)
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(g)
-                buf = state["momentum_buffer"]
-                buf.mul_(mom).add_(g)
-                g = g.add(buf, alpha=mom)  # Nesterov
-                if group["muon"]:
-                    p.mul_(len(p) ** 0.5 / p.norm())
-                    g = orthogonalise(g.reshape(len(g), -1)).view_as(p)
-                params.append(p)
-                updates.append(g)
+        for i, group in enumerate(self.param_groups):  # foreach calls: a few launches a group, not a few a tensor
+            params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
+            mom, wd = group["momentum"], group["weight_decay"]
+            grads = [p.grad for p in params]
+            if wd:
+                grads = torch._foreach_add(grads, params, alpha=wd)
+            for p, g in zip(params, grads):
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(g)
+            bufs = [self.state[p]["momentum_buffer"] for p in params]
+            torch._foreach_mul_(bufs, mom)
+            torch._foreach_add_(bufs, grads)
+            updates = list(torch._foreach_add(grads, bufs, alpha=mom))  # Nesterov
+            if group["muon"]:
+                for j, p in enumerate(params):
+                    p.mul_(len(p) ** 0.5 / p.norm())
+                    updates[j] = orthogonalise(updates[j].reshape(len(p), -1)).view_as(p)
             if self.device_lr is None:
                 torch._foreach_add_(params, updates, alpha=-group["lr"])
             else:  # a tensor lr cannot be an alpha: lr x update, then subtracted (rounds apart from the line above)
