@@ -198,12 +198,16 @@ def launch(cmd, log_path, core, cwd, env=None, stopped=lambda: False):
     return time.perf_counter() - t0
 
 
+def race_flags(data_dir, seed, out):
+    """The train.py flags the race sets on every fast run (--fast-args adds to them and may not repeat them)."""
+    return ["--recipe", "fast", "--data", data_dir, "--seed", str(seed), "--out", out, "--force", "--no-progress"]
+
+
 def fast_run(args, seed, core, started, stopped):
     out = os.path.join(args.work, f"fast-seed{seed}")
     t = time.time() - started
-    wall = launch([sys.executable, os.path.join(HERE, "train.py"), "--recipe", "fast", "--data", args.data,
-                   "--seed", str(seed), "--out", out, "--force", "--no-progress", *args.fast_flags],
-                  out + ".log", core, None, args.lane_env, stopped)
+    wall = launch([sys.executable, os.path.join(HERE, "train.py"), *race_flags(args.data, seed, out),
+                   *args.fast_flags], out + ".log", core, None, args.lane_env, stopped)
     with open(os.path.join(out, "summary.json")) as f:
         s = json.load(f)
     with open(os.path.join(out, "metrics.jsonl")) as f:
@@ -297,9 +301,6 @@ def drift(runs):
             "epochs": max(epochs) / min(epochs) if epochs else None}
 
 
-RACE_SETS = ("--recipe", "--data", "--seed", "--out", "--force", "--no-progress", "--resume")  # or must not set
-
-
 def check_fast_args(args):
     """--fast-args split into args.fast_flags, and refused in one line before any run if train.py would refuse
     them (its own check, exit code 2) or they name a flag the race sets itself."""
@@ -308,9 +309,10 @@ def check_fast_args(args):
         args.fast_flags = shlex.split(args.fast_args)
     except ValueError as e:
         raise RaceError(f"--fast-args {args.fast_args!r}: {e}") from None
-    taken = [f for f in args.fast_flags if f.split("=")[0] in RACE_SETS]
+    sets = [f for f in race_flags("", 0, "") if f.startswith("--")] + ["--resume"]  # --resume: not a fresh run
+    taken = [f for f in args.fast_flags if f.split("=")[0] in sets]
     if taken:
-        raise RaceError(f"--fast-args cannot set {', '.join(taken)}: the race sets {', '.join(RACE_SETS)} itself")
+        raise RaceError(f"--fast-args cannot set {', '.join(taken)}: the race sets {', '.join(sets)} itself")
     ap = train.get_parser()
     ap.prog, ap.allow_abbrev = "bench.py race --fast-args", False  # '--see 3' would be --seed 3 in the lane
     train.check_args(ap, train.parse_args(ap, ["--recipe", "fast", *args.fast_flags]))
