@@ -266,6 +266,7 @@ class Loader:
             rows = (starts[s, None] + self._rows).view(-1)
             x = self._windows.index_select(0, rows).view(-1, 3, self.h, self.w)
             y = self.labels[shard[s]]
+            self.indices = shard[s]  # which training images this batch holds (selection.LastLoss reads it)
             if self.jitter:
                 x = self._color_jitter(x.float().div_(255), factors[s])
                 x = ((x - self.mean) / self.std).to(self.dtype)

@@ -308,6 +308,18 @@ def test_epoch_visits_every_image_once_keep_or_drop_last():
     assert len(set(torch.cat([y for _, y in out]).tolist())) == 512
 
 
+def test_each_batch_names_its_images():
+    """Loader.indices holds which training images the batch just yielded (selection.LastLoss keys its table by
+    them), on every rank's shard: with no augmentation the batch is those images, and the labels here are the
+    indices themselves."""
+    plain = torch.cat([x for x, _ in make_loader(train=False, batch_size=600)])
+    for rank in (0, 1):
+        loader = make_loader(rank=rank, world_size=2, crop=0, flip=False)
+        loader.set_epoch(2)
+        for x, y in loader:
+            assert torch.equal(loader.indices, y) and torch.equal(x, plain[loader.indices])
+
+
 def test_same_seed_same_batches_other_epoch_or_seed_differs():
     a = batches(make_loader(seed=1, jitter=0.2, cutout=6), 3)
     b = batches(make_loader(seed=1, jitter=0.2, cutout=6), 3)

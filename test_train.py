@@ -23,7 +23,7 @@ import train
 from evaluate import evaluate
 from conftest import run_script, training_metrics
 from models import ARCHS, build_model
-from selection import HardExamples
+from selection import AGE, HardExamples, LastLoss
 
 QUICK = ["--arch", "lenet", "--epochs", "1", "--subset", "200", "--batch-size", "50", "--eval-batch-size", "100"]
 
@@ -90,6 +90,17 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(capsys, tmp_path, monk
     err = refused(capsys, argv)
     assert says.replace("{tmp}", str(tmp_path)) in err
     assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--skip-nonfinite", "2"], "--skip-nonfinite works in a single process only"),
+    (["--optimizer", "muon", "--cuda-graph"], "--cuda-graph works in a single process only"),
+    (["--select-frac", "0.5", "--select-by", "loss"], "--select-by loss works in a single process only"),
+])
+def test_what_one_process_only_can_do_is_refused_under_torchrun(capsys, tmp_path, monkeypatch, data_dir, flags, says):
+    monkeypatch.setattr(train, "setup_distributed", lambda: (0, 2))  # as torchrun with 2 processes, seen by rank 0
+    assert says in refused(capsys, [*QUICK, "--data", data_dir, "--out", str(tmp_path / "run"), *flags])
+    assert not (tmp_path / "run").exists()
 
 
 def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
@@ -441,32 +452,58 @@ def test_selection_trains_on_the_proxys_hardest_share_and_teaches_it_every_kth_b
     assert select.optimizer.param_groups[0]["lr"] == select.scheduler.base_lrs[0] * factor
 
 
-def test_a_selecting_run_steps_on_the_hard_half_and_resumes_to_identical_weights(tmp_path, data_dir, monkeypatch):
-    """--select-frac 0.5: every step sees 25 of the batch's 50 images. A run stopped by SIGTERM after its second
-    step and resumed ends on the weights of a run that was not stopped: the proxy is in last.pt too."""
-    real, sizes = train.make_train_step, []
+def test_last_loss_selection_picks_by_the_loss_when_last_trained_on_plus_its_age():
+    """--select-by loss: the first epoch trains on whole batches and fills the table; later each batch gives its
+    top share by recorded loss + AGE per epoch since; trained() records the step's per-image losses."""
+    select = LastLoss(0.5, 10, torch.device("cpu"))
+    x, y, idx = torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 3]), torch.tensor([7, 2, 5, 0])
+    assert select(x, y, idx, 0)[0] is x
+    logits = torch.zeros(4, 10)
+    logits[torch.arange(4), y] = torch.tensor([4.0, 0.0, 3.0, 6.0])  # the least sure: image 2 (row 1), then 5
+    select.trained(logits, y)
+    want = nn.functional.cross_entropy(logits, y, reduction="none")
+    assert torch.equal(select.loss[idx], want) and select.epoch[idx].tolist() == [0.0] * 4
+    select.epoch[0] = -10  # the surest, image 0 (row 3), but last trained on 11 epochs before epoch 1
+    xs, ys = select(x, y, idx, 1)
+    assert want[3] + AGE * 11 > want[1] > want[2] > want[3]  # so the age moves image 0 ahead of 2 and 5
+    assert ys.tolist() == [3, 1] and torch.equal(xs, x[[3, 1]]) and select.picked.tolist() == [0, 2]
+    select.trained(logits[[3, 1]], ys)
+    assert select.epoch[[0, 2]].tolist() == [1.0, 1.0] and select.epoch[[7, 5]].tolist() == [0.0, 0.0]
+    again = LastLoss(0.5, 10, torch.device("cpu"))
+    again.load_state_dict(select.state_dict())
+    assert torch.equal(again.loss, select.loss) and torch.equal(again.epoch, select.epoch)
+
+
+@pytest.mark.parametrize("by, stop_at, sizes", [("proxy", 2, [25] * 8), ("loss", 6, [50] * 4 + [25] * 4)])
+def test_a_selecting_run_steps_on_the_hard_half_and_resumes_to_identical_weights(tmp_path, data_dir, monkeypatch,
+                                                                                 by, stop_at, sizes):
+    """--select-frac 0.5: every step sees 25 of the batch's 50 images (by loss: from the second epoch). A run
+    stopped by SIGTERM and resumed ends on the weights of a run that was not stopped: the proxy or the table of
+    losses is in last.pt too."""
+    real, seen = train.make_train_step, []
 
     def recording(stop_at=None):
         def make(*a, **k):
             inner = real(*a, **k)
 
             def step(x, y):
-                sizes.append(len(x))
-                if len(sizes) == stop_at:
+                seen.append(len(x))
+                if len(seen) == stop_at:
                     os.kill(os.getpid(), signal.SIGTERM)
                 return inner(x, y)
             return step
         return make
-    flags = [*QUICK, "--epochs", "2", "--select-frac", "0.5", "--select-every", "3", "--data", data_dir]
+    flags = [*QUICK, "--epochs", "2", "--select-frac", "0.5", "--select-by", by, "--select-every", "3",
+             "--data", data_dir]
     monkeypatch.setattr(train, "make_train_step", recording())
     assert train.main([*flags, "--out", str(tmp_path / "whole")]) == 0
-    assert sizes == [25] * 8
-    monkeypatch.setattr(train, "make_train_step", recording(stop_at=2))
-    sizes.clear()
+    assert seen == sizes
+    monkeypatch.setattr(train, "make_train_step", recording(stop_at=stop_at))
+    seen.clear()
     assert train.main([*flags, "--out", str(tmp_path / "cut")]) == 128 + signal.SIGTERM
     assert train.main(["--resume", str(tmp_path / "cut"), "--data", data_dir]) == 0
     a, b = (runtime.load_checkpoint(str(tmp_path / run / "last.pt")) for run in ("whole", "cut"))
-    assert b["hard"]["batches"] == 8
+    assert b["hard"]["batches"] == 8 if by == "proxy" else b["hard"]["epoch"].max() == 1
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
 

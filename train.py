@@ -34,7 +34,7 @@ from runtime import (GraphedStep, MetricsLog, OneLineParser, Progress, add_amp_a
                      device_name, eval_weights, git_commit, load_checkpoint, make_run_dir, pick_device,
                      prepare_run_dir, ranks_agree, remove_stale_temps, resolve_amp, rng_state, rss_mib,
                      save_checkpoint, set_rng_state, setup_distributed, sync, write_text)
-from selection import PROXY_WIDTHS, HardExamples
+from selection import make_selector
 
 
 # ----------------------------------------------------------------------------- command line
@@ -96,8 +96,9 @@ def get_parser():
                     help="translate TTA: the shifted views only for the share F of test images least sure "
                          "under flip TTA (they cost twice the flip pair)")
     ap.add_argument("--select-frac", type=float, default=1.0, metavar="F",
-                    help="train on the share F of each batch that a small proxy network finds hardest (selection.py; "
-                         "1 = every image)")
+                    help="train on the share F of each batch that scores hardest (selection.py; 1 = every image)")
+    ap.add_argument("--select-by", default="proxy", choices=["proxy", "loss"],
+                    help="--select-frac's score: a small proxy network's loss, or each image's loss when last trained on")
     ap.add_argument("--select-every", type=int, default=4, metavar="K",
                     help="--select-frac: the proxy also learns from its pick of every K-th batch")
     ap.add_argument("--save-every", type=int, default=0, metavar="STEPS", help="also write last.pt every N steps")
@@ -160,7 +161,7 @@ def check_args(ap, args):
                  f"{args.lookahead_k} and {args.select_every}")
     side = min(args.image_sizes or [32])
     nets = [(args.arch, f"--arch {args.arch}")]
-    nets += [("fastnet", "the --select-frac proxy (fastnet)")] if args.select_frac < 1 else []
+    nets += [("fastnet", "the --select-frac proxy (fastnet)")] if args.select_frac < 1 and args.select_by == "proxy" else []
     for arch, name in nets if 8 <= side < 32 else []:  # sizes outside 8..32: data.build_loaders refuses them
         try:  # a network's pooling or fixed-size layers set the smallest image it takes
             with torch.no_grad():
@@ -297,6 +298,8 @@ def set_up(ap, args):
         ap.error("--skip-nonfinite works in a single process only (a rank that skips its backward would stall the others)")
     if world > 1 and args.cuda_graph:
         ap.error("--cuda-graph works in a single process only (its graph holds no DDP communication)")
+    if world > 1 and args.select_frac < 1 and args.select_by == "loss":
+        ap.error("--select-by loss works in a single process only (a process sees only its shard of the images)")
     log = print if rank == 0 else (lambda *a, **k: None)
     out = prepare_run_dir(args, ap)
     device = pick_device(log)
@@ -365,8 +368,7 @@ def build_training(run, resuming):
                                   run.scaler, run.ema, skip_nonfinite=args.skip_nonfinite > 0,
                                   ema_every=args.ema_every, lookahead=run.lookahead, cuda_graph=args.cuda_graph)
     run.eval_model = run.ema.module if run.ema is not None else raw
-    run.hard = HardExamples(args, run.train_loader, device, run.amp_dtype, len(run.info["classes"])) \
-        if args.select_frac < 1 else None
+    run.hard = make_selector(args, run.train_loader, device, run.amp_dtype, len(run.info["classes"]))
 
 
 def resume(ap, run, ckpt):
@@ -427,9 +429,7 @@ def announce(run):
             f"{info['n_train']:,} train, {info['n_val']:,} val, {info['n_test']:,} test | "
             f"batch {args.batch_size}x{world} | {len(run.train_loader)} steps/epoch | run folder {run.out}")
     if run.hard is not None:
-        run.log(f"each step trains on the {args.select_frac:.0%} of its batch that a proxy network (fastnet "
-                f"{'-'.join(map(str, PROXY_WIDTHS))}) finds hardest; the proxy learns from one batch in "
-                f"{args.select_every}")
+        run.log(run.hard.describe())
     if world > 1:
         run.log(f"torchrun: {world} processes, global batch {args.batch_size} x {world} = {args.batch_size * world}, "
                 f"lr {args.lr:g} -> {run.lr:g} (--scale-lr {args.scale_lr}), "
@@ -529,7 +529,7 @@ def train_one_epoch(run, epoch):
             bar.update(1)
             continue
         if run.hard is not None:  # --select-frac: the step sees the batch's hardest part only
-            x, y = run.hard(x, y)
+            x, y = run.hard(x, y, loader.indices, epoch)
         loss, logits = run.step_fn(x, y)
         run.step += 1
         if args.skip_nonfinite and not torch.isfinite(loss):  # step_fn left the weights alone
@@ -538,6 +538,8 @@ def train_one_epoch(run, epoch):
                 raise diverged(run, epoch, loss.item(), f"after skipping {args.skip_nonfinite} bad steps")
             bar.update(1)
             continue
+        if run.hard is not None:
+            run.hard.trained(logits, y)
         acc_loss += loss.double() * len(x)
         acc_correct += n_correct(logits, y)
         seen += len(x)
