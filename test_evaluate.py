@@ -71,6 +71,24 @@ def test_tta_frac_shifts_only_the_least_sure_images():
     assert not torch.allclose(got, flip, atol=1e-3) and not torch.allclose(got, full, atol=1e-3)
 
 
+def test_tta_given_the_plain_logits_skips_that_pass_and_gives_the_same_figures_bit_for_bit():
+    """train.py hands TTA its last test pass's logits (float32, from bf16 here): the mirror and the shifted views
+    are computed as before, the plain one not again, and every logit is the recomputed one exactly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 10)).eval()
+    batches = [(torch.randn(n, 3, 6, 6), torch.randint(0, 10, (n,))) for n in (16, 16, 5)]  # a short last batch
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    plain = evaluate.evaluate(model, batches, cpu, bf16, return_outputs=True)["logits"]
+    sizes = []
+    model.register_forward_hook(lambda m, i, o: sizes.append(len(i[0])))
+    want = evaluate.evaluate(evaluate.TTA(model, translate=True, frac=0.25), batches, cpu, bf16, return_outputs=True)
+    n_want, sizes[:] = len(sizes), []
+    got = evaluate.evaluate(evaluate.TTA(model, translate=True, frac=0.25, plain=plain.split(16)), batches, cpu, bf16,
+                            return_outputs=True)
+    assert torch.equal(got["logits"], want["logits"]) and got["acc"] == want["acc"]
+    assert len(sizes) == n_want - 3 and sizes[:2] == [16, 4]  # per batch: the mirror, then the shifted views
+
+
 def test_evaluate_with_a_criterion_gives_its_mean_over_every_image():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).train()

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 import optim
 import runtime
+import evaluate as evaluate_module
 import train
 from evaluate import evaluate
 from conftest import run_script, training_metrics
@@ -327,11 +328,15 @@ def test_every_recipe_runs_a_tiny_step(tmp_path, data_dir, recipe):
 
 # ----------------------------------------------------------------------------- the fast recipe's parts
 
-def test_tta_flag_reports_a_second_figure(tmp_path, data_dir):
-    out = tmp_path / "tta"
+def test_tta_flag_reports_a_second_figure(tmp_path, data_dir, monkeypatch):
+    """... computed with the last epoch's test pass as its plain view (not a pass of its own)."""
+    out, given = tmp_path / "tta", []
+    monkeypatch.setattr(train, "TTA", lambda *a, plain=None, **k: given.append(plain) or evaluate_module.TTA(
+        *a, plain=plain, **k))
     assert train.main([*QUICK, "--tta", "translate", "--data", data_dir, "--out", str(out)]) == 0
     s = json.load(open(out / "summary.json"))
     assert s["tta"] == "translate" and s["tta_eval_s"] > 0
+    assert len(given) == 1 and [len(b) for b in given[0]] == [100, 100]  # --eval-batch-size 100, 200 test images
     assert s["tta_test_acc"] * 200 == pytest.approx(round(s["tta_test_acc"] * 200))  # a count of the 200 images
     # the figure itself: test_evaluate.py checks it equals evaluate.py's flip+translate TTA on the same weights
 

@@ -252,7 +252,7 @@ class Run:
         # seconds, over every invocation of the run: init, training (epochs only), the training loops' wall time
         self.init_time = self.train_time = self.wall_before = 0.0
         self.rows, self.metrics = [], None  # per-epoch rows; their MetricsLog on rank 0
-        self.bad_steps, self.stop_signal = 0, []
+        self.bad_steps, self.stop_signal, self.test_logits = 0, [], None  # logits: the last test pass's, for TTA
 
 
 class Stop(Exception):
@@ -577,13 +577,13 @@ def train_one_epoch(run, epoch):
 def end_epoch(run, epoch, row, bar, images):
     """Evaluate (every --eval-every epochs and after the last), log the epoch's row, keep best.pt and last.pt;
     stop here if a signal came during evaluation."""
-    t_eval, sel = time.time(), run.select
-    k = run.args.eval_every
-    if (k and (epoch + 1) % k == 0) or epoch + 1 == run.args.epochs:
+    t_eval, sel, k, last = time.time(), run.select, run.args.eval_every, epoch + 1 == run.args.epochs
+    if (k and (epoch + 1) % k == 0) or last:
         for split, loader in (("val", run.val_loader), ("test", run.test_loader if sel == "test" else None)):
-            if loader is not None:
-                r = evaluate(run.eval_model, loader, run.device, run.amp_dtype)
-                row[f"{split}_loss"], row[f"{split}_acc"] = r["loss"], r["acc"]
+            if loader is not None:  # the last test pass keeps its logits for the TTA's plain view
+                r = evaluate(run.eval_model, loader, run.device, run.amp_dtype,
+                             return_outputs=last and split == "test" and run.args.tta != "none")
+                row[f"{split}_loss"], row[f"{split}_acc"], run.test_logits = r["loss"], r["acc"], r.get("logits")
     row.update(epoch_time=run.epoch_time, eval_time=time.time() - t_eval,
                images_per_s=images / run.epoch_time, rss_mib=round(rss_mib(), 1))
     improved = row.get(f"{sel}_acc", -1.0) > run.best
@@ -621,7 +621,8 @@ def test_figures(run):
     if args.tta != "none":
         sync(device)
         t = time.time()
-        tta = evaluate(TTA(model, args.tta == "translate", frac=args.tta_frac), loader, device, amp_dtype)
+        plain = None if run.test_logits is None else run.test_logits.split(loader.batch_size)  # (end_epoch's)
+        tta = evaluate(TTA(model, args.tta == "translate", frac=args.tta_frac, plain=plain), loader, device, amp_dtype)
         sync(device)
         figures.update(tta=args.tta, tta_test_acc=tta["acc"], tta_eval_s=time.time() - t)
     return figures
