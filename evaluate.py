@@ -66,13 +66,14 @@ class TTA(nn.Module):
     also of copies shifted by `shift` pixels up-left and down-right (reflect-padded), weighted half and
     half as in airbench. frac < 1: the shifted views only for that share of each batch, the images whose
     mirror-averaged prediction is least sure (smallest margin between its top two probabilities): they
-    cost twice the mirror pair, and a sure prediction rarely changes. plain: the model's logits of the loader's
-    batches in order, as evaluate() returned them, if already computed (train.py's last test pass): saves a pass."""
+    cost twice the mirror pair, and a sure prediction rarely changes. plain: the model's (N, classes) logits of
+    the loader's images in order, as evaluate() returns them, if already computed (train.py's last test pass):
+    each batch takes its next rows instead of a pass of its own."""
 
     def __init__(self, model, translate=False, shift=1, frac=1.0, plain=None):
         super().__init__()
         self.model, self.translate, self.shift, self.frac = model, translate, shift, frac
-        self.plain = None if plain is None else iter(plain)
+        self.plain, self.seen = plain, 0
 
     def both(self, x, plain=None):
         mirrored = self.model(x.flip(3))
@@ -86,7 +87,12 @@ class TTA(nn.Module):
         return 0.5 * (self.both(p[..., :h, :w]) + self.both(p[..., 2 * k:, 2 * k:]))
 
     def forward(self, x):
-        out = self.both(x, None if self.plain is None else next(self.plain))
+        plain = None
+        if self.plain is not None:
+            plain, self.seen = self.plain[self.seen:self.seen + len(x)], self.seen + len(x)
+            if len(plain) != len(x):
+                raise ValueError(f"TTA was given {len(self.plain)} plain logits, fewer than the images it scores")
+        out = self.both(x, plain)
         if not self.translate:
             return out
         if self.frac >= 1:

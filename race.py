@@ -296,9 +296,10 @@ def _mean(runs, key):
 
 def drift(runs):
     """How much a lane's speed moved during the race: slowest over fastest run, and slowest over fastest
-    epoch (each run's last epoch left out: airbench94's is a fraction of one). 1.0 = none."""
+    epoch (each run's first and last epochs left out: the first holds warm-up, and with --select-frac trains on
+    every image; airbench94's last is a fraction of one). 1.0 = none."""
     times = [r["whole_s"] for r in runs]
-    epochs = [t for r in runs for t in r["epoch_times"][:-1]]
+    epochs = [t for r in runs for t in r["epoch_times"][1:-1]]
     return {"runs": max(times) / min(times) if times else None,
             "epochs": max(epochs) / min(epochs) if epochs else None}
 

@@ -114,7 +114,8 @@ class LastLoss:
         return x[hard], y[hard]
 
     def trained(self, logits, y):
-        """Record the step's per-image losses (plain cross-entropy, whatever the run's loss)."""
+        """Record the step's per-image losses (plain cross-entropy, whatever the run's loss; under --mix, of each
+        mixed image against its soft target, kept for the batch's own image)."""
         self.loss[self.picked] = F.cross_entropy(logits.detach().float(), y, reduction="none")
         self.epoch[self.picked] = float(self.now)
 

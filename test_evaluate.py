@@ -83,10 +83,12 @@ def test_tta_given_the_plain_logits_skips_that_pass_and_gives_the_same_figures_b
     model.register_forward_hook(lambda m, i, o: sizes.append(len(i[0])))
     want = evaluate.evaluate(evaluate.TTA(model, translate=True, frac=0.25), batches, cpu, bf16, return_outputs=True)
     n_want, sizes[:] = len(sizes), []
-    got = evaluate.evaluate(evaluate.TTA(model, translate=True, frac=0.25, plain=plain.split(16)), batches, cpu, bf16,
+    got = evaluate.evaluate(evaluate.TTA(model, translate=True, frac=0.25, plain=plain), batches, cpu, bf16,
                             return_outputs=True)
     assert torch.equal(got["logits"], want["logits"]) and got["acc"] == want["acc"]
     assert len(sizes) == n_want - 3 and sizes[:2] == [16, 4]  # per batch: the mirror, then the shifted views
+    with pytest.raises(ValueError, match="TTA was given 30 plain logits, fewer than the images it scores"):
+        evaluate.evaluate(evaluate.TTA(model, plain=plain[:30]), batches, cpu, bf16)
 
 
 def test_evaluate_with_a_criterion_gives_its_mean_over_every_image():

@@ -148,10 +148,8 @@ def check_args(ap, args):
     for name in ("epochs", "batch_size", "lr", "eval_batch_size", "aux_lr", "bias_lr_scale"):
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.val < 0:
-        ap.error(f"--val must be >= 0, got {args.val}")
-    if args.subset is not None and args.subset <= 0:
-        ap.error(f"--subset must be positive, got {args.subset}")
+    if args.val < 0 or (args.subset is not None and args.subset <= 0):
+        ap.error(f"--val must be >= 0 and --subset positive, got {args.val} and {args.subset}")
     if len(args.gamma) not in (1, len(args.milestones)):
         ap.error(f"--gamma takes one value or one per milestone ({len(args.milestones)}), got {len(args.gamma)}")
     if args.save_every < 0 or args.skip_nonfinite < 0 or args.eval_every < 0:
@@ -168,6 +166,8 @@ def check_args(ap, args):
                 build_model(arch).eval()(torch.zeros(1, 3, side, side))
         except RuntimeError:
             ap.error(f"{name} cannot take {side}x{side} images (--image-sizes)")
+    if args.select_by == "loss" and (args.select_frac >= 1 or args.select_every != ap.get_default("select_every")):
+        ap.error("--select-by loss needs --select-frac below 1, and takes no --select-every (the proxy's)")
     for name in ("tta_frac", "select_frac"):
         if not 0 < getattr(args, name) <= 1:
             ap.error(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")
@@ -583,7 +583,8 @@ def end_epoch(run, epoch, row, bar, images):
             if loader is not None:  # the last test pass keeps its logits for the TTA's plain view
                 r = evaluate(run.eval_model, loader, run.device, run.amp_dtype,
                              return_outputs=last and split == "test" and run.args.tta != "none")
-                row[f"{split}_loss"], row[f"{split}_acc"], run.test_logits = r["loss"], r["acc"], r.get("logits")
+                row[f"{split}_loss"], row[f"{split}_acc"] = r["loss"], r["acc"]
+                run.test_logits = r.get("logits", run.test_logits)  # only the last test pass returns them
     row.update(epoch_time=run.epoch_time, eval_time=time.time() - t_eval,
                images_per_s=images / run.epoch_time, rss_mib=round(rss_mib(), 1))
     improved = row.get(f"{sel}_acc", -1.0) > run.best
@@ -620,9 +621,8 @@ def test_figures(run):
         model.load_state_dict(last_state)
     if args.tta != "none":
         sync(device)
-        t = time.time()
-        plain = None if run.test_logits is None else run.test_logits.split(loader.batch_size)  # (end_epoch's)
-        tta = evaluate(TTA(model, args.tta == "translate", frac=args.tta_frac, plain=plain), loader, device, amp_dtype)
+        t = time.time() - (0.0 if run.test_logits is None else last["eval_time"])  # with the pass it reuses
+        tta = evaluate(TTA(model, args.tta == "translate", frac=args.tta_frac, plain=run.test_logits), loader, device, amp_dtype)
         sync(device)
         figures.update(tta=args.tta, tta_test_acc=tta["acc"], tta_eval_s=time.time() - t)
     return figures
