@@ -64,15 +64,16 @@ def evaluate(model, loader, device, amp_dtype=None, return_outputs=False, criter
 class TTA(nn.Module):
     """Test-time augmentation: average the logits of the image and its mirror; with translate,
     also of copies shifted by `shift` pixels up-left and down-right (reflect-padded), weighted half and
-    half as in airbench. frac < 1: the shifted views only for that share of each batch, the images whose
-    mirror-averaged prediction is least sure (smallest margin between its top two probabilities): they
-    cost twice the mirror pair, and a sure prediction rarely changes. plain: the model's (N, classes) logits of
-    the loader's images in order, as evaluate() returns them, if already computed (train.py's last test pass):
-    each batch takes its next rows instead of a pass of its own."""
+    half as in airbench. A sure prediction rarely changes, so views can go to the least sure images only (the
+    smallest margin between the top two probabilities): mirror_frac < 1, the mirror only for that share of each
+    batch, least sure under the plain view; frac < 1, the shifted views (twice the mirror pair's cost) only for
+    that share, least sure under what came before. plain: the model's (N, classes) logits of the loader's images
+    in order, as evaluate() returns them, if already computed (train.py's last test pass): each batch takes its
+    next rows instead of a pass of its own."""
 
-    def __init__(self, model, translate=False, shift=1, frac=1.0, plain=None):
+    def __init__(self, model, translate=False, shift=1, frac=1.0, plain=None, mirror_frac=1.0):
         super().__init__()
-        self.model, self.translate, self.shift, self.frac = model, translate, shift, frac
+        self.model, self.translate, self.shift, self.frac, self.mirror_frac = model, translate, shift, frac, mirror_frac
         self.plain, self.seen = plain, 0
 
     def both(self, x, plain=None):
@@ -92,16 +93,26 @@ class TTA(nn.Module):
             plain, self.seen = self.plain[self.seen:self.seen + len(x)], self.seen + len(x)
             if len(plain) != len(x):
                 raise ValueError(f"TTA was given {len(self.plain)} plain logits, fewer than the images it scores")
-        out = self.both(x, plain)
+        if self.mirror_frac >= 1:
+            out = self.both(x, plain)
+        else:  # in float32 throughout, so given plain logits (bf16 ones held in float32) score as recomputed ones
+            out = (self.model(x) if plain is None else plain).float()
+            unsure = least_sure(out, self.mirror_frac)
+            out[unsure] = self.both(x[unsure], out[unsure]).float()
         if not self.translate:
             return out
-        if self.frac >= 1:
+        if self.frac >= 1 and self.mirror_frac >= 1:
             return 0.5 * out + 0.5 * self.shifted(x)
-        top2 = out.float().softmax(1).topk(2, dim=1).values
-        unsure = (top2[:, 0] - top2[:, 1]).argsort()[:math.ceil(self.frac * len(x))]
+        unsure = least_sure(out, self.frac)
         out = out.clone()
         out[unsure] = 0.5 * out[unsure] + 0.5 * self.shifted(x[unsure]).to(out.dtype)
         return out
+
+
+def least_sure(logits, frac):
+    """Row indices of the share frac of logits whose top-two probability margin is smallest."""
+    top2 = logits.float().softmax(1).topk(2, dim=1).values
+    return (top2[:, 0] - top2[:, 1]).argsort()[:math.ceil(frac * len(logits))]
 
 
 # ----------------------------------------------------------------------------- per class, confusion, speed
@@ -167,8 +178,10 @@ def get_parser():
     ap.add_argument("--translate", action="store_true",
                     help="TTA with copies shifted 1 pixel up-left and down-right too (implies --tta)")
     ap.add_argument("--tta-frac", type=float, default=None, metavar="F",
-                    help="--translate: the shifted copies only for the share F of images least sure under flip TTA "
+                    help="--translate: the shifted copies only for the share F of images least sure after the mirror "
                          "(default: the run's own, so the figure matches its summary)")
+    ap.add_argument("--tta-mirror-frac", type=float, default=None, metavar="M",
+                    help="--tta: the mirror only for the share M of images least sure without it (default: the run's own)")
     ap.add_argument("--subset", type=int, default=None, help="evaluate only the first N test images")
     ap.add_argument("--out", default=None, help="folder for confusion_matrix.png (default: the checkpoint's folder)")
     ap.add_argument("--json", default=None, metavar="PATH", help="write the numbers as JSON")
@@ -196,8 +209,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.batch_size <= 0:
         ap.error(f"--batch-size must be positive, got {args.batch_size}")
-    if args.tta_frac is not None and not 0 < args.tta_frac <= 1:
-        ap.error(f"--tta-frac must be in (0, 1], got {args.tta_frac}")
+    for name in ("tta_frac", "tta_mirror_frac"):
+        if getattr(args, name) is not None and not 0 < getattr(args, name) <= 1:
+            ap.error(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")
     args.tta = args.tta or args.translate
     ckpt, x, y, classes = load_run(ap, args)
     targs = ckpt["args"]
@@ -226,11 +240,12 @@ def main(argv=None):
     for name, acc in result["per_class_acc"].items():
         print(f"Accuracy of {name:>10s} : {100 * acc:5.1f} %")
     if args.tta:
-        frac = args.tta_frac if args.tta_frac is not None else targs.get("tta_frac", 1.0)
-        tta = TTA(model, args.translate, frac=frac)
+        frac, mirror_frac = (targs.get(k, 1.0) if getattr(args, k) is None else getattr(args, k)
+                             for k in ("tta_frac", "tta_mirror_frac"))
+        tta = TTA(model, args.translate, frac=frac, mirror_frac=mirror_frac)
         r = evaluate(tta, loader, device, amp_dtype)
         kind = "flip+translate" if args.translate else "flip"
-        result.update(tta=kind, tta_frac=frac, tta_test_acc=r["acc"], tta_test_loss=r["loss"],
+        result.update(tta=kind, tta_frac=frac, tta_mirror_frac=mirror_frac, tta_test_acc=r["acc"], tta_test_loss=r["loss"],
                       tta_images_per_s=images_per_s(tta, loader, device, amp_dtype))
         print(f"With {kind} TTA: {100 * r['acc']:.2f} % (without: {100 * res['acc']:.2f} %)")
     print(f"Inference: {result['images_per_s']:.0f} images/s at batch size {args.batch_size}"

@@ -1,5 +1,6 @@
 """evaluate.py: the evaluation loop, test-time augmentation's views and weights, and the script on a run (in the
 run's own precision, giving the figures train.py recorded)."""
+import functools
 import json
 import os
 
@@ -71,7 +72,32 @@ def test_tta_frac_shifts_only_the_least_sure_images():
     assert not torch.allclose(got, flip, atol=1e-3) and not torch.allclose(got, full, atol=1e-3)
 
 
-def test_tta_given_the_plain_logits_skips_that_pass_and_gives_the_same_figures_bit_for_bit():
+def test_tta_mirror_frac_mirrors_only_the_least_sure_then_shifts_the_least_sure_of_those_results():
+    """mirror_frac 0.5, frac 0.25: the mirror pair for the half of the batch least sure under the plain view, the
+    plain view alone for the rest; then the shifted views for the quarter least sure under that."""
+    torch.manual_seed(0)
+    model, x = Counting(), torch.randn(16, 3, 6, 6)
+    plain, flip, full = model(x), evaluate.TTA(model)(x), evaluate.TTA(model, translate=True)(x)
+
+    def least_sure(logits, k):
+        p = logits.softmax(1).topk(2, dim=1).values
+        return (p[:, 0] - p[:, 1]).argsort()[:k]
+
+    half = plain.clone()
+    half[least_sure(plain, 8)] = flip[least_sure(plain, 8)]
+    want, unsure = half.clone(), least_sure(half, 4)
+    want[unsure] = 0.5 * half[unsure] + 0.5 * (2 * full[unsure] - flip[unsure])  # full = (flip + shifted) / 2
+    sizes = []
+    model.forward = lambda v, f=model.forward: sizes.append(len(v)) or f(v)
+    got = evaluate.TTA(model, translate=True, frac=0.25, mirror_frac=0.5)(x)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert sizes == [16, 8, 4, 4, 4, 4]  # plain for all, the mirror of 8 (their plain view reused), 4 x 4 shifted
+    assert not torch.allclose(got, evaluate.TTA(model, translate=True, frac=0.25)(x), atol=1e-3)
+    assert torch.allclose(evaluate.TTA(model, mirror_frac=0.5)(x), half, atol=1e-5)  # flip TTA alone
+
+
+@pytest.mark.parametrize("mirror_frac, first_sizes", [(1.0, [16, 4]), (0.5, [8, 4])])
+def test_tta_given_the_plain_logits_skips_that_pass_and_gives_the_same_figures_bit_for_bit(mirror_frac, first_sizes):
     """train.py hands TTA its last test pass's logits (float32, from bf16 here): the mirror and the shifted views
     are computed as before, the plain one not again, and every logit is the recomputed one exactly."""
     torch.manual_seed(0)
@@ -81,12 +107,12 @@ def test_tta_given_the_plain_logits_skips_that_pass_and_gives_the_same_figures_b
     plain = evaluate.evaluate(model, batches, cpu, bf16, return_outputs=True)["logits"]
     sizes = []
     model.register_forward_hook(lambda m, i, o: sizes.append(len(i[0])))
-    want = evaluate.evaluate(evaluate.TTA(model, translate=True, frac=0.25), batches, cpu, bf16, return_outputs=True)
+    tta = functools.partial(evaluate.TTA, model, translate=True, frac=0.25, mirror_frac=mirror_frac)
+    want = evaluate.evaluate(tta(), batches, cpu, bf16, return_outputs=True)
     n_want, sizes[:] = len(sizes), []
-    got = evaluate.evaluate(evaluate.TTA(model, translate=True, frac=0.25, plain=plain), batches, cpu, bf16,
-                            return_outputs=True)
+    got = evaluate.evaluate(tta(plain=plain), batches, cpu, bf16, return_outputs=True)
     assert torch.equal(got["logits"], want["logits"]) and got["acc"] == want["acc"]
-    assert len(sizes) == n_want - 3 and sizes[:2] == [16, 4]  # per batch: the mirror, then the shifted views
+    assert len(sizes) == n_want - 3 and sizes[:2] == first_sizes  # per batch: the mirror, then the shifted views
     with pytest.raises(ValueError, match="TTA was given 30 plain logits, fewer than the images it scores"):
         evaluate.evaluate(evaluate.TTA(model, plain=plain[:30]), batches, cpu, bf16)
 
@@ -107,17 +133,18 @@ def test_evaluate_with_a_criterion_gives_its_mean_over_every_image():
 
 @pytest.fixture(scope="module")
 def fp32_run(tmp_path_factory, data_dir):
-    """A one-epoch lenet run trained and evaluated without autocast, with flip+translate TTA for the least sure half."""
+    """A one-epoch lenet run trained and evaluated without autocast, with flip+translate TTA: the mirror for the
+    least sure 70%, the shifted views for the least sure half."""
     out = str(tmp_path_factory.mktemp("runs") / "fp32")
-    assert train.main([*QUICK, "--amp", "off", "--tta", "translate", "--tta-frac", "0.5", "--data", data_dir,
-                       "--out", out]) == 0
+    assert train.main([*QUICK, "--amp", "off", "--tta", "translate", "--tta-frac", "0.5", "--tta-mirror-frac", "0.7",
+                       "--data", data_dir, "--out", out]) == 0
     return out
 
 
 def test_evaluate_py_uses_the_runs_precision_and_gives_its_figures(fp32_run, data_dir, tmp_path):
     """No --amp: the run's own (off), so the loss is the one train.py logged to the last digits (bf16 would move
-    it in the third); --translate alone turns on TTA, at the run's --tta-frac, whose figure is the one in
-    summary.json."""
+    it in the third); --translate alone turns on TTA, at the run's --tta-frac and --tta-mirror-frac, whose figure
+    is the one in summary.json."""
     js = str(tmp_path / "eval.json")
     r = run_script("evaluate.py", fp32_run, "--data", data_dir, "--subset", "200", "--translate", "--json", js,
                    "--out", str(tmp_path))
@@ -127,5 +154,6 @@ def test_evaluate_py_uses_the_runs_precision_and_gives_its_figures(fp32_run, dat
     summary = json.load(open(os.path.join(fp32_run, "summary.json")))
     assert res["amp"] == "None" and res["test_loss"] == pytest.approx(row["test_loss"], rel=1e-6)
     assert res["test_acc"] == summary["best_test_acc"]
-    assert res["tta"] == "flip+translate" and res["tta_frac"] == 0.5 and res["tta_test_acc"] == summary["tta_test_acc"]
+    assert res["tta"] == "flip+translate" and (res["tta_frac"], res["tta_mirror_frac"]) == (0.5, 0.7)
+    assert res["tta_test_acc"] == summary["tta_test_acc"]
     assert "With flip+translate TTA" in r.stdout

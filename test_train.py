@@ -61,6 +61,7 @@ def lenet_run(tmp_path_factory, data_dir):
     (["--optimizer", "muon", "--aux-lr", "-1"], "--aux-lr must be positive, got -1.0"),
     (["--tta", "mirror"], "argument --tta: invalid choice: 'mirror'"),
     (["--tta-frac", "0"], "--tta-frac must be in (0, 1], got 0.0"),
+    (["--tta-mirror-frac", "1.5"], "--tta-mirror-frac must be in (0, 1], got 1.5"),
     (["--select-frac", "1.5"], "--select-frac must be in (0, 1], got 1.5"),
     (["--arch", "resnet18", "--select-frac", "0.5", "--image-sizes", "8", "32"],
      "the --select-frac proxy (fastnet) cannot take 8x8 images (--image-sizes)"),

@@ -43,8 +43,7 @@ def get_parser():
     ap = OneLineParser(description="Train a CIFAR-10 network. Every flag has a default; see README.md.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--recipe", default=None, help="take every default from a named recipe (--list-recipes)")
-    ap.add_argument("--list-recipes", action="store_true",
-                    help="print the recipes with their source, the report's figure and what they assume")
+    ap.add_argument("--list-recipes", action="store_true", help="print the recipes: source, report figure, assumptions")
     ap.add_argument("--arch", default="resnet18", help=f"network: {', '.join(ARCHS)}")
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=128, help="per process (per GPU under torchrun)")
@@ -80,8 +79,7 @@ def get_parser():
     ap.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                     help="evaluate and select an exponential moving average of the weights (e.g. 0.999); 0 = off")
     ap.add_argument("--ema-every", type=int, default=4, metavar="K",
-                    help="update the EMA every K steps with decay DECAY**K (an update every step costs a sizeable "
-                         "share of a fast GPU step)")
+                    help="update the EMA every K steps with decay DECAY**K (every step costs much of a fast GPU step)")
     ap.add_argument("--lookahead", type=float, default=0.0, metavar="ALPHA",
                     help="lookahead as airbench94: every K steps the weights restart from a slow average that keeps "
                          "ALPHA**K * (progress)**3 of itself (e.g. 0.95); 0 = off")
@@ -89,12 +87,13 @@ def get_parser():
     ap.add_argument("--eval-batch-size", type=int, default=1000)
     ap.add_argument("--eval-every", type=int, default=1, metavar="K",
                     help="evaluate (and pick the best epoch) every K epochs and after the last (0: after the last "
-                         "only); a pass over the test set costs about a fifteenth of a training epoch")
+                         "only); a test pass costs about a fifteenth of an epoch")
     ap.add_argument("--tta", default="none", choices=["none", "flip", "translate"],
                     help="final test figure also with test-time augmentation: flip, or flip + 1-pixel translations")
     ap.add_argument("--tta-frac", type=float, default=1.0, metavar="F",
-                    help="translate TTA: the shifted views only for the share F of test images least sure "
-                         "under flip TTA (they cost twice the flip pair)")
+                    help="translate TTA: the shifted views (twice the mirror's cost) only for the share F least sure")
+    ap.add_argument("--tta-mirror-frac", type=float, default=1.0, metavar="M",
+                    help="TTA: the mirror only for the share M of test images least sure without it")
     ap.add_argument("--select-frac", type=float, default=1.0, metavar="F",
                     help="train on the share F of each batch that scores hardest (selection.py; 1 = every image)")
     ap.add_argument("--select-by", default="proxy", choices=["proxy", "loss"],
@@ -168,7 +167,7 @@ def check_args(ap, args):
             ap.error(f"{name} cannot take {side}x{side} images (--image-sizes)")
     if args.select_by == "loss" and (args.select_frac >= 1 or args.select_every != ap.get_default("select_every")):
         ap.error("--select-by loss needs --select-frac below 1, and takes no --select-every (the proxy's)")
-    for name in ("tta_frac", "select_frac"):
+    for name in ("tta_frac", "tta_mirror_frac", "select_frac"):
         if not 0 < getattr(args, name) <= 1:
             ap.error(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")
     if args.cuda_graph and (args.optimizer != "muon" or args.compile or args.skip_nonfinite or args.amp == "fp16"):
@@ -622,7 +621,8 @@ def test_figures(run):
     if args.tta != "none":
         sync(device)
         t = time.time() - (0.0 if run.test_logits is None else last["eval_time"])  # with the pass it reuses
-        tta = evaluate(TTA(model, args.tta == "translate", frac=args.tta_frac, plain=run.test_logits), loader, device, amp_dtype)
+        tta = TTA(model, args.tta == "translate", frac=args.tta_frac, mirror_frac=args.tta_mirror_frac, plain=run.test_logits)
+        tta = evaluate(tta, loader, device, amp_dtype)
         sync(device)
         figures.update(tta=args.tta, tta_test_acc=tta["acc"], tta_eval_s=time.time() - t)
     return figures
