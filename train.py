@@ -507,7 +507,7 @@ def train_one_epoch(run, epoch):
     its progress bar, the images trained on over all ranks)."""
     args, device, loader = run.args, run.device, run.train_loader
     loader.set_epoch(epoch)
-    if hasattr(run.raw_model, "set_epoch") and run.world == 1:  # fastnet: freezes its whitening bias after epoch 3
+    if hasattr(run.raw_model, "set_epoch") and run.world == 1:  # fastnet: freezes its whitening bias after epoch 1
         run.raw_model.set_epoch(epoch)
     run.model.train()
     acc_loss = torch.zeros((), device=device, dtype=torch.float64)
