@@ -101,7 +101,7 @@ class TTA(nn.Module):
             out[unsure] = self.both(x[unsure], out[unsure]).float()
         if not self.translate:
             return out
-        if self.frac >= 1 and self.mirror_frac >= 1:
+        if self.frac >= 1:
             return 0.5 * out + 0.5 * self.shifted(x)
         unsure = least_sure(out, self.frac)
         out = out.clone()
