@@ -303,6 +303,18 @@ def drift(runs):
             "epochs": max(epochs) / min(epochs) if epochs else None}
 
 
+def bar(s):
+    """The issue's bar on a race's figures. "At least airbench94's accuracy in the same race" is read both ways:
+    each fast seed against airbench94's run of the same seed (seeds airbench94 did not run are left out), and
+    every fast seed against airbench94's mean."""
+    air = {r["seed"]: r["tta_acc"] for r in s["airbench94"]}
+    paired = [(r["tta_acc"], air[r["seed"]]) for r in s["fast"] if r["seed"] in air]
+    return {"every_seed_90.4": s["fast_min_tta_acc"] >= 0.904,
+            "every_seed_at_least_airbench94_same_seed": bool(paired) and all(f >= a for f, a in paired),
+            "every_seed_at_least_airbench94_mean": s["fast_min_tta_acc"] >= s["airbench94_mean_tta_acc"],
+            "pace_2x": s["ratio_whole"] >= 2}
+
+
 def check_fast_args(args):
     """--fast-args split into args.fast_flags, and refused in one line before any run if train.py would refuse
     them (its own check, exit code 2) or they name a flag the race sets itself."""
@@ -363,9 +375,7 @@ def bench_race(args):
                "drift": {"fast": drift(fast), "airbench94": drift(air)},
                "fast_min_tta_acc": min(r["tta_acc"] for r in fast),
                "airbench94_mean_tta_acc": _mean(air, "tta_acc")}
-    section["bar"] = {"every_seed_90.4": section["fast_min_tta_acc"] >= 0.904,
-                      "every_seed_at_least_airbench94": section["fast_min_tta_acc"] >= section["airbench94_mean_tta_acc"],
-                      "pace_2x": section["ratio_whole"] >= 2}
+    section["bar"] = bar(section)
     print_race(section)
     return section
 

@@ -237,13 +237,28 @@ def test_race_runs_both_lanes_at_once_and_writes_the_ratio(tmp_path, monkeypatch
     assert s["fast_runs_cut"] == 1 and fast[-1]["end_s"] <= air[0]["end_s"] and s["race_s"] >= 0.3
     assert s["ratio_whole"] == pytest.approx(0.3 / 0.02) and s["ratio_counted"] == pytest.approx(0.3 / 0.02)
     assert s["fast_min_tta_acc"] == pytest.approx(0.905) and s["airbench94_mean_tta_acc"] == pytest.approx(0.904)
-    assert s["bar"] == {"every_seed_90.4": True, "every_seed_at_least_airbench94": True, "pace_2x": True}
+    assert s["bar"] == {"every_seed_90.4": True, "every_seed_at_least_airbench94_same_seed": True,
+                        "every_seed_at_least_airbench94_mean": True, "pace_2x": True}
     assert s["drift"] == {"fast": {"runs": pytest.approx(1.0), "epochs": pytest.approx(1.0)},
                           "airbench94": {"runs": pytest.approx(1.0), "epochs": pytest.approx(1.0)}}
     runs = [{"whole_s": 10.0, "epoch_times": [9.0, 3.0, 4.0, 0.5]}, {"whole_s": 12.0, "epoch_times": [1.0, 6.0, 5.0, 1.0]}]
     assert race.drift(runs) == {"runs": pytest.approx(1.2), "epochs": pytest.approx(2.0)}  # first, last left out
     printed = capsys.readouterr().out
     assert "pace: fast is 15.00x airbench94" in printed and "bar: every_seed_90.4 yes" in printed
+
+
+def test_the_bar_reads_airbench94s_accuracy_per_seed_and_by_its_mean():
+    def runs(*accs):
+        return [{"seed": seed, "tta_acc": acc} for seed, acc in enumerate(accs)]
+    # fast above airbench94's mean on every seed, but below its seed 0; fast's seed 2 has no airbench94 run
+    s = {"fast": runs(0.906, 0.907, 0.905), "airbench94": runs(0.908, 0.902), "ratio_whole": 2.0}
+    s["fast_min_tta_acc"], s["airbench94_mean_tta_acc"] = 0.905, 0.905
+    assert race.bar(s) == {"every_seed_90.4": True, "every_seed_at_least_airbench94_same_seed": False,
+                           "every_seed_at_least_airbench94_mean": True, "pace_2x": True}
+    s["airbench94"][0]["tta_acc"], s["fast"][2]["tta_acc"] = 0.906, 0.903  # a tie passes; seed 2 counts for 90.4 only
+    s["fast_min_tta_acc"], s["ratio_whole"] = 0.903, 1.99
+    assert race.bar(s) == {"every_seed_90.4": False, "every_seed_at_least_airbench94_same_seed": True,
+                           "every_seed_at_least_airbench94_mean": False, "pace_2x": False}
 
 
 def test_a_failed_run_stops_both_lanes_in_one_line(tmp_path, monkeypatch, capsys):
