@@ -307,11 +307,12 @@ def bar(s):
     """The issue's bar on a race's figures. "At least airbench94's accuracy in the same race" is read both ways:
     each fast seed against airbench94's run of the same seed (seeds airbench94 did not run are left out), and
     every fast seed against airbench94's mean."""
+    eps = 1e-6  # a tie is a tie: accuracies are counts over 10,000 images, airbench94's handed over as float32
     air = {r["seed"]: r["tta_acc"] for r in s["airbench94"]}
     paired = [(r["tta_acc"], air[r["seed"]]) for r in s["fast"] if r["seed"] in air]
-    return {"every_seed_90.4": s["fast_min_tta_acc"] >= 0.904,
-            "every_seed_at_least_airbench94_same_seed": bool(paired) and all(f >= a for f, a in paired),
-            "every_seed_at_least_airbench94_mean": s["fast_min_tta_acc"] >= s["airbench94_mean_tta_acc"],
+    return {"every_seed_90.4": s["fast_min_tta_acc"] >= 0.904 - eps,
+            "every_seed_at_least_airbench94_same_seed": bool(paired) and all(f >= a - eps for f, a in paired),
+            "every_seed_at_least_airbench94_mean": s["fast_min_tta_acc"] >= s["airbench94_mean_tta_acc"] - eps,
             "pace_2x": s["ratio_whole"] >= 2}
 
 
