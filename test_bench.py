@@ -211,8 +211,10 @@ def fake_lanes(monkeypatch, fast_s=0.02, air_s=0.3, air_fails=False):
             if kind == "airbench94" and air_fails:
                 raise race.RaceError("a run exited with 1; its output: x.log", code=1)
             time.sleep(length)
-            if stopped():
-                raise race.Cancelled()
+            if stopped():  # as fast_run does: a cut run tells how many epochs it finished (2 of 4)
+                e = race.Cancelled()
+                e.epoch_times = [length / 4] * 2
+                raise e
             return {"seed": seed, "tta_acc": 0.905 + seed / 1000 if kind == "fast" else 0.904, "acc": 0.9,
                     "whole_s": length, "counted_s": length / 2, "epoch_times": [length / 4] * 4, "core": core,
                     "start_s": t0, "end_s": time.time() - started}
@@ -236,6 +238,7 @@ def test_race_runs_both_lanes_at_once_and_writes_the_ratio(tmp_path, monkeypatch
     assert [r["seed"] for r in fast] == list(range(len(fast))) and len(fast) >= 6 and all(r["core"] == 0 for r in fast)
     assert s["fast_runs_cut"] == 1 and fast[-1]["end_s"] <= air[0]["end_s"] and s["race_s"] >= 0.3
     assert s["ratio_whole"] == pytest.approx(0.3 / 0.02) and s["ratio_counted"] == pytest.approx(0.3 / 0.02)
+    assert s["ratio_window"] == pytest.approx(len(fast) + 0.5)  # the cut run: half a run's time in whole epochs
     assert s["fast_min_tta_acc"] == pytest.approx(0.905) and s["airbench94_mean_tta_acc"] == pytest.approx(0.904)
     assert s["bar"] == {"every_seed_90.4": True, "every_seed_at_least_airbench94_same_seed": True,
                         "every_seed_at_least_airbench94_mean": True, "pace_2x": True}
@@ -245,6 +248,20 @@ def test_race_runs_both_lanes_at_once_and_writes_the_ratio(tmp_path, monkeypatch
     assert race.drift(runs) == {"runs": pytest.approx(1.2), "epochs": pytest.approx(2.0)}  # first, last left out
     printed = capsys.readouterr().out
     assert "pace: fast is 15.00x airbench94" in printed and "bar: every_seed_90.4 yes" in printed
+    assert f"fast trained {len(fast) + 0.5:.2f} runs to airbench94's 1, {len(fast) + 0.5:.2f}x" in printed
+
+
+def test_the_window_ratio_counts_runs_in_the_same_stretch_of_time():
+    # airbench94's 2 runs took as long as fast's 3 and a cut one; the machine sped up once fast's runs had
+    # ended (airbench94's second run: 60 s, its first 100 s), so whole-process times say 80 / 50 = 1.6x
+    fast = [{"whole_s": 50.0, "epoch_times": [20.0, 10.0, 10.0]}, {"whole_s": 50.0, "epoch_times": [20.0, 10.0, 10.0]},
+            {"whole_s": 50.0, "epoch_times": [20.0, 10.0, 10.0]}]
+    air = [{"whole_s": 100.0}, {"whole_s": 60.0}]
+    # the cut run finished 2 epochs: 30 s of a 50-s run, 0.6 of one
+    assert race.window_ratio(fast, air, [[12.0, 6.0]]) == pytest.approx((3 + 0.6) / 2)
+    assert race.window_ratio(fast, air, [[]]) == pytest.approx(1.5)  # cut before its first epoch ended
+    assert race.window_ratio(fast, air, []) == pytest.approx(1.5) and race.window_ratio([], air, []) is None
+    assert race.epoch_times("/nonexistent") == []
 
 
 def test_the_bar_reads_airbench94s_accuracy_per_seed_and_by_its_mean():
@@ -264,6 +281,10 @@ def test_the_bar_reads_airbench94s_accuracy_per_seed_and_by_its_mean():
                            "every_seed_at_least_airbench94_mean": False, "pace_2x": False}
     s["airbench94"] = runs((3, 0.5))  # no seed in common: nothing shows fast at airbench94's level seed by seed
     assert not race.bar(s)["every_seed_at_least_airbench94_same_seed"]
+    s["ratio_whole"], s["ratio_window"] = 2.1, 1.9  # the pace reads the window ratio where a race has one
+    assert not race.bar(s)["pace_2x"]
+    s["ratio_whole"], s["ratio_window"] = 1.9, 2.0
+    assert race.bar(s)["pace_2x"]
 
 
 def test_a_failed_run_stops_both_lanes_in_one_line(tmp_path, monkeypatch, capsys):
@@ -310,6 +331,29 @@ def test_race_passes_fast_args_to_the_fast_lane(tmp_path, monkeypatch):
     args = types.SimpleNamespace(**vars(args), work=str(tmp_path), data="D", lane_env={})
     r = race.fast_run(args, 4, 0, time.time(), lambda: False)
     assert seen[0][-3:] == ["--cuda-graph", "--epochs", "9"] and r["tta_acc"] == 0.91 and r["counted_s"] == 3.25
+
+
+def test_a_cut_fast_run_tells_the_epochs_it_finished(tmp_path, monkeypatch):
+    stale = []
+
+    def launch(cmd, log, core, cwd, env=None, stopped=None):  # stopped during epoch 3
+        out = cmd[cmd.index("--out") + 1]
+        os.makedirs(out, exist_ok=True)
+        path = os.path.join(out, "metrics.jsonl")
+        if stale:  # stopped before its first epoch ended: the folder holds an earlier race's file
+            os.utime(path, (time.time() - 60, time.time() - 60))
+        else:
+            open(path, "w").write('{"epoch_time": 2.5, "eval_time": 0.5}\n{"epoch_time": 2}\n')
+        raise race.Cancelled()
+    monkeypatch.setattr(race, "launch", launch)
+    args = types.SimpleNamespace(work=str(tmp_path), data="D", fast_flags=[], lane_env={})
+    with pytest.raises(race.Cancelled) as e:
+        race.fast_run(args, 3, 0, time.time(), lambda: True)
+    assert e.value.epoch_times == [2.5, 2]
+    stale.append(1)
+    with pytest.raises(race.Cancelled) as e:
+        race.fast_run(args, 3, 0, time.time(), lambda: True)
+    assert e.value.epoch_times == []
 
 
 @pytest.mark.parametrize("fast_args, says", [
