@@ -239,6 +239,7 @@ def test_race_runs_both_lanes_at_once_and_writes_the_ratio(tmp_path, monkeypatch
     assert s["fast_runs_cut"] == 1 and fast[-1]["end_s"] <= air[0]["end_s"] and s["race_s"] >= 0.3
     assert s["ratio_whole"] == pytest.approx(0.3 / 0.02) and s["ratio_counted"] == pytest.approx(0.3 / 0.02)
     assert s["ratio_window"] == pytest.approx(len(fast) + 0.5)  # the cut run: half a run's time in whole epochs
+    assert s["fast_cut_epoch_times"] == [[pytest.approx(0.005)] * 2]
     assert s["fast_min_tta_acc"] == pytest.approx(0.905) and s["airbench94_mean_tta_acc"] == pytest.approx(0.904)
     assert s["bar"] == {"every_seed_90.4": True, "every_seed_at_least_airbench94_same_seed": True,
                         "every_seed_at_least_airbench94_mean": True, "pace_2x": True}
@@ -254,11 +255,11 @@ def test_race_runs_both_lanes_at_once_and_writes_the_ratio(tmp_path, monkeypatch
 def test_the_window_ratio_counts_runs_in_the_same_stretch_of_time():
     # airbench94's 2 runs took as long as fast's 3 and a cut one; the machine sped up once fast's runs had
     # ended (airbench94's second run: 60 s, its first 100 s), so whole-process times say 80 / 50 = 1.6x
-    fast = [{"whole_s": 50.0, "epoch_times": [20.0, 10.0, 10.0]}, {"whole_s": 50.0, "epoch_times": [20.0, 10.0, 10.0]},
-            {"whole_s": 50.0, "epoch_times": [20.0, 10.0, 10.0]}]
+    fast = [{"whole_s": whole, "epoch_times": epochs}
+            for whole, epochs in [(50.0, [20.0, 10.0, 10.0]), (60.0, [20.0, 10.0, 20.0]), (40.0, [10.0, 10.0, 10.0])]]
     air = [{"whole_s": 100.0}, {"whole_s": 60.0}]
-    # the cut run finished 2 epochs: 30 s of a 50-s run, 0.6 of one
-    assert race.window_ratio(fast, air, [[12.0, 6.0]]) == pytest.approx((3 + 0.6) / 2)
+    # the cut run finished 2 epochs: in the finished runs 30 of 50 s, 30 of 60, 20 of 40 (0.6, 0.5, 0.5 of a run)
+    assert race.window_ratio(fast, air, [[12.0, 6.0]]) == pytest.approx((3 + (0.6 + 0.5 + 0.5) / 3) / 2)
     assert race.window_ratio(fast, air, [[]]) == pytest.approx(1.5)  # cut before its first epoch ended
     assert race.window_ratio(fast, air, []) == pytest.approx(1.5) and race.window_ratio([], air, []) is None
     assert race.epoch_times("/nonexistent") == []
@@ -284,6 +285,8 @@ def test_the_bar_reads_airbench94s_accuracy_per_seed_and_by_its_mean():
     s["ratio_whole"], s["ratio_window"] = 2.1, 1.9  # the pace reads the window ratio where a race has one
     assert not race.bar(s)["pace_2x"]
     s["ratio_whole"], s["ratio_window"] = 1.9, 2.0
+    assert race.bar(s)["pace_2x"]
+    s["ratio_whole"], s["ratio_window"] = 2.0, None  # a CUDA race has none: the whole-process ratio
     assert race.bar(s)["pace_2x"]
 
 
