@@ -175,9 +175,62 @@ class FastNet(nn.Module):
     def forward(self, x):
         x = F.gelu(self.whiten(x))
         for g in self.groups:
-            x = F.gelu(g.norm1(F.max_pool2d(g.conv1(x), 2)))
-            x = F.gelu(g.norm2(g.conv2(x)))
+            x = F.gelu(g.norm1(F.max_pool2d(conv3x3(g.conv1, x), 2)))
+            x = F.gelu(g.norm2(conv3x3(g.conv2, x)))
         return self.head(torch.amax(x, dim=(2, 3)))
+
+
+# ----------------------------------------------------------------------------- small maps: the weight gradient by matmuls on a CPU
+
+def conv3x3_weight_grad(x, grad):
+    """The weight gradient of a 3x3, stride-1, pad-1 conv (O, C, 3, 3) as matmuls: for each chunk of images, the
+    output gradient (O x pixels) times the input's 9 shifted windows (pixels x 9C), summed in float32."""
+    B, C, H, W = x.shape
+    windows = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()  # (B, H+2, W+2, C)
+    g = grad.permute(1, 0, 2, 3).reshape(grad.shape[1], B * H * W)  # (O, pixels)
+    n = max(1, 2048 // (H * W))  # images per matmul: about 2k pixels keep a chunk's windows in cache
+    cols = x.new_empty(n, H, W, 3, 3, C)
+    total = torch.zeros(g.shape[0], 9 * C, dtype=torch.promote_types(x.dtype, torch.float32))
+    for b in range(0, B, n):
+        m = min(n, B - b)
+        for i in range(3):
+            for j in range(3):
+                cols[:m, :, :, i, j] = windows[b:b + m, i:i + H, j:j + W]
+        total += g[:, b * H * W:(b + m) * H * W] @ cols[:m].view(m * H * W, 9 * C)
+    return total.view(-1, 3, 3, C).permute(0, 3, 1, 2)  # the channels_last layout of (O, C, 3, 3)
+
+
+class SmallConv3x3(torch.autograd.Function):
+    """F.conv2d(x, weight, padding=1) for a small feature map on a CPU, its weight gradient by matmuls (above), for FastNet:
+    there oneDNN's weight gradient takes 3-5x its forward pass (few pixels per image to tile; RESULTS.md)."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        y = F.conv2d(x, weight, padding=1)  # under autocast, in its dtype
+        ctx.dtypes = x.dtype, weight.dtype
+        ctx.save_for_backward(x.to(y.dtype), weight.to(y.dtype))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False])[0]
+            grad_x = grad_x.to(ctx.dtypes[0])
+        if ctx.needs_input_grad[1]:
+            grad_w = conv3x3_weight_grad(x, grad.to(x.dtype)).to(ctx.dtypes[1])
+        return grad_x, grad_w
+
+
+def conv3x3(conv, x):
+    """conv(x), through SmallConv3x3 where that is faster: training on a CPU, feature maps of 8x8 or less
+    (at 15x15 oneDNN's own is faster), eager mode."""
+    if (x.device.type == "cpu" and x.shape[-1] * x.shape[-2] <= 64 and torch.is_grad_enabled()
+            and conv.weight.requires_grad and not torch.compiler.is_compiling()):
+        return SmallConv3x3.apply(x, conv.weight)
+    return conv(x)
 
 
 # ----------------------------------------------------------------------------- torchvision ResNets, CIFAR stem

@@ -129,3 +129,52 @@ def test_fastnet_whitening_bias_trains_in_the_first_epoch_then_backward_stops_ea
         model(x).sum().backward()
         assert (model.whiten.bias.grad is not None) == trains
         assert model.groups[0].conv1.weight.grad is not None
+
+
+@pytest.mark.parametrize("batch, channels, size, memory_format", [
+    (90, 5, 7, torch.channels_last),  # 41 images per matmul: chunks of 41, 41 and 8
+    (230, 3, 3, torch.contiguous_format),  # 227 per matmul: a chunk of 3 left over
+])
+def test_small_conv_gradients_match_torchs(batch, channels, size, memory_format):
+    import models
+    torch.manual_seed(0)
+    x = torch.randn(batch, channels, size, size).contiguous(memory_format=memory_format).requires_grad_()
+    w = torch.randn(6, channels, 3, 3, requires_grad=True)
+    up = torch.randn(batch, 6, size, size)
+    (torch.nn.functional.conv2d(x, w, padding=1) * up).sum().backward()
+    ref_x, ref_w, x.grad, w.grad = x.grad, w.grad, None, None
+    y = models.SmallConv3x3.apply(x, w)
+    assert torch.allclose(y, torch.nn.functional.conv2d(x, w, padding=1))
+    (y * up).sum().backward()
+    assert torch.allclose(x.grad, ref_x, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(w.grad, ref_w, atol=1e-3, rtol=1e-4), (w.grad - ref_w).abs().max()
+
+
+def test_fastnet_trains_its_small_maps_through_the_matmul_weight_gradient(monkeypatch):
+    """On a CPU the three convs on 7x7 and 3x3 maps take SmallConv3x3's weight gradient, and under bf16 autocast
+    every weight gradient stays within bf16's rounding of torch's own; evaluation keeps torch's conv."""
+    import models
+    torch.manual_seed(0)
+    model = build_model("fastnet").to(memory_format=torch.channels_last)
+    x, y = torch.randn(16, 3, 32, 32).contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (16,))
+    calls = []
+    matmul_grad = models.conv3x3_weight_grad
+    monkeypatch.setattr(models, "conv3x3_weight_grad", lambda x, g: calls.append(x.shape[-1]) or matmul_grad(x, g))
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
+
+    ours = grads()
+    assert sorted(calls) == [3, 7, 7]
+    with torch.no_grad():
+        model(x)
+    assert len(calls) == 3
+    monkeypatch.setattr(models, "conv3x3", lambda conv, x: conv(x))
+    torchs = grads()
+    assert len(calls) == 3 and ours.keys() == torchs.keys()
+    for name in ours:
+        assert (ours[name] - torchs[name]).norm() <= 0.02 * torchs[name].norm(), name
