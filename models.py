@@ -182,15 +182,19 @@ class FastNet(nn.Module):
 
 # ----------------------------------------------------------------------------- small maps: the weight gradient by matmuls on a CPU
 
+# Measured on a Xeon with AMX only (RESULTS.md), where oneDNN's weight gradient on small maps is slow; elsewhere it stays
+SMALL_MAPS_BY_MATMUL = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+
+
 def conv3x3_weight_grad(x, grad):
     """The weight gradient of a 3x3, stride-1, pad-1 conv (O, C, 3, 3) as matmuls: for each chunk of images, the
-    output gradient (O x pixels) times the input's 9 shifted windows (pixels x 9C), summed in float32."""
+    output gradient (O x pixels) times the input's 9 shifted windows (pixels x 9C); the chunks summed in float32."""
     B, C, H, W = x.shape
     windows = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()  # (B, H+2, W+2, C)
     g = grad.permute(1, 0, 2, 3).reshape(grad.shape[1], B * H * W)  # (O, pixels)
-    n = max(1, 2048 // (H * W))  # images per matmul: about 2k pixels keep a chunk's windows in cache
+    n = max(1, 2048 // (H * W))  # images per matmul: chunks of about 2k pixels ran faster than one matmul over all
     cols = x.new_empty(n, H, W, 3, 3, C)
-    total = torch.zeros(g.shape[0], 9 * C, dtype=torch.promote_types(x.dtype, torch.float32))
+    total = x.new_zeros(g.shape[0], 9 * C, dtype=torch.promote_types(x.dtype, torch.float32))
     for b in range(0, B, n):
         m = min(n, B - b)
         for i in range(3):
@@ -201,8 +205,8 @@ def conv3x3_weight_grad(x, grad):
 
 
 class SmallConv3x3(torch.autograd.Function):
-    """F.conv2d(x, weight, padding=1) for a small feature map on a CPU, its weight gradient by matmuls (above), for FastNet:
-    there oneDNN's weight gradient takes 3-5x its forward pass (few pixels per image to tile; RESULTS.md)."""
+    """F.conv2d(x, weight, padding=1) for a small feature map on a CPU, its weight gradient by matmuls (above), for
+    fastnet: there oneDNN's weight gradient takes 3-5x its forward pass (few pixels per image to tile; RESULTS.md)."""
 
     @staticmethod
     def forward(ctx, x, weight):
@@ -212,6 +216,7 @@ class SmallConv3x3(torch.autograd.Function):
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad_x = grad_w = None
@@ -220,15 +225,20 @@ class SmallConv3x3(torch.autograd.Function):
                 grad, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False])[0]
             grad_x = grad_x.to(ctx.dtypes[0])
         if ctx.needs_input_grad[1]:
+            layout = torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else None
             grad_w = conv3x3_weight_grad(x, grad.to(x.dtype)).to(ctx.dtypes[1])
+            grad_w = grad_w.contiguous(memory_format=layout or torch.contiguous_format)  # the weight's own layout
         return grad_x, grad_w
 
 
 def conv3x3(conv, x):
-    """conv(x), through SmallConv3x3 where that is faster: training on a CPU, feature maps of 8x8 or less
-    (at 15x15 oneDNN's own is faster), eager mode."""
-    if (x.device.type == "cpu" and x.shape[-1] * x.shape[-2] <= 64 and torch.is_grad_enabled()
-            and conv.weight.requires_grad and not torch.compiler.is_compiling()):
+    """conv(x), through SmallConv3x3 where that is faster: training on a CPU with AMX (SMALL_MAPS_BY_MATMUL), feature
+    maps of 8x8 or less (at 15x15 oneDNN's own is faster), eager mode, and no hooks on the conv (they would not run)."""
+    if (SMALL_MAPS_BY_MATMUL and x.device.type == "cpu" and x.shape[-1] * x.shape[-2] <= 64
+            and torch.is_grad_enabled() and conv.weight.requires_grad and not torch.compiler.is_compiling()
+            and not (conv._forward_hooks or conv._forward_pre_hooks)):
+        assert (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.bias) == (
+            (3, 3), (1, 1), (1, 1), (1, 1), 1, None), "SmallConv3x3 is a 3x3, stride-1, pad-1 conv without bias"
         return SmallConv3x3.apply(x, conv.weight)
     return conv(x)
 
