@@ -180,9 +180,9 @@ class FastNet(nn.Module):
         return self.head(torch.amax(x, dim=(2, 3)))
 
 
-# ----------------------------------------------------------------------------- small maps: the weight gradient by matmuls on a CPU
+# ----------------------------------------------------------------------------- small maps: weight gradients by matmuls
 
-# Measured on a Xeon with AMX only (RESULTS.md), where oneDNN's weight gradient on small maps is slow; elsewhere it stays
+# On only where measured faster (RESULTS.md): CPUs with AMX, whose oneDNN weight gradient on small maps is slow
 SMALL_MAPS_BY_MATMUL = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
 
 
@@ -233,8 +233,9 @@ class SmallConv3x3(torch.autograd.Function):
 
 def conv3x3(conv, x):
     """conv(x), through SmallConv3x3 where that is faster: training on a CPU with AMX (SMALL_MAPS_BY_MATMUL), feature
-    maps of 8x8 or less (at 15x15 oneDNN's own is faster), eager mode, and no hooks on the conv (they would not run)."""
-    if (SMALL_MAPS_BY_MATMUL and x.device.type == "cpu" and x.shape[-1] * x.shape[-2] <= 64
+    maps of 8x8 or less and 256 input channels or more (oneDNN's own is faster at 15x15, and at 7x7 with 64 channels,
+    as in selection.py's proxy), eager mode, and no hooks on the conv (they would not run)."""
+    if (SMALL_MAPS_BY_MATMUL and x.device.type == "cpu" and x.shape[-1] * x.shape[-2] <= 64 and x.shape[1] >= 256
             and torch.is_grad_enabled() and conv.weight.requires_grad and not torch.compiler.is_compiling()
             and not (conv._forward_hooks or conv._forward_pre_hooks)):
         assert (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.bias) == (
