@@ -24,6 +24,7 @@ import importlib.metadata
 import itertools
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -213,8 +214,9 @@ def fast_run(args, seed, core, started, stopped):
     try:
         wall = launch([sys.executable, os.path.join(HERE, "train.py"), *race_flags(args.data, seed, out),
                        *args.fast_flags], out + ".log", core, None, args.lane_env, stopped)
-    except Cancelled as e:
-        e.epoch_times = epoch_times(out, since=t0)  # how far the run got: window_ratio counts it
+    except Cancelled as e:  # how far the run got: window_ratio counts it
+        e.epoch_times = epoch_times(out, since=t0)
+        e.part = part_epoch(out + ".log", len(e.epoch_times))
         raise
     with open(os.path.join(out, "summary.json")) as f:
         s = json.load(f)
@@ -235,6 +237,23 @@ def epoch_times(run_dir, since=0.0):
         return [json.loads(line)["epoch_time"] for line in f if line.strip()]
 
 
+def part_epoch(log_path, finished):
+    """The share of its next epoch a run stopped after `finished` epochs had done, from train.py's log (its "N
+    steps/epoch" and "stopped by signal ... at epoch E, step S", S counted from the run's start); 0 where the log
+    says neither or names another epoch."""
+    try:
+        with open(log_path, errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return 0.0
+    per = re.search(r"(\d+) steps/epoch", text)
+    at = re.search(r"stopped by signal \w+ at epoch (\d+), step (\d+)", text)
+    if not per or not at or int(at[1]) != finished + 1:
+        return 0.0
+    n = int(per[1])
+    return min(max(int(at[2]) - finished * n, 0), n) / n
+
+
 def airbench_run(args, seed, core, started, stopped):
     out = os.path.join(args.work, f"airbench94-seed{seed}.json")
     t = time.time() - started
@@ -250,9 +269,9 @@ def announce(name, r):
 
 
 def run_lanes(args):
-    """(fast runs, airbench94 runs, the epoch times of each fast run cut at the end): the two lanes at once on a
-    CPU (the module's docstring says how), in turn on CUDA. Any failure stops both lanes; so does Ctrl-C
-    (RaceError, code 130)."""
+    """(fast runs, airbench94 runs, each fast run cut at the end: its epoch times and the part of its next epoch):
+    the two lanes at once on a CPU (the module's docstring says how), in turn on CUDA. Any failure stops both
+    lanes; so does Ctrl-C (RaceError, code 130)."""
     fast, air, cut, errors, started = [], [], [], [], time.time()
     if args.device.type == "cuda":
         for seed in args.seeds:
@@ -267,7 +286,7 @@ def run_lanes(args):
         try:
             body()
         except Cancelled as e:
-            cut.append(getattr(e, "epoch_times", []))
+            cut.append({"epoch_times": getattr(e, "epoch_times", []), "part": getattr(e, "part", 0.0)})
         except Exception as e:  # the main thread reports it
             errors.append(e)
             abort.set()
@@ -324,11 +343,15 @@ def drift(runs):
 def window_ratio(fast, air, cut):
     """Fast's runs per airbench94 run from the race's start to airbench94's last end, a stretch both lanes spent
     loaded, so drift slows or speeds both alike. The fast run cut at that end counts the share of a run that its
-    whole epochs take in the finished runs (their mean): a lower bound, its start-up and part epoch counting nothing
-    (unless the speed changed within the finished runs, which shifts their shares a little)."""
+    whole epochs and the done part of its next take in the finished runs (their mean): a lower bound, its start-up
+    counting nothing (unless the speed changed within the finished runs, which shifts their shares a little)."""
     if not fast or not air:
         return None
-    part = sum(statistics.mean(sum(r["epoch_times"][:len(c)]) / r["whole_s"] for r in fast) for c in cut)
+
+    def share(r, c):
+        k, times = len(c["epoch_times"]), r["epoch_times"]
+        return (sum(times[:k]) + (c["part"] * times[k] if k < len(times) else 0.0)) / r["whole_s"]
+    part = sum(statistics.mean(share(r, c) for r in fast) for c in cut)
     return (len(fast) + part) / len(air)
 
 
@@ -400,7 +423,8 @@ def bench_race(args):
     section = {"seeds": args.seeds, "fast_args": args.fast_args,
                "cores": args.cores if args.device.type == "cpu" else None,
                "race_s": time.time() - started, "fast": fast, "airbench94": air, "fast_runs_cut": len(cut),
-               "fast_cut_epoch_times": cut,
+               "fast_cut_epoch_times": [c["epoch_times"] for c in cut],
+               "fast_cut_part_epoch": [c["part"] for c in cut],
                "ratio_whole": _mean(air, "whole_s") / _mean(fast, "whole_s"),
                "ratio_counted": _mean(air, "counted_s") / _mean(fast, "counted_s"),
                "ratio_window": window_ratio(fast, air, cut) if args.device.type != "cuda" else None,

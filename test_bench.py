@@ -211,9 +211,9 @@ def fake_lanes(monkeypatch, fast_s=0.02, air_s=0.3, air_fails=False):
             if kind == "airbench94" and air_fails:
                 raise race.RaceError("a run exited with 1; its output: x.log", code=1)
             time.sleep(length)
-            if stopped():  # as fast_run does: a cut run tells how many epochs it finished (2 of 4)
+            if stopped():  # as fast_run does: a cut run tells how many epochs it finished (2 of 4) and half its 3rd
                 e = race.Cancelled()
-                e.epoch_times = [length / 4] * 2
+                e.epoch_times, e.part = [length / 4] * 2, 0.5
                 raise e
             return {"seed": seed, "tta_acc": 0.905 + seed / 1000 if kind == "fast" else 0.904, "acc": 0.9,
                     "whole_s": length, "counted_s": length / 2, "epoch_times": [length / 4] * 4, "core": core,
@@ -238,8 +238,8 @@ def test_race_runs_both_lanes_at_once_and_writes_the_ratio(tmp_path, monkeypatch
     assert [r["seed"] for r in fast] == list(range(len(fast))) and len(fast) >= 6 and all(r["core"] == 0 for r in fast)
     assert s["fast_runs_cut"] == 1 and fast[-1]["end_s"] <= air[0]["end_s"] and s["race_s"] >= 0.3
     assert s["ratio_whole"] == pytest.approx(0.3 / 0.02) and s["ratio_counted"] == pytest.approx(0.3 / 0.02)
-    assert s["ratio_window"] == pytest.approx(len(fast) + 0.5)  # the cut run: half a run's time in whole epochs
-    assert s["fast_cut_epoch_times"] == [[pytest.approx(0.005)] * 2]
+    assert s["ratio_window"] == pytest.approx(len(fast) + 0.625)  # the cut run: 2.5 of a run's 4 epochs
+    assert s["fast_cut_epoch_times"] == [[pytest.approx(0.005)] * 2] and s["fast_cut_part_epoch"] == [0.5]
     assert s["fast_min_tta_acc"] == pytest.approx(0.905) and s["airbench94_mean_tta_acc"] == pytest.approx(0.904)
     assert s["bar"] == {"every_seed_90.4": True, "every_seed_at_least_airbench94_same_seed": True,
                         "every_seed_at_least_airbench94_mean": True, "pace_2x": True}
@@ -249,7 +249,7 @@ def test_race_runs_both_lanes_at_once_and_writes_the_ratio(tmp_path, monkeypatch
     assert race.drift(runs) == {"runs": pytest.approx(1.2), "epochs": pytest.approx(2.0)}  # first, last left out
     printed = capsys.readouterr().out
     assert "pace: fast is 15.00x airbench94" in printed and "bar: every_seed_90.4 yes" in printed
-    assert f"fast trained {len(fast) + 0.5:.2f} runs to airbench94's 1, {len(fast) + 0.5:.2f}x" in printed
+    assert f"fast trained {len(fast) + 0.625:.2f} runs to airbench94's 1, {len(fast) + 0.625:.2f}x" in printed
 
 
 def test_the_window_ratio_counts_runs_in_the_same_stretch_of_time():
@@ -258,9 +258,16 @@ def test_the_window_ratio_counts_runs_in_the_same_stretch_of_time():
     fast = [{"whole_s": whole, "epoch_times": epochs}
             for whole, epochs in [(50.0, [20.0, 10.0, 10.0]), (60.0, [20.0, 10.0, 20.0]), (40.0, [10.0, 10.0, 10.0])]]
     air = [{"whole_s": 100.0}, {"whole_s": 60.0}]
+    def cut(epochs, part=0.0):
+        return [{"epoch_times": epochs, "part": part}]
     # the cut run finished 2 epochs: in the finished runs 30 of 50 s, 30 of 60, 20 of 40 (0.6, 0.5, 0.5 of a run)
-    assert race.window_ratio(fast, air, [[12.0, 6.0]]) == pytest.approx((3 + (0.6 + 0.5 + 0.5) / 3) / 2)
-    assert race.window_ratio(fast, air, [[]]) == pytest.approx(1.5)  # cut before its first epoch ended
+    assert race.window_ratio(fast, air, cut([12.0, 6.0])) == pytest.approx((3 + (0.6 + 0.5 + 0.5) / 3) / 2)
+    # ... and half its third: 5 of 50 s, 10 of 60, 5 of 40 more
+    assert race.window_ratio(fast, air, cut([12.0, 6.0], 0.5)) == pytest.approx((3 + (0.7 + 2 / 3 + 0.625) / 3) / 2)
+    assert race.window_ratio(fast, air, cut([], 0.25)) == pytest.approx((3 + (0.1 + 1 / 12 + 0.0625) / 3) / 2)
+    # all 3 epochs of the finished runs done, and no 4th to take a part of: 40 of 50 s, 50 of 60, 30 of 40
+    assert race.window_ratio(fast, air, cut([1.0] * 3, 0.5)) == pytest.approx((3 + (0.8 + 5 / 6 + 0.75) / 3) / 2)
+    assert race.window_ratio(fast, air, cut([])) == pytest.approx(1.5)  # cut at its start
     assert race.window_ratio(fast, air, []) == pytest.approx(1.5) and race.window_ratio([], air, []) is None
     assert race.epoch_times("/nonexistent") == []
 
@@ -336,7 +343,7 @@ def test_race_passes_fast_args_to_the_fast_lane(tmp_path, monkeypatch):
     assert seen[0][-3:] == ["--cuda-graph", "--epochs", "9"] and r["tta_acc"] == 0.91 and r["counted_s"] == 3.25
 
 
-def test_a_cut_fast_run_tells_the_epochs_it_finished(tmp_path, monkeypatch):
+def test_a_cut_fast_run_tells_the_epochs_it_finished_and_how_far_into_the_next(tmp_path, monkeypatch):
     stale = []
 
     def launch(cmd, log, core, cwd, env=None, stopped=None):  # stopped during epoch 3
@@ -345,18 +352,26 @@ def test_a_cut_fast_run_tells_the_epochs_it_finished(tmp_path, monkeypatch):
         path = os.path.join(out, "metrics.jsonl")
         if stale:  # stopped before its first epoch ended: the folder holds an earlier race's file
             os.utime(path, (time.time() - 60, time.time() - 60))
+            stop = "train.py: stopped by signal SIGTERM at epoch 1, step 93; resume with: ..."
         else:
             open(path, "w").write('{"epoch_time": 2.5, "eval_time": 0.5}\n{"epoch_time": 2}\n')
+            stop = "train.py: stopped by signal SIGTERM at epoch 3, step 230; resume with: ..."
+        open(log, "w").write(f"fastnet: ... | batch 500x1 | 100 steps/epoch | run folder {out}\n{stop}\n")
         raise race.Cancelled()
     monkeypatch.setattr(race, "launch", launch)
     args = types.SimpleNamespace(work=str(tmp_path), data="D", fast_flags=[], lane_env={})
     with pytest.raises(race.Cancelled) as e:
         race.fast_run(args, 3, 0, time.time(), lambda: True)
-    assert e.value.epoch_times == [2.5, 2]
+    assert e.value.epoch_times == [2.5, 2] and e.value.part == pytest.approx(0.3)
     stale.append(1)
     with pytest.raises(race.Cancelled) as e:
         race.fast_run(args, 3, 0, time.time(), lambda: True)
-    assert e.value.epoch_times == []
+    assert e.value.epoch_times == [] and e.value.part == pytest.approx(0.93)
+    log = tmp_path / "fast-seed3.log"
+    log.write_text("100 steps/epoch\ntrain.py: stopped by signal SIGTERM at epoch 3, step 230; resume with: ...\n")
+    assert race.part_epoch(str(log), 1) == 0  # epoch 3 is not the one after the first (metrics and log disagree)
+    log.write_text("100 steps/epoch\ntrain.py: stopped by signal SIGTERM after epoch 2; resume with: ...\n")
+    assert race.part_epoch(str(log), 2) == 0 and race.part_epoch(str(tmp_path / "none.log"), 0) == 0
 
 
 @pytest.mark.parametrize("fast_args, says", [
