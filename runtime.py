@@ -4,11 +4,13 @@ processes, and the run folder (atomic writes, checkpoints, the git commit, progr
 Nothing here knows about training: train.py tells the story of a run, this file holds what it stands on.
 """
 import argparse
+import atexit
 import contextlib
 import csv
 import ctypes
 import datetime
 import io
+import itertools
 import json
 import os
 import platform
@@ -345,8 +347,18 @@ def prepare_run_dir(args, ap):
     """Pick and check the run folder; refuse (exit 2) rather than overwrite another run."""
     if args.resume:
         return args.resume
-    # under torchrun the ranks start at slightly different times: rank 0's timestamp names the folder for all
-    out = args.out or rank0_value(os.path.join("runs", f"{args.arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}"))
+    if not args.out:  # rank 0 makes it; under torchrun every rank takes rank 0's folder (clocks differ) or error
+        folder = error = None
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            try:
+                folder = claim_run_dir(args.arch)
+            except OSError as e:
+                error = f"cannot write to run folder runs/: {e.strerror}"
+        folder, error = rank0_value((folder, error))
+        if error:
+            ap.error(error)
+        return folder
+    out = args.out
     if os.path.exists(out) and not os.path.isdir(out):
         ap.error(f"--out {out} exists and is not a folder")
     taken = [n for n in ("config.json", "last.pt", "best.pt", "metrics.jsonl") if os.path.exists(os.path.join(out, n))]
@@ -354,6 +366,27 @@ def prepare_run_dir(args, ap):
         ap.error(f"{out} already holds a run ({taken[0]}); use --resume {out} to continue it, "
                  f"--force to overwrite it, or another --out")
     return out
+
+
+def claim_run_dir(arch):
+    """A new folder runs/<arch>-<timestamp>, made now, so that runs started in the same second get one each (-2, -3,
+    ... after the first); removed at exit if the run wrote nothing to it (refused before it began)."""
+    base = os.path.join("runs", f"{arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    os.makedirs("runs", exist_ok=True)
+    for k in itertools.count(1):
+        out = base if k == 1 else f"{base}-{k}"
+        try:
+            os.mkdir(out)
+        except FileExistsError:
+            continue
+        atexit.register(remove_if_empty, out)
+        return out
+
+
+def remove_if_empty(folder):
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
+        os.rmdir(os.path.dirname(folder))  # runs/ too, if nothing else is in it
 
 
 def make_run_dir(out, ap):

@@ -4,6 +4,7 @@ trains a step through the real command, and the step's variants (lookahead, hard
 train as they should. optim.py's own parts: test_optim.py.
 """
 import copy
+import datetime
 import json
 import math
 import os
@@ -414,11 +415,41 @@ def test_a_cpu_chosen_by_name_keeps_freed_memory_as_auto_does(monkeypatch):
     assert calls == ([1] if sys.platform.startswith("linux") else [])
 
 
-def test_the_default_run_folder_is_named_by_rank_0(monkeypatch):
+def test_the_default_run_folder_is_named_by_rank_0(monkeypatch, tmp_path):
     """Under torchrun each rank reads its own clock; the folder every rank prints and resumes from is rank 0's."""
-    monkeypatch.setattr(runtime, "rank0_value", lambda value: "runs/from-rank-0")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runtime, "rank0_value", lambda value: ("runs/from-rank-0", None))
     args = train.get_parser().parse_args([])
     assert runtime.prepare_run_dir(args, train.get_parser()) == "runs/from-rank-0"
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(monkeypatch, tmp_path):
+    """Two runs at once (one a core) with the default folder: each claims its own, and one refused before it wrote
+    anything leaves none behind."""
+    monkeypatch.chdir(tmp_path)
+
+    class Clock(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2026, 12, 1, 17, 13, 18)
+    monkeypatch.setattr(runtime.datetime, "datetime", Clock)
+    exits = []
+    monkeypatch.setattr(runtime.atexit, "register", lambda f, *a: exits.append((f, a)))
+    args = train.get_parser().parse_args(["--arch", "fastnet"])
+    folders = [runtime.prepare_run_dir(args, train.get_parser()) for _ in range(3)]
+    assert folders == [os.path.join("runs", "fastnet-20261201-171318" + k) for k in ("", "-2", "-3")]
+    assert all(os.path.isdir(f) for f in folders)
+    open(os.path.join(folders[0], "config.json"), "w").close()
+    for f, a in exits:
+        f(*a)
+    assert os.path.isdir(folders[0]) and not os.path.exists(folders[1]) and not os.path.exists(folders[2])
+    os.remove(os.path.join(folders[0], "config.json"))
+    exits[0][0](*exits[0][1])
+    assert not os.path.exists("runs")  # made for that run alone, so gone with it
+    monkeypatch.setattr(runtime, "claim_run_dir", lambda arch: (_ for _ in ()).throw(PermissionError(13, "Denied")))
+    with pytest.raises(SystemExit) as e:
+        runtime.prepare_run_dir(args, train.get_parser())
+    assert e.value.code == 2
 
 
 # ----------------------------------------------------------------------------- hard-example selection
