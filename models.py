@@ -225,9 +225,9 @@ class SmallConv3x3(torch.autograd.Function):
                 grad, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False])[0]
             grad_x = grad_x.to(ctx.dtypes[0])
         if ctx.needs_input_grad[1]:
-            layout = torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else None
-            grad_w = conv3x3_weight_grad(x, grad.to(x.dtype)).to(ctx.dtypes[1])
-            grad_w = grad_w.contiguous(memory_format=layout or torch.contiguous_format)  # the weight's own layout
+            cl = weight.is_contiguous(memory_format=torch.channels_last)  # the gradient takes the weight's layout
+            grad_w = conv3x3_weight_grad(x, grad).to(ctx.dtypes[1])
+            grad_w = grad_w.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
         return grad_x, grad_w
 
 
