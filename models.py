@@ -193,13 +193,15 @@ def conv3x3_weight_grad(x, grad):
     windows = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()  # (B, H+2, W+2, C)
     g = grad.permute(1, 0, 2, 3).reshape(grad.shape[1], B * H * W)  # (O, pixels)
     n = max(1, 2048 // (H * W))  # images per matmul: chunks of about 2k pixels ran faster than one matmul over all
-    cols = x.new_empty(n, H, W, 3, 3, C)
+    cols = x.new_empty(n, H, W, 3, 3 * C)
     total = x.new_zeros(g.shape[0], 9 * C, dtype=torch.promote_types(x.dtype, torch.float32))
+    # Pixel (h, w)'s 3 windows in row i are 3C contiguous values of the padded image (row h + i, from column w): one
+    # strided view gathers all 9 in one copy, where a copy per window moved runs of only C values
+    image, row = (H + 2) * (W + 2) * C, (W + 2) * C
     for b in range(0, B, n):
         m = min(n, B - b)
-        for i in range(3):
-            for j in range(3):
-                cols[:m, :, :, i, j] = windows[b:b + m, i:i + H, j:j + W]
+        cols[:m].copy_(windows.as_strided((m, H, W, 3, 3 * C), (image, row, C, row, 1),
+                                            windows.storage_offset() + b * image))
         total += g[:, b * H * W:(b + m) * H * W] @ cols[:m].view(m * H * W, 9 * C)
     return total.view(-1, 3, 3, C).permute(0, 3, 1, 2)  # the channels_last layout of (O, C, 3, 3)
 
