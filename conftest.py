@@ -37,3 +37,21 @@ def training_metrics(run_dir):
     """A run's metrics.jsonl rows without the fields that measure the machine rather than the training."""
     return [{k: v for k, v in json.loads(line).items() if not any(w in k for w in ("time", "per_s", "rss"))}
             for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+
+
+@pytest.fixture
+def one_second(monkeypatch, tmp_path):
+    """In tmp_path, runtime's clock stopped at 2026-12-01 17:13:18 (every run starts in that second) and its atexit
+    registrations collected in the returned list as (function, args), to run when the test says."""
+    import datetime
+    import runtime
+    monkeypatch.chdir(tmp_path)
+
+    class Clock(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2026, 12, 1, 17, 13, 18)
+    monkeypatch.setattr(runtime.datetime, "datetime", Clock)
+    exits = []
+    monkeypatch.setattr(runtime.atexit, "register", lambda f, *a: exits.append((f, a)))
+    return exits

@@ -19,7 +19,6 @@ As a library:
 """
 import argparse
 import copy
-import datetime
 import math
 import os
 import shlex
@@ -358,7 +357,10 @@ def main(argv=None):
     args = train.parse_args(ap, argv)
     check_args(ap, args)
     num_iter = args.num_iter or planned_steps(args.start_lr, args.end_lr, args.steps_per_decade)
-    out = args.out or os.path.join("lr_finder", f"{args.arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    try:  # the default folder is made now, one per run, as train.py's (two runs in one second do not share it)
+        out = args.out or runtime.claim_run_dir(args.arch, "lr_finder")
+    except OSError as e:
+        ap.error(f"cannot write to folder lr_finder/: {e.strerror}")
     csv_path, png_path = os.path.join(out, "lr_finder.csv"), os.path.join(out, "lr_finder.png")
     if os.path.exists(out) and not os.path.isdir(out):
         ap.error(f"--out {out} exists and is not a folder")

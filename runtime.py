@@ -368,11 +368,11 @@ def prepare_run_dir(args, ap):
     return out
 
 
-def claim_run_dir(arch):
-    """A new folder runs/<arch>-<timestamp>, made now, so that runs started in the same second get one each (-2, -3,
-    ... after the first); removed at exit if the run wrote nothing to it (refused before it began)."""
-    base = os.path.join("runs", f"{arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    os.makedirs("runs", exist_ok=True)
+def claim_run_dir(arch, parent="runs"):
+    """A new folder <parent>/<arch>-<timestamp>, made now, so that runs started in the same second get one each (-2,
+    -3, ... after the first); removed at exit if the run wrote nothing to it (refused before it began)."""
+    base = os.path.join(parent, f"{arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    os.makedirs(parent, exist_ok=True)
     for k in itertools.count(1):
         out = base if k == 1 else f"{base}-{k}"
         try:
@@ -386,7 +386,7 @@ def claim_run_dir(arch):
 def remove_if_empty(folder):
     with contextlib.suppress(OSError):
         os.rmdir(folder)
-        os.rmdir(os.path.dirname(folder))  # runs/ too, if nothing else is in it
+        os.rmdir(os.path.dirname(folder))  # its parent (runs/) too, if nothing else is in it
 
 
 def make_run_dir(out, ap):

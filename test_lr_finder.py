@@ -404,6 +404,21 @@ def test_cli_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, capsys, 
     assert not out.exists()
 
 
+def test_runs_started_in_the_same_second_get_default_folders_of_their_own(tmp_path, one_second, capsys):
+    """Without --out each run claims lr_finder/<arch>-<timestamp> (-2 for a second one in the same second), and one
+    refused before it wrote anything leaves none behind."""
+    exits = one_second
+    for _ in range(2):
+        with pytest.raises(SystemExit) as e:
+            lr_finder.main(["--arch", "lenet", "--data", str(tmp_path / "no-cifar")])  # refused after the claim
+        assert e.value.code == 2
+    assert [a for _, a in exits] == [(os.path.join("lr_finder", "lenet-20261201-171318" + k),) for k in ("", "-2")]
+    assert all(os.path.isdir(a[0]) for _, a in exits)
+    for f, a in exits:
+        f(*a)
+    assert not os.path.exists("lr_finder")
+
+
 def test_cli_refuses_to_overwrite(tmp_path, capsys):
     (tmp_path / "lr_finder.csv").write_text("precious\n")
     with pytest.raises(SystemExit) as e:

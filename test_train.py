@@ -4,7 +4,6 @@ trains a step through the real command, and the step's variants (lookahead, hard
 train as they should. optim.py's own parts: test_optim.py.
 """
 import copy
-import datetime
 import json
 import math
 import os
@@ -423,18 +422,10 @@ def test_the_default_run_folder_is_named_by_rank_0(monkeypatch, tmp_path):
     assert runtime.prepare_run_dir(args, train.get_parser()) == "runs/from-rank-0"
 
 
-def test_runs_started_in_the_same_second_get_folders_of_their_own(monkeypatch, tmp_path):
+def test_runs_started_in_the_same_second_get_folders_of_their_own(monkeypatch, one_second):
     """Two runs at once (one a core) with the default folder: each claims its own, and one refused before it wrote
     anything leaves none behind."""
-    monkeypatch.chdir(tmp_path)
-
-    class Clock(datetime.datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return datetime.datetime(2026, 12, 1, 17, 13, 18)
-    monkeypatch.setattr(runtime.datetime, "datetime", Clock)
-    exits = []
-    monkeypatch.setattr(runtime.atexit, "register", lambda f, *a: exits.append((f, a)))
+    exits = one_second
     args = train.get_parser().parse_args(["--arch", "fastnet"])
     folders = [runtime.prepare_run_dir(args, train.get_parser()) for _ in range(3)]
     assert folders == [os.path.join("runs", "fastnet-20261201-171318" + k) for k in ("", "-2", "-3")]
