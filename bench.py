@@ -34,6 +34,7 @@ import argparse
 import copy
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys
@@ -531,24 +532,44 @@ def resolve_device(ap, name):
     return device
 
 
-def save_section(path, name, section, environment):
-    """Add `section` under `name` to the JSON file at path, keeping the other subcommands' sections.
-    Written atomically (runtime.write_text), so an interrupted run never leaves half a file."""
+def read_out(path):
+    """The sections already in --out: {} when it does not exist yet. A file that is not a JSON object (a user's
+    notes, a half-written file) raises ValueError: it is left as it is, never replaced."""
     try:
         with open(path) as f:
             old = json.load(f)
     except FileNotFoundError:
-        old = {}
-    except (OSError, ValueError) as e:
-        print(f"warning: {path} is unreadable ({type(e).__name__}); starting it afresh", file=sys.stderr)
-        old = {}
-    old = old if isinstance(old, dict) else {}
-    merged = {**environment}  # the top reflects the latest run; each section carries its own device and versions
-    for key in SUBCOMMANDS:
-        if key == name:
-            merged[key] = section
-        elif isinstance(old.get(key), dict):
-            merged[key] = old[key]
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} exists and is not a bench.json ({type(e).__name__}); pass another --out") from None
+    if not isinstance(old, dict):
+        raise ValueError(f"{path} exists and is not a bench.json (not a JSON object); pass another --out")
+    return old
+
+
+def check_out(ap, path):
+    """Before any timing: --out must be a bench.json or a new file in an existing folder, so no work is lost at the end."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        ap.error(f"--out {path}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        ap.error(f"--out {path} is a folder; pass a JSON file")
+    try:
+        read_out(path)
+    except ValueError as e:
+        ap.error(str(e))
+
+
+def save_section(path, name, section, environment):
+    """Add `section` under `name` to the JSON file at path, keeping every other key in it (other subcommands'
+    sections, anything a user added). Written atomically (runtime.write_text), so an interrupted run never leaves
+    half a file; if the file stopped being a bench.json while this ran, the figures go to path + ".new" instead."""
+    try:
+        old = read_out(path)
+    except ValueError as e:
+        print(f"warning: {e}; writing {path}.new instead", file=sys.stderr)
+        path, old = path + ".new", {}
+    merged = {**old, **environment, name: section}  # the top reflects the latest run; sections carry their own
     runtime.write_text(path, json.dumps(merged, indent=2))
     return merged
 
@@ -565,6 +586,7 @@ def main(argv=None):
             ap.error(f"--{flag.replace('_', '-')} must be positive, got {value}")
     if getattr(args, "warmup", 1) < (1 if args.cmd == "step" else 0):
         ap.error(f"--warmup must be at least {1 if args.cmd == 'step' else 0}, got {args.warmup}")
+    check_out(ap, args.out)
     args.device = resolve_device(ap, args.device)
     try:
         section = SUBCOMMANDS[args.cmd][1](args)

@@ -80,18 +80,33 @@ def test_bare_step_does_what_train_step_does():
 
 def test_save_section_keeps_other_sections(tmp_path, capsys):
     path = str(tmp_path / "bench.json")
-    (tmp_path / "bench.json").write_text(json.dumps({"bench": "data", "ratio": 3.0}))  # bench.py's old flat layout
+    (tmp_path / "bench.json").write_text(json.dumps({"bench": "data", "ratio": 3.0}))  # keys bench.py does not know
     env = {"device": "cpu", "torch": torch.__version__}
     bench.save_section(path, "step", {"rows": [1]}, env)
     bench.save_section(path, "epoch", {"total_s": 2.0}, {**env, "device": "other"})
     res = json.loads((tmp_path / "bench.json").read_text())
-    assert res == {"device": "other", "torch": torch.__version__, "step": {"rows": [1]}, "epoch": {"total_s": 2.0}}
+    assert res == {"bench": "data", "ratio": 3.0, "device": "other", "torch": torch.__version__,
+                   "step": {"rows": [1]}, "epoch": {"total_s": 2.0}}
     bench.save_section(path, "step", {"rows": [2]}, env)  # a rerun replaces its own section only
     assert json.loads((tmp_path / "bench.json").read_text())["epoch"] == {"total_s": 2.0}
     assert os.listdir(tmp_path) == ["bench.json"]  # the temp file was renamed into place
-    (tmp_path / "bench.json").write_text("{half a fi")
+    (tmp_path / "bench.json").write_text("{half a fi")  # the file broke while the bench ran: it is kept as it is
     assert bench.save_section(path, "data", {"ratio": 1.0}, env) == {**env, "data": {"ratio": 1.0}}
-    assert "unreadable" in capsys.readouterr().err
+    assert (tmp_path / "bench.json").read_text() == "{half a fi"
+    assert json.loads((tmp_path / "bench.json.new").read_text()) == {**env, "data": {"ratio": 1.0}}
+    assert "bench.json.new" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", ["my notes, not JSON", "[1, 2]", None])
+def test_out_that_is_not_a_bench_json_is_refused_before_any_work(tmp_path, content):
+    """A --out that is a user's other file (or sits in a missing folder) stops the run at once, the file untouched."""
+    out = tmp_path / "notes.txt" if content is not None else tmp_path / "missing" / "bench.json"
+    if content is not None:
+        out.write_text(content)
+    r = run_script("bench.py", "data", "--images", "64", "--out", str(out), timeout=60)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert ("not a bench.json" if content is not None else "does not exist") in r.stderr
+    assert (out.read_text() == content) if content is not None else not out.parent.exists()
 
 
 # ----------------------------------------------------------------------------- bad input
