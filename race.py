@@ -382,7 +382,10 @@ def check_fast_args(args):
         raise RaceError(f"--fast-args cannot set {', '.join(taken)}: the race sets {', '.join(sets)} itself")
     ap = train.get_parser()
     ap.prog, ap.allow_abbrev = "bench.py race --fast-args", False  # '--see 3' would be --seed 3 in the lane
-    train.check_args(ap, train.parse_args(ap, ["--recipe", "fast", *args.fast_flags]))
+    fast = train.parse_args(ap, ["--recipe", "fast", *args.fast_flags])
+    train.check_args(ap, fast)
+    if fast.tta == "none":  # the race compares TTA accuracies, as airbench94 reports its own
+        raise RaceError("--fast-args cannot set --tta none: the race compares both lanes' TTA accuracy")
 
 
 def check_race(args):

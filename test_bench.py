@@ -395,6 +395,7 @@ def test_a_cut_fast_run_tells_the_epochs_it_finished_and_how_far_into_the_next(t
     ("--tta 'flip", "--fast-args \"--tta 'flip\": No closing quotation"),
     ("--seed=3 --out x", "--fast-args cannot set --seed=3, --out: the race sets --recipe, --data"),
     ("--see 3", "bench.py race --fast-args: error: unrecognized arguments: --see 3"),
+    ("--tta none", "--fast-args cannot set --tta none: the race compares both lanes' TTA accuracy"),
 ])
 def test_race_refuses_bad_fast_args_in_one_line_before_any_run(fast_args, says, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
