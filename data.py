@@ -374,8 +374,8 @@ def build_loaders(args, device, batch_size, *, dtype=torch.float32, channels_las
         x, y, tx, ty = x[:subset], y[:subset], tx[:subset], ty[:subset]
     x, y, vx, vy = split_val(x, y, args.val, seed=seed)
     mean, std = channel_stats(x) if mean_std is None else (torch.as_tensor(v, dtype=torch.float32) for v in mean_std)
-    if len(x) // world_size < 1:
-        raise DataError(f"{len(x)} training images cannot be shared among {world_size} processes")
+    if len(x) // world_size < 2:  # a batch of 1 is dropped (below), which would leave no batch at all
+        raise DataError(f"{len(x)} training image(s) for {world_size} process(es): each needs at least 2")
     common = dict(device=device, mean=mean, std=std, num_classes=len(d["classes"]), dtype=dtype,
                   channels_last=channels_last)
     train = Loader(x, y, batch_size, train=True, crop=args.crop_pad, pad_mode=args.pad_mode, flip=flip_mode(args),

@@ -350,6 +350,8 @@ def check_args(ap, args):
         ap.error(f"--diverge must be > 1, got {args.diverge:g}")
     if args.val < 0 or args.wd < 0 or not 0 <= args.label_smoothing < 1 or args.bias_lr_scale <= 0:
         ap.error("--val and --wd must be >= 0, --bias-lr-scale > 0, --label-smoothing in [0, 1)")
+    if optim.optimizer_args_error(args):
+        ap.error(optim.optimizer_args_error(args))
 
 
 def main(argv=None):

@@ -79,6 +79,18 @@ class Muon(torch.optim.Optimizer):
 
 # ----------------------------------------------------------------------------- the optimizer and schedule of a run
 
+def optimizer_args_error(args):
+    """One line on the values torch's optimizers would refuse with a traceback (None if all is well), so that
+    the scripts' check_args refuse them before anything is created."""
+    if not (0 <= args.momentum < 1 and 0 <= args.aux_momentum < 1):
+        return f"--momentum and --aux-momentum must be in [0, 1), got {args.momentum:g} and {args.aux_momentum:g}"
+    if args.optimizer == "sgd" and args.nesterov and args.momentum == 0:
+        return "--nesterov needs a --momentum above 0"
+    if not all(0 <= b < 1 for b in args.betas):
+        return f"--betas must be in [0, 1), got {' '.join(f'{b:g}' for b in args.betas)}"
+    return None
+
+
 def build_optimizer(model, args, lr=None):
     """SGD/Adam/AdamW/Muon at `lr` (default --lr). Weight decay on all weights, or (--no-wd-bn-bias) not on
     BN/bias; --bias-lr-scale S runs 1-D parameters (biases, BN) at S x lr with weight decay / S, so their decay

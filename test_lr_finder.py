@@ -394,6 +394,8 @@ def test_cli_without_descent_says_so_and_suggests_nothing(tmp_path, data_dir, ca
     (["--data", "/nonexistent/cifar"], "/nonexistent/cifar"),
     (["--recipe", "nope"], "unknown --recipe 'nope'"),
     (["--recipe", "report002-resnet9", "--steps-per-decade", "0"], "--steps-per-decade must be positive"),
+    (["--nesterov", "--momentum", "0"], "--nesterov needs a --momentum above 0"),
+    (["--optimizer", "adamw", "--betas", "0.9", "1"], "--betas must be in [0, 1), got 0.9 1"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, capsys, bad, message):
     out = tmp_path / "never"
@@ -402,6 +404,14 @@ def test_cli_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_one_training_image_is_refused_in_one_line(tmp_path, data_dir, capsys):
+    with pytest.raises(SystemExit) as e:  # a batch of 1 is dropped, which left the range test no batch at all
+        lr_finder.main(["--arch", "lenet", "--subset", "1", "--data", data_dir, "--out", str(tmp_path / "lrf")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "each needs at least 2" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "lrf").exists()
 
 
 def test_runs_started_in_the_same_second_get_default_folders_of_their_own(tmp_path, one_second, capsys):

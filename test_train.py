@@ -65,10 +65,11 @@ def lenet_run(tmp_path_factory, data_dir):
     (["--select-frac", "1.5"], "--select-frac must be in (0, 1], got 1.5"),
     (["--arch", "resnet18", "--select-frac", "0.5", "--image-sizes", "8", "32"],
      "the --select-frac proxy (fastnet) cannot take 8x8 images (--image-sizes)"),
-    (["--select-every", "0"], "--ema-every, --lookahead-k and --select-every must be positive, got 4, 5 and 0"),
+    (["--select-every", "0"], "--select-every must be positive, got 0"),
     (["--select-by", "loss"], "--select-by loss needs --select-frac below 1, and takes no --select-every (the proxy's)"),
     (["--select-frac", "0.5", "--select-by", "loss", "--select-every", "2"], "takes no --select-every (the proxy's)"),
     (["--subset", "0"], "--val must be >= 0 and --subset positive, got 0 and 0"),
+    (["--subset", "1"], "1 training image(s) for 1 process(es): each needs at least 2"),
     (["--eval-every", "-1"], "--save-every, --skip-nonfinite and --eval-every must be >= 0"),
     (["--cuda-graph"], "--cuda-graph needs --optimizer muon, and takes no --compile, --skip-nonfinite or --amp fp16"),
     (["--optimizer", "muon", "--cuda-graph", "--compile"],
@@ -78,7 +79,10 @@ def lenet_run(tmp_path_factory, data_dir):
     (["--image-sizes", "4"], "--image-sizes must lie in 8..32 (the images are 32x32), got 4"),
     (["--image-sizes", "16", "32"], "--arch lenet cannot take 16x16 images (--image-sizes)"),
     (["--lookahead", "1"], "--label-smoothing, --ema and --lookahead in [0, 1)"),
-    (["--lookahead-k", "0"], "--ema-every, --lookahead-k and --select-every must be positive, got 4, 0 and 4"),
+    (["--nesterov", "--momentum", "0"], "--nesterov needs a --momentum above 0"),
+    (["--optimizer", "muon", "--aux-momentum", "1"], "--momentum and --aux-momentum must be in [0, 1), got 0.9 and 1"),
+    (["--optimizer", "adam", "--betas", "1", "0.999"], "--betas must be in [0, 1), got 1 0.999"),
+    (["--lookahead-k", "0"], "--lookahead-k must be positive, got 0"),
     (["--val", "50000"], "--val 50000 must be at least 0 and below the 200 training images"),
     (["--data", "{tmp}/nowhere"], "CIFAR-10 in {tmp}/nowhere/cifar-10-batches-py: folder not found; fetch the "
                                   "official files with --download, or unpack a local copy"),
@@ -112,6 +116,12 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
     r = run_script("train.py", "--arch", "resnet7", "--out", tmp_path / "run")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown --arch" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_any_int_seed_trains(capsys, tmp_path, data_dir):
+    """numpy's seed takes only 0..2**32-1; train.py folds a negative or larger --seed into it instead of a traceback."""
+    for seed in (-1, 2**32 + 5):
+        assert train.main([*QUICK, "--seed", str(seed), "--data", data_dir, "--out", str(tmp_path / f"run{seed}")]) == 0
 
 
 def test_fp16_without_cuda_falls_back_to_bf16_with_a_warning(capsys, tmp_path, data_dir):

@@ -28,7 +28,7 @@ import torch.nn as nn
 import data
 from evaluate import TTA, evaluate, n_correct
 from models import ARCHS, build_model, check_arch, count_flops, count_params, init_from_data
-from optim import Lookahead, ema_warmup, set_schedule, training_parts
+from optim import Lookahead, ema_warmup, optimizer_args_error, set_schedule, training_parts
 from recipes import NOT_FLAGS, RECIPES, list_recipes
 from runtime import (GraphedStep, MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast,
                      device_name, eval_weights, git_commit, load_checkpoint, make_run_dir, pick_device,
@@ -144,7 +144,8 @@ def check_args(ap, args):
     check_arch(ap, args.arch)
     if args.optimizer not in ("sgd", "adam", "adamw", "muon"):
         ap.error(f"unknown --optimizer {args.optimizer!r}; choose from: sgd, adam, adamw, muon")
-    for name in ("epochs", "batch_size", "lr", "eval_batch_size", "aux_lr", "bias_lr_scale"):
+    for name in ("epochs", "batch_size", "lr", "eval_batch_size", "aux_lr", "bias_lr_scale", "ema_every", "lookahead_k",
+                 "select_every"):
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.val < 0 or (args.subset is not None and args.subset <= 0):
@@ -153,9 +154,6 @@ def check_args(ap, args):
         ap.error(f"--gamma takes one value or one per milestone ({len(args.milestones)}), got {len(args.gamma)}")
     if args.save_every < 0 or args.skip_nonfinite < 0 or args.eval_every < 0:
         ap.error("--save-every, --skip-nonfinite and --eval-every must be >= 0")
-    if min(args.ema_every, args.lookahead_k, args.select_every) < 1:
-        ap.error(f"--ema-every, --lookahead-k and --select-every must be positive, got {args.ema_every}, "
-                 f"{args.lookahead_k} and {args.select_every}")
     side = min(args.image_sizes or [32])
     nets = [(args.arch, f"--arch {args.arch}")]
     nets += [("fastnet", "the --select-frac proxy (fastnet)")] if args.select_frac < 1 and args.select_by == "proxy" else []
@@ -174,6 +172,8 @@ def check_args(ap, args):
         ap.error("--cuda-graph needs --optimizer muon, and takes no --compile, --skip-nonfinite or --amp fp16")
     if args.wd < 0 or not 0 <= args.label_smoothing < 1 or not 0 <= args.ema < 1 or not 0 <= args.lookahead < 1:
         ap.error("--wd must be >= 0, --label-smoothing, --ema and --lookahead in [0, 1)")
+    if optimizer_args_error(args):
+        ap.error(optimizer_args_error(args))
 
 
 # ----------------------------------------------------------------------------- one training step
@@ -315,7 +315,7 @@ def set_up(ap, args):
 
     torch.manual_seed(args.seed + rank)
     random.seed(args.seed)
-    np.random.seed(args.seed)
+    np.random.seed(args.seed % 2**32)  # numpy takes only 0..2**32-1; torch and random take any int
     try:
         run.train_loader, run.val_loader, run.test_loader, run.info = data.build_loaders(
             args, device, args.batch_size, dtype=torch.float32, channels_last=args.channels_last, seed=args.seed,
