@@ -16,6 +16,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -381,6 +382,16 @@ def claim_run_dir(arch, parent="runs"):
             continue
         atexit.register(remove_if_empty, out)
         return out
+
+
+def clear_run(folder):
+    """The files of a run that a new one replaces (--force), removed as the new one starts writing, so that no summary,
+    checkpoint or TensorBoard event of the old run sits beside it; other files in the folder are left as they are."""
+    for name in ("config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "summary.json"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, name))
+    shutil.rmtree(os.path.join(folder, "tb"), ignore_errors=True)
+    remove_stale_temps(folder)
 
 
 def remove_if_empty(folder):

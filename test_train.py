@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,6 +136,21 @@ def test_existing_run_is_not_overwritten(capsys, lenet_run, data_dir):
     err = refused(capsys, [*QUICK, "--data", data_dir, "--out", lenet_run])
     assert f"{lenet_run} already holds a run (config.json); use --resume {lenet_run}" in err and "--force" in err
     assert {n: os.path.getmtime(os.path.join(lenet_run, n)) for n in os.listdir(lenet_run)} == before
+
+
+def test_force_leaves_nothing_of_the_run_it_replaces(capsys, lenet_run, data_dir, tmp_path):
+    """A --force run that diverges at once: the folder holds its own config and none of the old run's summary,
+    checkpoints, metrics or TensorBoard events; a file of the user's stays."""
+    out = str(tmp_path / "run")
+    shutil.copytree(lenet_run, out)
+    os.makedirs(os.path.join(out, "tb"), exist_ok=True)
+    for name in ("tb/events.old", "notes.txt", "last.pt.tmp123"):
+        open(os.path.join(out, name), "w").close()
+    assert train.main([*QUICK, "--data", data_dir, "--out", out, "--force", "--lr", "1e12"]) == 1  # diverges
+    left = sorted(os.listdir(out))
+    assert "notes.txt" in left and not {"summary.json", "best.pt", "last.pt", "last.pt.tmp123"} & set(left), left
+    assert not os.path.exists(os.path.join(out, "tb", "events.old"))
+    assert json.load(open(os.path.join(out, "config.json")))["args"]["lr"] == 1e12
 
 
 def test_resume_refuses_a_contradicting_flag(capsys, lenet_run, data_dir):

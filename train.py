@@ -31,7 +31,7 @@ from models import ARCHS, build_model, check_arch, count_flops, count_params, in
 from optim import Lookahead, ema_warmup, optimizer_args_error, set_schedule, training_parts
 from recipes import NOT_FLAGS, RECIPES, list_recipes
 from runtime import (GraphedStep, MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast,
-                     device_name, eval_weights, git_commit, load_checkpoint, make_run_dir, pick_device,
+                     clear_run, device_name, eval_weights, git_commit, load_checkpoint, make_run_dir, pick_device,
                      prepare_run_dir, ranks_agree, remove_stale_temps, resolve_amp, rng_state, rss_mib,
                      save_checkpoint, set_rng_state, setup_distributed, sync, write_text)
 from selection import make_selector
@@ -286,8 +286,7 @@ def read_command_line(ap, argv):
 
 def finished(args, ckpt):
     """Whether the run to resume already trained every epoch and wrote its summary: nothing is left to do."""
-    return (ckpt["epoch"] >= args.epochs and not ckpt["batch"]
-            and os.path.exists(os.path.join(args.resume, "summary.json")))
+    return ckpt["epoch"] >= args.epochs and not ckpt["batch"] and os.path.exists(os.path.join(args.resume, "summary.json"))
 
 
 def set_up(ap, args):
@@ -411,6 +410,7 @@ def resume(ap, run, ckpt):
 def write_config(run):
     """config.json: the run's settings (and which differ from train.py's defaults), versions, device and data."""
     args, info = run.args, run.info
+    clear_run(run.out)  # --force: nothing of the run this one replaces stays beside it
     plain = vars(get_parser().parse_args([]))
     config = {"args": vars(args), "git_commit": git_commit(), "torch": torch.__version__,
               "torchvision": __import__("torchvision").__version__, "python": platform.python_version(),
@@ -682,9 +682,9 @@ def main(argv=None):
     if resume_ckpt is not None:
         resume(ap, run, resume_ckpt)
     if run.main_proc:
-        run.metrics = MetricsLog(run.out, run.rows)
         if resume_ckpt is None:
-            write_config(run)
+            write_config(run)  # before the metrics log opens tb/ for its events
+        run.metrics = MetricsLog(run.out, run.rows)
     announce(run)
 
     exit_code = train(run)
