@@ -207,8 +207,11 @@ def load_run(ap, args):
 def main(argv=None):
     ap = get_parser()
     args = ap.parse_args(argv)
-    if args.batch_size <= 0:
-        ap.error(f"--batch-size must be positive, got {args.batch_size}")
+    for name in ("batch_size", "subset"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):  # found now, not after the work
+        ap.error(f"--json {args.json}: the folder {os.path.dirname(os.path.abspath(args.json))} does not exist")
     for name in ("tta_frac", "tta_mirror_frac"):
         if getattr(args, name) is not None and not 0 < getattr(args, name) <= 1:
             ap.error(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")

@@ -157,3 +157,15 @@ def test_evaluate_py_uses_the_runs_precision_and_gives_its_figures(fp32_run, dat
     assert res["tta"] == "flip+translate" and (res["tta_frac"], res["tta_mirror_frac"]) == (0.5, 0.7)
     assert res["tta_test_acc"] == summary["tta_test_acc"]
     assert "With flip+translate TTA" in r.stdout
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--subset", "-5"], "--subset must be positive, got -5"),
+    (["--subset", "0"], "--subset must be positive, got 0"),
+    (["--json", "{tmp}/missing/eval.json"], "--json {tmp}/missing/eval.json: the folder {tmp}/missing does not exist"),
+])
+def test_evaluate_py_bad_input_is_one_line_exit_2_before_any_work(fp32_run, data_dir, tmp_path, flags, says):
+    r = run_script("evaluate.py", fp32_run, "--data", data_dir, "--out", str(tmp_path / "figs"),
+                   *[f.replace("{tmp}", str(tmp_path)) for f in flags], timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert says.replace("{tmp}", str(tmp_path)) in r.stderr and not (tmp_path / "figs").exists()

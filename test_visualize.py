@@ -171,8 +171,9 @@ def test_curves_overlay_runs_named_in_the_legend(runs, tmp_path):
 def test_errors(runs, tmp_path):
     vis("errors", runs[0], "--count", 12, "--out", tmp_path)
     png(tmp_path / "errors.png", (530, 1200))
-    png(tmp_path / "confusion_matrix.png", (720, 840))
+    png(tmp_path / "errors-confusion.png", (720, 840))  # not evaluate.py's confusion_matrix.png beside it
     png(tmp_path / "per_class.png", (500, 800))
+    assert not (tmp_path / "confusion_matrix.png").exists()
 
 
 def test_augment_rows_and_sizes(runs, tmp_path, data_dir):

@@ -445,8 +445,8 @@ def cmd_errors(ap, args):
             ax.imshow(imgs[k], interpolation="nearest")
             ax.set_title(f"#{i} true: {src.classes[int(y[i])]}\npredicted: {src.classes[int(pred[i])]} "
                          f"{100 * float(conf[i]):.0f}%", fontsize=9, color="firebrick")
-    paths = [save(fig, os.path.join(src.out, "errors.png")),
-             save_confusion(pred, y, src.classes, acc, src.name, os.path.join(src.out, "confusion_matrix.png"))]
+    paths = [save(fig, os.path.join(src.out, "errors.png")),  # not confusion_matrix.png, which is evaluate.py's
+             save_confusion(pred, y, src.classes, acc, src.name, os.path.join(src.out, "errors-confusion.png"))]
     paths.append(plot_per_class(per_class(pred, y, len(src.classes)), src.classes, acc,
                                 os.path.join(src.out, "per_class.png"), f"{src.name}: per-class test accuracy"))
     return paths
