@@ -192,7 +192,7 @@ def conv3x3_weight_grad(x, grad):
     B, C, H, W = x.shape
     windows = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()  # (B, H+2, W+2, C)
     g = grad.permute(1, 0, 2, 3).reshape(grad.shape[1], B * H * W)  # (O, pixels)
-    n = max(1, 2048 // (H * W))  # images per matmul: chunks of about 2k pixels ran faster than one matmul over all
+    n = max(1, 2048 // (H * W))  # images per matmul: ~2k-pixel chunks, faster than one matmul over all (RESULTS.md)
     cols = x.new_empty(n, H, W, 3, 3 * C)
     total = x.new_zeros(g.shape[0], 9 * C, dtype=torch.promote_types(x.dtype, torch.float32))
     # Pixel (h, w)'s 3 windows in row i are 3C contiguous values of the padded image (row h + i, from column w): one
@@ -208,7 +208,7 @@ def conv3x3_weight_grad(x, grad):
 
 class SmallConv3x3(torch.autograd.Function):
     """F.conv2d(x, weight, padding=1) for a small feature map on a CPU, its weight gradient by matmuls (above), for
-    fastnet: there oneDNN's weight gradient takes 3-5x its forward pass (few pixels per image to tile; RESULTS.md)."""
+    fastnet: there oneDNN's weight gradient is slow, with few pixels per image to tile (RESULTS.md)."""
 
     @staticmethod
     def forward(ctx, x, weight):
