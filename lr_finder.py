@@ -19,6 +19,7 @@ As a library:
 """
 import argparse
 import copy
+import json
 import math
 import os
 import shlex
@@ -354,6 +355,49 @@ def check_args(ap, args):
         ap.error(optim.optimizer_args_error(args))
 
 
+def report(args, curve, num_iter, out):
+    """Why the test stopped, the curve (lr_finder.csv, lr_finder.png) and the suggestions: printed, and with the
+    chosen lr and its train.py command in suggestions.json, for scripts. The exit code: 1 when nothing is suggested."""
+    names = ("lr_finder.csv", "lr_finder.png", "suggestions.json")
+    csv_path, png_path, json_path = (os.path.join(out, name) for name in names)
+    n, lr_end = len(curve["lr"]), curve["lr"][-1]
+    summary = {"arch": args.arch, "optimizer": args.optimizer, "batch_size": args.batch_size, "steps": n,
+               "planned_steps": num_iter, "stopped": curve["stopped"] or None, "loss": curve["kind"]}
+    if curve["stopped"]:
+        print(f"stopped after {n} of {num_iter} steps at lr {lr_end:.2g}: " +
+              ("the loss is not finite" if curve["stopped"] == "nonfinite" else
+               f"the smoothed loss passed {args.diverge:g}x its best ({min(curve['smooth']):.4f})"))
+    else:
+        print(f"ran all {n} steps; smoothed loss {curve['smooth'][0]:.4f} -> best {min(curve['smooth']):.4f} "
+              f"-> last {curve['smooth'][-1]:.4f} at lr {lr_end:.2g}")
+    os.makedirs(out, exist_ok=True)
+    write_csv(curve, csv_path)
+    title = f"LR range test: {args.arch}, {args.optimizer}, batch {args.batch_size}"
+    try:
+        suggestions = suggest_lr(curve)
+    except NoDescent as e:
+        plot_curve(curve, {}, png_path, title=title + " (no usable descent)")
+        runtime.write_text(json_path, json.dumps({**summary, "suggestions": {}, "no_suggestion": str(e)}, indent=2))
+        print(f"wrote {csv_path}, {png_path} and {json_path}")
+        print(f"no suggestion: {e}")
+        return 1
+    plot_curve(curve, suggestions, png_path, chosen=args.suggest, title=title)
+    lr = suggestions[args.suggest]
+    runtime.write_text(json_path, json.dumps({**summary, "suggestions": suggestions, "suggest": args.suggest,
+                                              "chosen_lr": lr, "train_command": train_command(args, lr)}, indent=2))
+    print(f"wrote {csv_path}, {png_path} and {json_path}")
+    print(f"suggestions (smoothed {curve['kind']} loss, first {usable_window(curve)[0]} steps and the part "
+          f"after the minimum left out):")
+    for name, value in suggestions.items():
+        print(f"  {name:<9} {value:9.2e}   {SUGGESTIONS[name]}" + ("   <- --suggest" if name == args.suggest else ""))
+    if not curve["stopped"] and int(np.argmin(curve["smooth"])) == n - 1:
+        print(f"note: the loss was still falling at --end-lr {args.end_lr:g}; a higher --end-lr shows the whole curve")
+    print(f"chosen ({args.suggest}): {lr:.2g}")
+    print("train with:")
+    print(f"  {train_command(args, lr)}")
+    return 0
+
+
 def main(argv=None):
     ap = get_parser()
     args = train.parse_args(ap, argv)
@@ -363,7 +407,7 @@ def main(argv=None):
         out = args.out or runtime.claim_run_dir(args.arch, "lr_finder")
     except OSError as e:
         ap.error(f"cannot write to folder lr_finder/: {e.strerror}")
-    csv_path, png_path = os.path.join(out, "lr_finder.csv"), os.path.join(out, "lr_finder.png")
+    csv_path = os.path.join(out, "lr_finder.csv")
     if os.path.exists(out) and not os.path.isdir(out):
         ap.error(f"--out {out} exists and is not a folder")
     if os.path.exists(csv_path) and not args.force:
@@ -402,38 +446,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("lr_finder.py: interrupted, nothing written", file=sys.stderr)
         return 130
-    n, lr_end = len(curve["lr"]), curve["lr"][-1]
-    if curve["stopped"]:
-        print(f"stopped after {n} of {num_iter} steps at lr {lr_end:.2g}: " +
-              ("the loss is not finite" if curve["stopped"] == "nonfinite" else
-               f"the smoothed loss passed {args.diverge:g}x its best ({min(curve['smooth']):.4f})"))
-    else:
-        print(f"ran all {n} steps; smoothed loss {curve['smooth'][0]:.4f} -> best {min(curve['smooth']):.4f} "
-              f"-> last {curve['smooth'][-1]:.4f} at lr {lr_end:.2g}")
-
-    os.makedirs(out, exist_ok=True)
-    write_csv(curve, csv_path)
-    title = f"LR range test: {args.arch}, {args.optimizer}, batch {args.batch_size}"
-    try:
-        suggestions = suggest_lr(curve)
-    except NoDescent as e:
-        plot_curve(curve, {}, png_path, title=title + " (no usable descent)")
-        print(f"wrote {csv_path} and {png_path}")
-        print(f"no suggestion: {e}")
-        return 1
-    plot_curve(curve, suggestions, png_path, chosen=args.suggest, title=title)
-    print(f"wrote {csv_path} and {png_path}")
-    print(f"suggestions (smoothed {curve['kind']} loss, first {usable_window(curve)[0]} steps and the part "
-          f"after the minimum left out):")
-    for name, value in suggestions.items():
-        print(f"  {name:<9} {value:9.2e}   {SUGGESTIONS[name]}" + ("   <- --suggest" if name == args.suggest else ""))
-    if not curve["stopped"] and int(np.argmin(curve["smooth"])) == n - 1:
-        print(f"note: the loss was still falling at --end-lr {args.end_lr:g}; a higher --end-lr shows the whole curve")
-    lr = suggestions[args.suggest]
-    print(f"chosen ({args.suggest}): {lr:.2g}")
-    print("train with:")
-    print(f"  {train_command(args, lr)}")
-    return 0
+    return report(args, curve, num_iter, out)
 
 
 if __name__ == "__main__":

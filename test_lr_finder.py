@@ -5,6 +5,7 @@ start falling, --recipe, and the command line end to end (lenet on the CPU).
 Uses the real CIFAR-10 copy when $CIFAR10_DIR is set, else synthetic pickles.
 """
 import copy
+import json
 import os
 import shlex
 
@@ -350,6 +351,9 @@ def test_cli_lenet_end_to_end(tmp_path, data_dir):
     targs = train.get_parser().parse_args(shlex.split(cmd)[2:])
     assert cmd.startswith("python train.py --arch lenet") and targs.lr == chosen and targs.optimizer == "adam"
     assert 1e-4 <= chosen <= 1
+    js = json.loads((out / "suggestions.json").read_text())  # what was printed, for scripts
+    assert js["suggest"] == "valley" and f"{js['chosen_lr']:.2g}" == f"{chosen:.2g}" and js["train_command"] == cmd
+    assert set(js["suggestions"]) == {"steepest", "valley", "min10"} and js["steps"] == len(rows) - 1
 
 
 @pytest.mark.slow
@@ -385,6 +389,8 @@ def test_cli_without_descent_says_so_and_suggests_nothing(tmp_path, data_dir, ca
     printed = capsys.readouterr().out
     assert code == 1 and "no usable descent" in printed and "train.py" not in printed
     assert (out / "lr_finder.csv").exists() and (out / "lr_finder.png").exists()   # kept to look at
+    js = json.loads((out / "suggestions.json").read_text())
+    assert js["suggestions"] == {} and "no_suggestion" in js and "chosen_lr" not in js
 
 
 @pytest.mark.parametrize("bad,message", [
