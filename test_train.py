@@ -138,6 +138,17 @@ def test_existing_run_is_not_overwritten(capsys, lenet_run, data_dir):
     assert {n: os.path.getmtime(os.path.join(lenet_run, n)) for n in os.listdir(lenet_run)} == before
 
 
+def test_ctrl_c_in_the_final_evaluation_is_one_line_exit_130(capsys, tmp_path, data_dir, monkeypatch):
+    def interrupted(run):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "test_figures", interrupted)
+    out = str(tmp_path / "run")
+    assert train.main([*QUICK, "--data", data_dir, "--out", out]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == f"train.py: interrupted in the final evaluation; the trained run is in {out}", err
+    assert os.path.exists(os.path.join(out, "last.pt"))
+
+
 def test_force_leaves_nothing_of_the_run_it_replaces(capsys, lenet_run, data_dir, tmp_path):
     """A --force run that diverges at once: the folder holds its own config and none of the old run's summary,
     checkpoints, metrics or TensorBoard events; a file of the user's stays."""

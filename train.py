@@ -318,8 +318,7 @@ def set_up(ap, args):
     try:
         run.train_loader, run.val_loader, run.test_loader, run.info = data.build_loaders(
             args, device, args.batch_size, dtype=torch.float32, channels_last=args.channels_last, seed=args.seed,
-            epochs=args.epochs, eval_batch_size=args.eval_batch_size, rank=rank, world_size=world,
-            subset=args.subset)
+            epochs=args.epochs, eval_batch_size=args.eval_batch_size, rank=rank, world_size=world, subset=args.subset)
     except data.DataError as e:
         ap.error(str(e))
     if run.main_proc:
@@ -596,8 +595,7 @@ def end_epoch(run, epoch, row, bar, images):
         checkpoint(run, "last.pt", epoch + 1, 0)
         scores = f"{sel} loss {row[sel + '_loss']:.4f}  {sel} acc {row[sel + '_acc']:.4f}  " if sel + "_acc" in row else ""
         bar.close(f"epoch {epoch + 1}/{run.args.epochs}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  "
-                  f"{scores}"
-                  f"lr {row['lr']:.3g}  {row['epoch_time']:.1f}s  {row['images_per_s']:.0f} img/s")
+                  f"{scores}lr {row['lr']:.3g}  {row['epoch_time']:.1f}s  {row['images_per_s']:.0f} img/s")
     if any_rank(run.stop_signal, run.device):  # a signal during evaluation
         raise stopped(run, f"after epoch {epoch + 1}")
 
@@ -645,6 +643,9 @@ def final_report(run):
         figures = test_figures(run)
     except torch.OutOfMemoryError:
         return out_of_memory(run)
+    except KeyboardInterrupt:  # the training is done and saved: only the closing evaluation was cut short
+        print(f"train.py: interrupted in the final evaluation; the trained run is in {run.out}", file=sys.stderr)
+        return 130
     final_test, best_test = figures.pop("final"), figures.pop("best")
     summary.update(figures)
     summary.update(final_test_acc=final_test, best_test_acc=best_test, epoch_time_s=run.train_time / args.epochs,
@@ -653,8 +654,7 @@ def final_report(run):
     write_text(os.path.join(run.out, "summary.json"), json.dumps(summary, indent=2))
     note = "" if select == "val" else "  (best epoch picked on test: flattering, use --val N for an honest pick)"
     print("\n".join([
-        "=" * 72,
-        f"{args.arch} on CIFAR-10, {args.epochs} epochs, {device_name(device)}",
+        "=" * 72, f"{args.arch} on CIFAR-10, {args.epochs} epochs, {device_name(device)}",
         f"best epoch {run.best_epoch} by {select} acc {run.best:.4f}{note}",
         f"test accuracy: best checkpoint {best_test:.4f}, final weights {final_test:.4f}"
         + (f", final weights with {args.tta} TTA {summary['tta_test_acc']:.4f} ({summary['tta_eval_s']:.1f}s)"
