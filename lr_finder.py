@@ -10,8 +10,8 @@ default 1e-7 to 10 is 320 steps, fewer when the loss diverges first. A small net
 many: with fastai's 100 steps over those eight decades LeNet's loss is still at its start when the
 lr gets large enough to push it up again, and there is nothing to suggest.
 
-Same data pipeline, optimizer and loss as train.py. Writes lr_finder.csv and lr_finder.png to
---out (default lr_finder/<arch>-<timestamp>) and prints the train.py command that uses the pick.
+Same data pipeline, optimizer and loss as train.py. Writes lr_finder.csv, lr_finder.png and suggestions.json
+to --out (default lr_finder/<arch>-<timestamp>) and prints the train.py command that uses the pick.
 As a library:
 
     curve = find_lr(model, optimizer, loader)      # model and optimizer come back untouched
