@@ -549,9 +549,7 @@ def read_out(path):
 
 def check_out(ap, path):
     """Before any timing: --out must be a bench.json or a new file in an existing folder, so no work is lost at the end."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        ap.error(f"--out {path}: the folder {folder} does not exist")
+    runtime.check_output_file(ap, "--out", path)
     if os.path.isdir(path):
         ap.error(f"--out {path} is a folder; pass a JSON file")
     try:

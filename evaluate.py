@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 import data
 from models import build_model
-from runtime import (OneLineParser, add_amp_arg, autocast, eval_weights, load_checkpoint, pick_device, pyplot,
-                     resolve_amp, sync, write_text)
+from runtime import (OneLineParser, add_amp_arg, autocast, check_output_file, eval_weights, load_checkpoint,
+                     pick_device, pyplot, resolve_amp, sync, write_text)
 
 
 # ----------------------------------------------------------------------------- evaluation loop and TTA
@@ -210,8 +210,8 @@ def main(argv=None):
     for name in ("batch_size", "subset"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):  # found now, not after the work
-        ap.error(f"--json {args.json}: the folder {os.path.dirname(os.path.abspath(args.json))} does not exist")
+    if args.json:
+        check_output_file(ap, "--json", args.json)
     for name in ("tta_frac", "tta_mirror_frac"):
         if getattr(args, name) is not None and not 0 < getattr(args, name) <= 1:
             ap.error(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")

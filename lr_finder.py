@@ -351,8 +351,7 @@ def check_args(ap, args):
         ap.error(f"--diverge must be > 1, got {args.diverge:g}")
     if args.val < 0 or args.wd < 0 or not 0 <= args.label_smoothing < 1 or args.bias_lr_scale <= 0:
         ap.error("--val and --wd must be >= 0, --bias-lr-scale > 0, --label-smoothing in [0, 1)")
-    if optim.optimizer_args_error(args):
-        ap.error(optim.optimizer_args_error(args))
+    optim.check_optimizer_args(ap, args)
 
 
 def report(args, curve, num_iter, out):
@@ -383,8 +382,9 @@ def report(args, curve, num_iter, out):
         return 1
     plot_curve(curve, suggestions, png_path, chosen=args.suggest, title=title)
     lr = suggestions[args.suggest]
+    command = train_command(args, lr)
     runtime.write_text(json_path, json.dumps({**summary, "suggestions": suggestions, "suggest": args.suggest,
-                                              "chosen_lr": lr, "train_command": train_command(args, lr)}, indent=2))
+                                              "chosen_lr": lr, "train_command": command}, indent=2))
     print(f"wrote {csv_path}, {png_path} and {json_path}")
     print(f"suggestions (smoothed {curve['kind']} loss, first {usable_window(curve)[0]} steps and the part "
           f"after the minimum left out):")
@@ -394,7 +394,7 @@ def report(args, curve, num_iter, out):
         print(f"note: the loss was still falling at --end-lr {args.end_lr:g}; a higher --end-lr shows the whole curve")
     print(f"chosen ({args.suggest}): {lr:.2g}")
     print("train with:")
-    print(f"  {train_command(args, lr)}")
+    print(f"  {command}")
     return 0
 
 

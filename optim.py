@@ -79,16 +79,15 @@ class Muon(torch.optim.Optimizer):
 
 # ----------------------------------------------------------------------------- the optimizer and schedule of a run
 
-def optimizer_args_error(args):
-    """One line on the values torch's optimizers would refuse with a traceback (None if all is well), so that
-    the scripts' check_args refuse them before anything is created."""
+def check_optimizer_args(ap, args):
+    """Refuse (exit 2, one line) the values torch's optimizers would refuse with a traceback, for the scripts'
+    check_args, before anything is created."""
     if not (0 <= args.momentum < 1 and 0 <= args.aux_momentum < 1):
-        return f"--momentum and --aux-momentum must be in [0, 1), got {args.momentum:g} and {args.aux_momentum:g}"
+        ap.error(f"--momentum and --aux-momentum must be in [0, 1), got {args.momentum:g} and {args.aux_momentum:g}")
     if args.optimizer == "sgd" and args.nesterov and args.momentum == 0:
-        return "--nesterov needs a --momentum above 0"
+        ap.error("--nesterov needs a --momentum above 0")
     if not all(0 <= b < 1 for b in args.betas):
-        return f"--betas must be in [0, 1), got {' '.join(f'{b:g}' for b in args.betas)}"
-    return None
+        ap.error(f"--betas must be in [0, 1), got {' '.join(f'{b:g}' for b in args.betas)}")
 
 
 def build_optimizer(model, args, lr=None):

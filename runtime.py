@@ -244,6 +244,14 @@ def write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def check_output_file(ap, flag, path):
+    """Refuse (exit 2) a file the script writes only at the end of its work when its folder is missing: found now,
+    before the work, not in a traceback after it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        ap.error(f"{flag} {path}: the folder {folder} does not exist")
+
+
 _saves = [0]
 
 

@@ -28,7 +28,7 @@ import torch.nn as nn
 import data
 from evaluate import TTA, evaluate, n_correct
 from models import ARCHS, build_model, check_arch, count_flops, count_params, init_from_data
-from optim import Lookahead, ema_warmup, optimizer_args_error, set_schedule, training_parts
+from optim import Lookahead, check_optimizer_args, ema_warmup, set_schedule, training_parts
 from recipes import NOT_FLAGS, RECIPES, list_recipes
 from runtime import (GraphedStep, MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast,
                      clear_run, device_name, eval_weights, git_commit, load_checkpoint, make_run_dir, pick_device,
@@ -172,8 +172,7 @@ def check_args(ap, args):
         ap.error("--cuda-graph needs --optimizer muon, and takes no --compile, --skip-nonfinite or --amp fp16")
     if args.wd < 0 or not 0 <= args.label_smoothing < 1 or not 0 <= args.ema < 1 or not 0 <= args.lookahead < 1:
         ap.error("--wd must be >= 0, --label-smoothing, --ema and --lookahead in [0, 1)")
-    if optimizer_args_error(args):
-        ap.error(optimizer_args_error(args))
+    check_optimizer_args(ap, args)
 
 
 # ----------------------------------------------------------------------------- one training step
