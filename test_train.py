@@ -183,6 +183,13 @@ def test_resume_refuses_a_contradicting_flag_even_at_its_default_value(capsys, l
     assert train.main(["--resume", lenet_run, "--epochs", "1", "--data", data_dir]) == 0  # agreeing is fine
 
 
+def test_resume_reads_the_data_where_the_run_did_unless_told_otherwise(lenet_run, data_dir, tmp_path):
+    """The resume command train.py prints names no --data: the run's own folder is used, a given one wins."""
+    ap = train.get_parser()
+    assert train.read_command_line(ap, ["--resume", lenet_run])[0].data == data_dir
+    assert train.read_command_line(ap, ["--resume", lenet_run, "--data", str(tmp_path)])[0].data == str(tmp_path)
+
+
 def test_resume_of_a_finished_run_changes_nothing(lenet_run, data_dir, capsys):
     files = ("metrics.jsonl", "metrics.csv", "summary.json", "last.pt", "best.pt", "config.json")
     before = {n: open(os.path.join(lenet_run, n), "rb").read() for n in files}

@@ -271,12 +271,13 @@ def read_command_line(ap, argv):
             resume_ckpt = load_checkpoint(os.path.join(args.resume, "last.pt"))
         except ValueError as e:
             ap.error(f"--resume {args.resume}: {e}")
-        saved = dict(resume_ckpt["args"])
-        for k in sorted(flags_given(argv) - RESUME_MAY_CHANGE):  # a flag newer than the run: the run had its default
+        saved, given = dict(resume_ckpt["args"]), flags_given(argv)
+        for k in sorted(given - RESUME_MAY_CHANGE):  # a flag newer than the run: the run had its default
             if vars(args)[k] != saved.get(k, ap.get_default(k)):
                 ap.error(f"--resume {args.resume}: that run has --{k.replace('_', '-')} "
                          f"{saved.get(k, ap.get_default(k))}, not {vars(args)[k]}; drop the flag or start a new run")
-        saved.update(resume=args.resume, data=args.data, download=args.download, no_progress=args.no_progress,
+        saved.update({k: vars(args)[k] for k in ("data", "download") if k in given or k not in saved},
+                     resume=args.resume, no_progress=args.no_progress,  # the data where the run found it, unless moved
                      cuda_graph=args.cuda_graph or saved.get("cuda_graph", False))  # the same training, rounded apart
         args = argparse.Namespace(**{**{k: ap.get_default(k) for k in vars(args)}, **saved})  # flags newer than the run
     check_args(ap, args)
