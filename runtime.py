@@ -313,7 +313,8 @@ def load_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a checkpoint, or a pickle that wants to run code
-        raise ValueError(f"cannot read checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
+        why = (str(e).splitlines() or [type(e).__name__])[0][:200]  # an empty file's EOFError has no message
+        raise ValueError(f"cannot read checkpoint {path}: {why}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
         raise ValueError(f"{path} is not a checkpoint written by train.py")
     return ckpt

@@ -229,11 +229,12 @@ def test_a_run_resumed_mid_epoch_counts_the_time_and_images_of_both_invocations(
     assert summary["total_time_s"] >= 4.0
 
 
-def test_corrupt_checkpoint_is_refused(capsys, tmp_path, lenet_run):
+@pytest.mark.parametrize("keep", [0.5, 0.0])  # a write cut off half way; an empty file (an error without a message)
+def test_corrupt_checkpoint_is_refused(capsys, tmp_path, lenet_run, keep):
     run = tmp_path / "run"
     run.mkdir()
     good = open(os.path.join(lenet_run, "last.pt"), "rb").read()
-    (run / "last.pt").write_bytes(good[:len(good) // 2])  # a write cut off half way
+    (run / "last.pt").write_bytes(good[:int(len(good) * keep)])
     err = refused(capsys, ["--resume", str(run)])
     assert f"--resume {run}: cannot read checkpoint {run}/last.pt" in err
 
