@@ -361,7 +361,7 @@ def build_loaders(args, device, batch_size, *, dtype=torch.float32, channels_las
                   eval_batch_size=None, rank=0, world_size=1, subset=None, mean_std=None):
     """(train_loader, val_loader or None, test_loader, info) from the flags of add_data_args. Inputs are
     normalised with the training images' per-channel statistics, or with mean_std = (mean, std) if given."""
-    if not 0 <= args.crop_pad < 32 or args.cutout < 0 or args.jitter < 0 or args.mix_alpha <= 0:
+    if not (0 <= args.crop_pad < 32 and args.cutout >= 0 and args.jitter >= 0 and args.mix_alpha > 0):  # NaN fails
         raise DataError("need 0 <= --crop-pad < 32, --cutout >= 0, --jitter >= 0 and --mix-alpha > 0")
     if args.mix_off_epochs < 0 or (args.mix_off_epochs and epochs is None):
         raise DataError("--mix-off-epochs must be >= 0 (and needs a known number of epochs)")

@@ -330,6 +330,16 @@ def check_arch(ap, name):
         ap.error(f"unknown --arch {name!r}; choose from: {', '.join(ARCHS)}")
 
 
+def check_image_size(ap, arch, side, name):
+    """Refuse through ap.error, in one line, a network that cannot take side x side images: its pooling or
+    fixed-size layers set the smallest image it takes."""
+    try:
+        with torch.no_grad():
+            build_model(arch).eval()(torch.zeros(1, 3, side, side))
+    except RuntimeError:
+        ap.error(f"{name} cannot take {side}x{side} images (--image-sizes)")
+
+
 def count_params(model):
     return sum(p.numel() for p in model.parameters())
 

@@ -27,7 +27,7 @@ import torch.nn as nn
 
 import data
 from evaluate import TTA, evaluate, n_correct
-from models import ARCHS, build_model, check_arch, count_flops, count_params, init_from_data
+from models import ARCHS, build_model, check_arch, check_image_size, count_flops, count_params, init_from_data
 from optim import Lookahead, check_optimizer_args, ema_warmup, set_schedule, training_parts
 from recipes import NOT_FLAGS, RECIPES, list_recipes
 from runtime import (GraphedStep, MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast,
@@ -142,6 +142,9 @@ def flags_given(argv):
 def check_args(ap, args):
     """Refuse bad values before anything is created."""
     check_arch(ap, args.arch)
+    for name, value in vars(args).items():  # NaN passes every comparison below; inf makes no lr, epoch or size
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            ap.error(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     if args.optimizer not in ("sgd", "adam", "adamw", "muon"):
         ap.error(f"unknown --optimizer {args.optimizer!r}; choose from: sgd, adam, adamw, muon")
     for name in ("epochs", "batch_size", "lr", "eval_batch_size", "aux_lr", "bias_lr_scale", "ema_every", "lookahead_k",
@@ -150,19 +153,15 @@ def check_args(ap, args):
             ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.val < 0 or (args.subset is not None and args.subset <= 0):
         ap.error(f"--val must be >= 0 and --subset positive, got {args.val} and {args.subset}")
-    if len(args.gamma) not in (1, len(args.milestones)):
-        ap.error(f"--gamma takes one value or one per milestone ({len(args.milestones)}), got {len(args.gamma)}")
-    if args.save_every < 0 or args.skip_nonfinite < 0 or args.eval_every < 0:
-        ap.error("--save-every, --skip-nonfinite and --eval-every must be >= 0")
+    if len(args.gamma) not in (1, len(args.milestones)) or min(args.gamma) <= 0:  # each lr step multiplies by it
+        ap.error(f"--gamma takes one positive value or one per milestone ({len(args.milestones)}), got {args.gamma}")
+    if min(args.save_every, args.skip_nonfinite, args.eval_every, args.warmup_epochs, *args.milestones) < 0:
+        ap.error("--save-every, --skip-nonfinite, --eval-every, --warmup-epochs and --milestones must be >= 0")
     side = min(args.image_sizes or [32])
     nets = [(args.arch, f"--arch {args.arch}")]
     nets += [("fastnet", "the --select-frac proxy (fastnet)")] if args.select_frac < 1 and args.select_by == "proxy" else []
     for arch, name in nets if 8 <= side < 32 else []:  # sizes outside 8..32: data.build_loaders refuses them
-        try:  # a network's pooling or fixed-size layers set the smallest image it takes
-            with torch.no_grad():
-                build_model(arch).eval()(torch.zeros(1, 3, side, side))
-        except RuntimeError:
-            ap.error(f"{name} cannot take {side}x{side} images (--image-sizes)")
+        check_image_size(ap, arch, side, name)
     if args.select_by == "loss" and (args.select_frac >= 1 or args.select_every != ap.get_default("select_every")):
         ap.error("--select-by loss needs --select-frac below 1, and takes no --select-every (the proxy's)")
     for name in ("tta_frac", "tta_mirror_frac", "select_frac"):
