@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 import data
 from models import build_model
-from runtime import (OneLineParser, add_amp_arg, autocast, check_output_file, eval_weights, load_checkpoint,
-                     pick_device, pyplot, resolve_amp, sync, write_text)
+from runtime import (OneLineParser, add_amp_arg, autocast, check_output_file, check_output_folder, eval_weights,
+                     load_checkpoint, pick_device, pyplot, resolve_amp, sync, write_text)
 
 
 # ----------------------------------------------------------------------------- evaluation loop and TTA
@@ -212,6 +212,8 @@ def main(argv=None):
             ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.json:
         check_output_file(ap, "--json", args.json)
+    out = args.out or (args.checkpoint if os.path.isdir(args.checkpoint) else os.path.dirname(args.checkpoint) or ".")
+    check_output_folder(ap, "--out" if args.out else "--out (the run's folder)", out)
     for name in ("tta_frac", "tta_mirror_frac"):
         if getattr(args, name) is not None and not 0 < getattr(args, name) <= 1:
             ap.error(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")
@@ -254,7 +256,6 @@ def main(argv=None):
     print(f"Inference: {result['images_per_s']:.0f} images/s at batch size {args.batch_size}"
           + (f" ({result['tta_images_per_s']:.0f} with TTA)" if args.tta else ""))
 
-    out = args.out or (args.checkpoint if os.path.isdir(args.checkpoint) else os.path.dirname(args.checkpoint) or ".")
     os.makedirs(out, exist_ok=True)
     png = os.path.join(out, "confusion_matrix.png")
     plot_confusion(torch.tensor(result["confusion_matrix"]), classes, png,

@@ -408,8 +408,7 @@ def main(argv=None):
     except OSError as e:
         ap.error(f"cannot write to folder lr_finder/: {e.strerror}")
     csv_path = os.path.join(out, "lr_finder.csv")
-    if os.path.exists(out) and not os.path.isdir(out):
-        ap.error(f"--out {out} exists and is not a folder")
+    runtime.check_output_folder(ap, "--out", out)  # written after the test: a place that cannot be is found now
     if os.path.exists(csv_path) and not args.force:
         ap.error(f"{csv_path} exists; use --force to overwrite it, or another --out")
 
@@ -425,7 +424,7 @@ def main(argv=None):
             data_args, device, args.batch_size, channels_last=args.channels_last, seed=args.seed,
             eval_batch_size=1000, subset=args.subset)
     except data.DataError as e:
-        ap.error(str(e))
+        ap.error(str(e) + (" (--val-loss holds out 1000 when no --val is given)" if data_args.val != args.val else ""))
     torch.manual_seed(args.seed)  # the same initial weights as train.py --seed
     model = build_model(args.arch, num_classes=len(info["classes"]), zero_init_residual=args.zero_init_residual)
     model = model.to(device)

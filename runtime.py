@@ -12,6 +12,7 @@ import datetime
 import io
 import itertools
 import json
+import math
 import os
 import platform
 import random
@@ -20,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -32,10 +34,18 @@ AMP_CHOICES = ["auto", "bf16", "fp16", "off"]
 # ----------------------------------------------------------------------------- command line
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr and exit code 2 (no usage dump)."""
+    """argparse whose errors are one line on stderr and exit code 2 (no usage dump), and which refuses a non-finite
+    number: NaN passes every range check a script makes after, and inf is no lr, size or count."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        for name, value in vars(ns).items():
+            if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+                self.error(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+        return ns, rest
 
 
 def add_amp_arg(ap, default="auto", help="autocast: auto = bf16 on CUDA and CPU, off on MPS"):
@@ -233,23 +243,46 @@ def ranks_agree(model, device):
 def atomic_write(path, write):
     """Write via a temp file + fsync + os.replace, so a kill never leaves a half-written file."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a failed write leaves nothing behind, not even its temp file
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def check_output_folder(ap, flag, folder):
+    """Refuse (exit 2) a folder the script writes into only at the end of its work when it is a file or cannot be
+    written (read-only, no permission): found now, before the work, not in a traceback after it. A folder still to be
+    made is judged by the nearest one above it that exists."""
+    above = os.path.abspath(folder)
+    while not os.path.exists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        ap.error(f"{flag} {folder}: {above} is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=above).close()
+    except OSError as e:
+        ap.error(f"{flag} {folder}: cannot write in {above} ({e.strerror})")
+
+
 def check_output_file(ap, flag, path):
-    """Refuse (exit 2) a file the script writes only at the end of its work when its folder is missing: found now,
-    before the work, not in a traceback after it."""
+    """check_output_folder for a file the script writes at the end of its work: its folder must exist already, and
+    the path must not be a folder."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         ap.error(f"{flag} {path}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        ap.error(f"{flag} {path} is a folder; name a file")
+    check_output_folder(ap, flag, folder)
 
 
 _saves = [0]

@@ -163,8 +163,11 @@ def test_evaluate_py_uses_the_runs_precision_and_gives_its_figures(fp32_run, dat
     (["--subset", "-5"], "--subset must be positive, got -5"),
     (["--subset", "0"], "--subset must be positive, got 0"),
     (["--json", "{tmp}/missing/eval.json"], "--json {tmp}/missing/eval.json: the folder {tmp}/missing does not exist"),
+    (["--json", "{tmp}"], "--json {tmp} is a folder; name a file"),
+    (["--out", "{tmp}/file/figs"], "--out {tmp}/file/figs: {tmp}/file is a file, not a folder"),
 ])
 def test_evaluate_py_bad_input_is_one_line_exit_2_before_any_work(fp32_run, data_dir, tmp_path, flags, says):
+    (tmp_path / "file").write_text("not a folder")
     r = run_script("evaluate.py", fp32_run, "--data", data_dir, "--out", str(tmp_path / "figs"),
                    *[f.replace("{tmp}", str(tmp_path)) for f in flags], timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr

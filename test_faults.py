@@ -133,3 +133,29 @@ def test_soak_2000_steps_memory_flat(tmp_path, data_dir):
     assert rows[-1]["step"] == 20 * -(-n // batch) == 2000
     rss = [row["rss_mib"] for row in rows]
     assert max(rss[1:]) - rss[1] < 10, rss  # MiB: after the first epoch, nothing accumulates
+
+
+def test_an_unwritable_output_folder_is_refused_before_the_work(tmp_path, monkeypatch, capsys):
+    """A read-only place (as root, permission bits block nothing, so the refusal is simulated) is found when the
+    script starts, in one line, exit 2: not in a traceback once the work is done."""
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(runtime.tempfile, "TemporaryFile", read_only)
+    for check, path in ((runtime.check_output_folder, tmp_path / "new" / "figs"), (runtime.check_output_file,
+                                                                                   tmp_path / "r.json")):
+        with pytest.raises(SystemExit) as e:
+            check(runtime.OneLineParser(prog="x.py"), "--out", str(path))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"cannot write in {tmp_path} (Read-only file system)" in err, err
+
+
+def test_a_write_that_fails_leaves_the_old_file_and_no_temp_file(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text("old")
+
+    def write(f):
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
+    with pytest.raises(OSError):
+        runtime.atomic_write(str(path), write)
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["results.json"]

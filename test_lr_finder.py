@@ -402,13 +402,20 @@ def test_cli_without_descent_says_so_and_suggests_nothing(tmp_path, data_dir, ca
     (["--recipe", "report002-resnet9", "--steps-per-decade", "0"], "--steps-per-decade must be positive"),
     (["--nesterov", "--momentum", "0"], "--nesterov needs a --momentum above 0"),
     (["--optimizer", "adamw", "--betas", "0.9", "1"], "--betas must be in [0, 1), got 0.9 1"),
+    (["--end-lr", "inf"], "--end-lr must be a finite number, got inf"),
+    (["--steps-per-decade", "nan"], "--steps-per-decade must be a finite number, got nan"),
+    (["--out", "{tmp}/file/lrf"], "--out {tmp}/file/lrf: {tmp}/file is a file, not a folder"),
+    (["--arch", "lenet", "--subset", "500", "--val-loss", "--data", "{data}"],
+     "below the 500 training images (--val-loss holds out 1000 when no --val is given)"),
 ])
-def test_cli_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, capsys, bad, message):
+def test_cli_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, capsys, data_dir, bad, message):
     out = tmp_path / "never"
+    (tmp_path / "file").write_text("not a folder")
+    bad = [b.replace("{tmp}", str(tmp_path)).replace("{data}", data_dir) for b in bad]
     with pytest.raises(SystemExit) as e:
-        lr_finder.main([*bad, "--out", str(out)])
+        lr_finder.main([*bad, "--out", str(out)] if "--out" not in bad else bad)
     err = capsys.readouterr().err
-    assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert e.value.code == 2 and message.replace("{tmp}", str(tmp_path)) in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 
