@@ -287,6 +287,8 @@ def cmd_report(ap, args):
     runs = args.runs
     results = [run_results(ap, r) for r in runs]  # refuses a bad folder before anything is written
     out = args.out or (runs[0] if len(runs) == 1 else "figures")
+    srcs = [open_source(ap, argparse.Namespace(source=run, arch=None, data=args.data, out=out, seed=0))
+            for run in runs]  # and a run without a checkpoint (its per-class part needs one)
     os.makedirs(out, exist_ok=True)
     names = run_names(runs)
     title = f"CIFAR-10 training report: {', '.join(names)}"
@@ -308,8 +310,7 @@ def cmd_report(ap, args):
             "loss, accuracy and learning rate against epoch (solid: train, dashed: " + "/".join(
                 sorted({r["split"] for r in results})) + ")")
     per_class_cols, cms, tested = [], [], []
-    for run, name in zip(runs, names):
-        src = open_source(ap, argparse.Namespace(source=run, arch=None, data=args.data, out=out, seed=0))
+    for run, name, src in zip(runs, names, srcs):
         x, y, probs, acc = predict_test_set(ap, src)
         pred = probs.argmax(1)
         per_class_cols.append(per_class(pred, y, len(src.classes)))

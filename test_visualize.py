@@ -306,11 +306,18 @@ def test_report_renders_in_headless_chromium(request, tmp_path):
     (["errors", "--arch", "lenet"], "unrecognized arguments: --arch"),
     (["errors", "{run}", "--subset", "0"], "--count and --subset must be positive"),
     (["sketch"], "argument COMMAND: invalid choice: 'sketch'"),
+    (["curves", "{run}", "--out", "{tmp}/file/figs"], "--out {tmp}/file/figs: {tmp}/file is a file, not a folder"),
+    (["report", "{run}", "{tmp}/nockpt"], "no best.pt or last.pt in {tmp}/nockpt"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys, argv, says):
     argv = [a.replace("{run}", runs[0]).replace("{tmp}", str(tmp_path)) for a in argv]
+    (tmp_path / "file").write_text("not a folder")
+    os.makedirs(tmp_path / "nockpt")  # a run folder whose checkpoints were deleted
+    for name in ("metrics.jsonl", "config.json"):
+        shutil.copy(os.path.join(runs[0], name), tmp_path / "nockpt")
     before = set(os.listdir(runs[0]))
-    err = refused(capsys, *argv, *(["--out", str(tmp_path / "out")] if argv[0] not in ("sketch", "layers") else []))
+    out = [] if argv[0] in ("sketch", "layers") or "--out" in argv else ["--out", str(tmp_path / "out")]
+    err = refused(capsys, *argv, *out)
     assert says.replace("{tmp}", str(tmp_path)) in err
     assert not (tmp_path / "out").exists() and set(os.listdir(runs[0])) == before
 

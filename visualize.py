@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import data
 from evaluate import confusion, evaluate, per_class, plot_confusion
 from models import ARCHS, build_model, check_arch
-from runtime import OneLineParser, eval_weights, load_checkpoint, pick_device, pyplot, resolve_amp
+from runtime import OneLineParser, check_output_folder, eval_weights, load_checkpoint, pick_device, pyplot, resolve_amp
 
 DPI = 100
 # figure sizes in inches; at DPI these give the pixel sizes the tests check
@@ -686,6 +686,8 @@ def main(argv=None):
         dest = set(vars(args))
         sub.set_defaults(**{k: v for k, v in cfg["args"].items() if k in dest and k not in ("out", "seed", "run")})
         args = ap.parse_args(argv)
+    if getattr(args, "out", None):  # figures are written after the work: a place that cannot take them is found now
+        check_output_folder(ap.commands[args.command], "--out", args.out)
     COMMANDS[args.command](ap.commands[args.command], args)
     return 0
 
