@@ -3,7 +3,7 @@ few hundred steps while the lr grows from --start-lr to --end-lr, record the los
 
     python lr_finder.py --arch resnet18
     python lr_finder.py --recipe report002-resnet9          # a train.py recipe's batch, optimizer, wd, ...
-    python lr_finder.py --arch lenet --subset 5000 --num-iter 60 --suggest steepest
+    python lr_finder.py --arch lenet --subset 5000 --suggest steepest
 
 The number of steps follows the range: --steps-per-decade (40) for every factor 10 of lr, so the
 default 1e-7 to 10 is 320 steps, fewer when the loss diverges first. A small network needs that
