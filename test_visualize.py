@@ -78,6 +78,8 @@ EXPECTED = {  # default layers (first conv, end of every stage) and their captur
     "vgg_a": {"features.0": (64, 32, 32), "features.1": (64, 32, 32), "features.4": (128, 16, 16),
               "features.9": (256, 8, 8), "features.14": (512, 4, 4), "features.19": (512, 2, 2)},
     "dainet7": {"layer1.0": (64, 32, 32), "layer1": (64, 32, 32), "layer3": (128, 16, 16), "layer6.2": (256, 8, 8)},
+    "fastnet": {"whiten": (24, 31, 31), "groups.0.norm2": (64, 15, 15), "groups.1.norm2": (256, 7, 7),
+                "groups.2.norm2": (256, 3, 3)},  # its groups: a ModuleList of ModuleDicts, never called themselves
 }
 
 

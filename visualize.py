@@ -114,7 +114,7 @@ def stages(model, info=None, image_size=32):
     which the resolution changes more than once, like VGG's `features`), the last one before each change of spatial
     size, with the last module that still has a spatial output ending the last stage. Modules called more than once
     (LeNet's pool, a block's shared ReLU) are skipped. This finds ResNet's layer1-4, ResCNN's stem and layers, VGG's
-    ReLU before each max-pool and LeNet's conv1/conv2 with no list to keep up to date.
+    ReLU before each max-pool, LeNet's conv1/conv2 and fastnet's whitening and groups with no list to keep up to date.
     """
     if info is None:
         info = trace(model, torch.zeros(1, 3, image_size, image_size))
@@ -122,19 +122,20 @@ def stages(model, info=None, image_size=32):
 
     def sizes_inside(name):
         inner = {r["shape"][1:] for n, r in info.items() if n.startswith(name + ".") and is_map(r["shape"])}
-        if is_map(info[name]["in"]):
+        if name in info and is_map(info[name]["in"]):
             inner.add(info[name]["in"][1:])
         return inner
 
     def spine(module, prefix):
         for child_name, child in module.named_children():
             name = prefix + child_name
-            if name not in info:  # defined but never called
+            inside = [n for n in info if n.startswith(name + ".")]
+            if name not in info and not inside:  # defined but never called
                 continue
             if len(sizes_inside(name)) > 2 and next(child.children(), None) is not None:
                 yield from spine(child, name + ".")
-            else:
-                yield name
+            else:  # a container never called itself (fastnet's ModuleList, ModuleDicts): its last module stands for it
+                yield name if name in info else max(inside, key=order.get)
 
     once = [n for n, r in info.items() if r["calls"] == 1 and is_map(r["shape"])]
     if not once:
