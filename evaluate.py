@@ -232,6 +232,7 @@ def main(argv=None):
                          std=torch.tensor(ckpt["std"]), train=False, channels_last=targs.get("channels_last", False))
     labels = y.to(device)
 
+    print(f"testing {len(y):,} images, then timing a second pass ({device}) ...", file=sys.stderr, flush=True)
     res = evaluate(model, loader, device, amp_dtype, return_outputs=True)
     pred = res["logits"].argmax(1)
     n = len(classes)
@@ -248,8 +249,9 @@ def main(argv=None):
         frac, mirror_frac = (targs.get(k, 1.0) if getattr(args, k) is None else getattr(args, k)
                              for k in ("tta_frac", "tta_mirror_frac"))
         tta = TTA(model, args.translate, frac=frac, mirror_frac=mirror_frac)
-        r = evaluate(tta, loader, device, amp_dtype)
         kind = "flip+translate" if args.translate else "flip"
+        print(f"testing with {kind} TTA, then timing it ...", file=sys.stderr, flush=True)
+        r = evaluate(tta, loader, device, amp_dtype)
         result.update(tta=kind, tta_frac=frac, tta_mirror_frac=mirror_frac, tta_test_acc=r["acc"], tta_test_loss=r["loss"],
                       tta_images_per_s=images_per_s(tta, loader, device, amp_dtype))
         print(f"With {kind} TTA: {100 * r['acc']:.2f} % (without: {100 * res['acc']:.2f} %)")

@@ -157,6 +157,7 @@ def test_evaluate_py_uses_the_runs_precision_and_gives_its_figures(fp32_run, dat
     assert res["tta"] == "flip+translate" and (res["tta_frac"], res["tta_mirror_frac"]) == (0.5, 0.7)
     assert res["tta_test_acc"] == summary["tta_test_acc"]
     assert "With flip+translate TTA" in r.stdout
+    assert "testing 200 images" in r.stderr and "testing with flip+translate TTA" in r.stderr  # minutes on a CPU
 
 
 @pytest.mark.parametrize("flags, says", [
