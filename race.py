@@ -408,6 +408,11 @@ def check_race(args):
     # CPU: train.py must not find a GPU; CUDA: both on the chosen one
     args.lane_env = {"CUDA_VISIBLE_DEVICES": "" if device.type == "cpu" else str(device.index or 0)}
     args.work, args.data = os.path.abspath(args.work), os.path.abspath(args.data)
+    earlier = sorted(n for n in os.listdir(args.work) if re.match(r"(fast|airbench94)-seed\d", n)) \
+        if os.path.isdir(args.work) else []
+    if earlier:  # the lanes write their runs and logs under these names: an earlier race's would be replaced
+        raise RaceError(f"--work {args.work} holds an earlier race's runs ({', '.join(earlier[:3])}"
+                        f"{', ...' if len(earlier) > 3 else ''}); move them, or give another --work")
     try:
         os.makedirs(args.work, exist_ok=True)
     except OSError as e:

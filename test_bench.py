@@ -418,6 +418,27 @@ def test_race_without_airbench_says_how_to_install_it(tmp_path, monkeypatch, cap
     assert e.value.code == 2 and "--cores" in capsys.readouterr().err
 
 
+def test_race_leaves_an_earlier_races_runs_alone(tmp_path, monkeypatch, capsys, data_dir):
+    """Its lanes write fast-seedS/ and airbench94-seedS.* into --work: one that holds an earlier race's is refused."""
+    class Started(Exception):
+        pass
+
+    def start(args):
+        raise Started
+    monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
+    monkeypatch.setattr(race, "airbench_data", lambda data, work: None)
+    monkeypatch.setattr(race, "run_lanes", start)
+    (tmp_path / "cifar10").mkdir()  # airbench's copy of the data is no run: shared by races
+    with pytest.raises(Started):
+        bench.main(["race", "--data", data_dir, "--work", str(tmp_path), "--device", "cpu"])
+    (tmp_path / "airbench94-seed0.log").write_text("an earlier race's log")
+    monkeypatch.setattr(race, "run_lanes", lambda args: pytest.fail("a run started"))
+    with pytest.raises(SystemExit) as e:
+        bench.main(["race", "--data", data_dir, "--work", str(tmp_path), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"--work {tmp_path} holds an earlier race's runs (airbench94-seed0.log)" in err, err
+
+
 def airbench_or_skip():
     """pip's airbench is an optional extra; .ci/run installs it and sets REQUIRE_AIRBENCH so this never skips there."""
     try:
