@@ -606,8 +606,7 @@ def check_args(ap, args):
         ap.error(f"--surface-lr {args.surface_lr:g} is not one of --lrs")
     if args.plot_only and args.surface:
         ap.error("--surface needs the trained weights: drop --plot-only (saved surfaces are redrawn anyway)")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        ap.error(f"--out {args.out} exists and is not a folder")
+    runtime.check_output_folder(ap, "--out", args.out)  # a file in the way, or read-only: found before the training
 
 
 COURSE_NORM = ([0.5] * 3, [0.5] * 3)  # the course code's transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

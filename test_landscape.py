@@ -277,9 +277,14 @@ def test_plot_only_single_variant_and_surface(tmp_path, capsys):
     (["--surface-lr", "0.1"], "--surface-lr"),
     (["--plot-only", "--surface"], "--surface"),
     (["--no-such-flag"], "unrecognized"),
+    (["--lrs", "nan"], "--lrs must be a finite number, got [nan]"),
+    (["--out", "{tmp}/file/x"], "{tmp}/file is a file, not a folder"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, says, capsys, tmp_path):
-    assert says in exits_with_one_line(capsys, argv + ["--out", str(tmp_path / "x")])
+    (tmp_path / "file").write_text("not a folder")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    out = [] if "--out" in argv else ["--out", str(tmp_path / "x")]
+    assert says.replace("{tmp}", str(tmp_path)) in exits_with_one_line(capsys, argv + out)
 
 
 def test_plot_only_without_results_exits_2_with_one_line(tmp_path):
