@@ -34,7 +34,6 @@ import argparse
 import copy
 import datetime
 import json
-import os
 import platform
 import statistics
 import sys
@@ -549,9 +548,7 @@ def read_out(path):
 
 def check_out(ap, path):
     """Before any timing: --out must be a bench.json or a new file in an existing folder, so no work is lost at the end."""
-    runtime.check_output_file(ap, "--out", path)
-    if os.path.isdir(path):
-        ap.error(f"--out {path} is a folder; pass a JSON file")
+    runtime.check_output_file(ap, "--out", path)  # also a folder given for it
     try:
         read_out(path)
     except ValueError as e:

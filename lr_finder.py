@@ -338,8 +338,7 @@ def get_parser():
 def check_args(ap, args):
     """Refuse bad values before anything is created."""
     check_arch(ap, args.arch)
-    if args.optimizer not in ("sgd", "adam", "adamw", "muon"):
-        ap.error(f"unknown --optimizer {args.optimizer!r}; choose from: sgd, adam, adamw, muon")
+    optim.check_optimizer_args(ap, args)
     if not 0 < args.start_lr < args.end_lr:
         ap.error(f"need 0 < --start-lr < --end-lr, got {args.start_lr:g} and {args.end_lr:g}")
     for name in ("num_iter", "steps_per_decade", "batch_size", "subset", "aux_lr"):
@@ -351,7 +350,6 @@ def check_args(ap, args):
         ap.error(f"--diverge must be > 1, got {args.diverge:g}")
     if args.val < 0 or args.wd < 0 or not 0 <= args.label_smoothing < 1 or args.bias_lr_scale <= 0:
         ap.error("--val and --wd must be >= 0, --bias-lr-scale > 0, --label-smoothing in [0, 1)")
-    optim.check_optimizer_args(ap, args)
 
 
 def report(args, curve, num_iter, out):

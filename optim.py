@@ -80,8 +80,10 @@ class Muon(torch.optim.Optimizer):
 # ----------------------------------------------------------------------------- the optimizer and schedule of a run
 
 def check_optimizer_args(ap, args):
-    """Refuse (exit 2, one line) the values torch's optimizers would refuse with a traceback, for the scripts'
-    check_args, before anything is created."""
+    """Refuse (exit 2, one line) an unknown --optimizer and the values torch's optimizers would refuse with a
+    traceback, for the scripts' check_args, before anything is created."""
+    if args.optimizer not in ("sgd", "adam", "adamw", "muon"):
+        ap.error(f"unknown --optimizer {args.optimizer!r}; choose from: sgd, adam, adamw, muon")
     if not (0 <= args.momentum < 1 and 0 <= args.aux_momentum < 1):
         ap.error(f"--momentum and --aux-momentum must be in [0, 1), got {args.momentum:g} and {args.aux_momentum:g}")
     if args.optimizer == "sgd" and args.nesterov and args.momentum == 0:

@@ -109,6 +109,12 @@ def test_out_that_is_not_a_bench_json_is_refused_before_any_work(tmp_path, conte
     assert (out.read_text() == content) if content is not None else not out.parent.exists()
 
 
+def test_out_that_is_a_folder_is_refused_before_any_work(tmp_path):
+    r = run_script("bench.py", "data", "--images", "64", "--out", str(tmp_path), timeout=60)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"--out {tmp_path} is a folder; name a file" in r.stderr
+
+
 # ----------------------------------------------------------------------------- bad input
 
 def test_unknown_arch_one_line_exit_2():

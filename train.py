@@ -142,8 +142,7 @@ def flags_given(argv):
 def check_args(ap, args):
     """Refuse bad values before anything is created."""
     check_arch(ap, args.arch)
-    if args.optimizer not in ("sgd", "adam", "adamw", "muon"):
-        ap.error(f"unknown --optimizer {args.optimizer!r}; choose from: sgd, adam, adamw, muon")
+    check_optimizer_args(ap, args)
     for name in ("epochs", "batch_size", "lr", "eval_batch_size", "aux_lr", "bias_lr_scale", "ema_every", "lookahead_k",
                  "select_every"):
         if getattr(args, name) <= 0:
@@ -168,7 +167,6 @@ def check_args(ap, args):
         ap.error("--cuda-graph needs --optimizer muon, and takes no --compile, --skip-nonfinite or --amp fp16")
     if args.wd < 0 or not 0 <= args.label_smoothing < 1 or not 0 <= args.ema < 1 or not 0 <= args.lookahead < 1:
         ap.error("--wd must be >= 0, --label-smoothing, --ema and --lookahead in [0, 1)")
-    check_optimizer_args(ap, args)
 
 
 # ----------------------------------------------------------------------------- one training step
