@@ -121,9 +121,8 @@ def plot_curves(ap, runs, path, title=None):
 def cmd_curves(ap, args):
     for r in args.runs:
         read_metrics(ap, r)  # refuse bad folders before drawing anything
-    out = args.out or (args.runs[0] if len(args.runs) == 1 else "figures")
     title = run_labels(args.runs)[0] if len(args.runs) == 1 else f"{len(args.runs)} runs"
-    return [plot_curves(ap, args.runs, os.path.join(out, "curves.png"), title)]
+    return [plot_curves(ap, args.runs, os.path.join(args.out, "curves.png"), title)]  # visualize.main checked --out
 
 
 # ----------------------------------------------------------------------------- results
@@ -286,7 +285,7 @@ figcaption {{ color: #666; font-size: .85em; }}
 def cmd_report(ap, args):
     runs = args.runs
     results = [run_results(ap, r) for r in runs]  # refuses a bad folder before anything is written
-    out = args.out or (runs[0] if len(runs) == 1 else "figures")
+    out = args.out  # visualize.main resolved and checked it
     srcs = [open_source(ap, argparse.Namespace(source=run, arch=None, data=args.data, out=out, seed=0))
             for run in runs]  # and a run without a checkpoint (its per-class part needs one)
     os.makedirs(out, exist_ok=True)

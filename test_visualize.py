@@ -324,6 +324,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys,
     assert not (tmp_path / "out").exists() and set(os.listdir(runs[0])) == before
 
 
+@pytest.mark.parametrize("argv", [["filters", "--arch", "lenet"], ["curves", "{run}", "{run}"], ["augment"]])
+def test_the_default_out_is_checked_before_the_work(runs, tmp_path, monkeypatch, capsys, argv):
+    """Without --out, figures/ in the working folder (the run's own folder is checked the same way)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "figures").write_text("not a folder")
+    err = refused(capsys, *[a.replace("{run}", runs[0]) for a in argv])
+    assert f"the default --out figures: {tmp_path / 'figures'} is a file, not a folder" in err
+
+
 def test_as_a_script(runs, tmp_path):
     from conftest import run_script
     r = run_script("visualize.py", "filters", runs[1], "--out", tmp_path)

@@ -214,6 +214,12 @@ def run_folder(path):
     return path if os.path.isdir(path) else (os.path.dirname(path) or ".")
 
 
+def default_out(args):
+    """Where a subcommand writes without --out: the folder of the run it was given one of, else figures/."""
+    runs = getattr(args, "runs", None) or [r for r in (getattr(args, "source", None), getattr(args, "run", None)) if r]
+    return run_folder(runs[0]) if len(runs) == 1 else "figures"
+
+
 def run_name(path):
     return os.path.basename(os.path.normpath(path)) or path
 
@@ -547,8 +553,7 @@ def cmd_augment(ap, args):
             ax.set_yticks([])
             ax.set_xlabel(mixed_label(by[c], d["classes"]).replace(" + ", "\n+ "), fontsize=8, linespacing=1.0)
         axes[r, 0].set_ylabel(wrap(title, 24), fontsize=9)
-    out = args.out or (args.run if args.run else "figures")
-    return [save(fig, os.path.join(out, "augment.png"))]
+    return [save(fig, os.path.join(args.out, "augment.png"))]
 
 
 # ----------------------------------------------------------------------------- Grad-CAM
@@ -687,8 +692,9 @@ def main(argv=None):
         dest = set(vars(args))
         sub.set_defaults(**{k: v for k, v in cfg["args"].items() if k in dest and k not in ("out", "seed", "run")})
         args = ap.parse_args(argv)
-    if getattr(args, "out", None):  # figures are written after the work: a place that cannot take them is found now
-        check_output_folder(ap.commands[args.command], "--out", args.out)
+    if "out" in vars(args):  # figures are written after the work: a place that cannot take them is found now
+        given, args.out = args.out is not None, args.out or default_out(args)
+        check_output_folder(ap.commands[args.command], "--out" if given else "the default --out", args.out)
     COMMANDS[args.command](ap.commands[args.command], args)
     return 0
 
