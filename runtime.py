@@ -386,6 +386,10 @@ def set_rng_state(s):
     random.setstate((version, tuple(internal), gauss))
 
 
+# what a run writes in its folder (and TensorBoard's tb/): any of them there means the folder holds a run
+RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "summary.json")
+
+
 def prepare_run_dir(args, ap):
     """Pick and check the run folder; refuse (exit 2) rather than overwrite another run."""
     if args.resume:
@@ -404,7 +408,7 @@ def prepare_run_dir(args, ap):
     out = args.out
     if os.path.exists(out) and not os.path.isdir(out):
         ap.error(f"--out {out} exists and is not a folder")
-    taken = [n for n in ("config.json", "last.pt", "best.pt", "metrics.jsonl") if os.path.exists(os.path.join(out, n))]
+    taken = [n for n in RUN_FILES if os.path.exists(os.path.join(out, n))]
     if taken and not args.force:
         ap.error(f"{out} already holds a run ({taken[0]}); use --resume {out} to continue it, "
                  f"--force to overwrite it, or another --out")
@@ -429,7 +433,7 @@ def claim_run_dir(arch, parent="runs"):
 def clear_run(folder):
     """The files of a run that a new one replaces (--force), removed as the new one starts writing, so that no summary,
     checkpoint or TensorBoard event of the old run sits beside it; other files in the folder are left as they are."""
-    for name in ("config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "summary.json"):
+    for name in RUN_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(folder, name))
     shutil.rmtree(os.path.join(folder, "tb"), ignore_errors=True)

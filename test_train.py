@@ -145,6 +145,14 @@ def test_existing_run_is_not_overwritten(capsys, lenet_run, data_dir):
     assert {n: os.path.getmtime(os.path.join(lenet_run, n)) for n in os.listdir(lenet_run)} == before
 
 
+@pytest.mark.parametrize("name", ["summary.json", "metrics.csv"])
+def test_a_folder_with_any_run_file_is_not_overwritten(capsys, data_dir, tmp_path, name):
+    """What is left of a run whose other files were removed is still refused, not silently replaced."""
+    (tmp_path / name).write_text("{}")
+    err = refused(capsys, [*QUICK, "--data", data_dir, "--out", str(tmp_path)])
+    assert f"{tmp_path} already holds a run ({name})" in err and (tmp_path / name).read_text() == "{}"
+
+
 def test_ctrl_c_in_the_final_evaluation_is_one_line_exit_130(capsys, tmp_path, data_dir, monkeypatch):
     def interrupted(run):
         raise KeyboardInterrupt
