@@ -352,11 +352,13 @@ def check_args(ap, args):
         ap.error("--val and --wd must be >= 0, --bias-lr-scale > 0, --label-smoothing in [0, 1)")
 
 
+OUTPUTS = ("lr_finder.csv", "lr_finder.png", "suggestions.json")  # what report() writes in --out
+
+
 def report(args, curve, num_iter, out):
     """Why the test stopped, the curve (lr_finder.csv, lr_finder.png) and the suggestions: printed, and with the
     chosen lr and its train.py command in suggestions.json, for scripts. The exit code: 1 when nothing is suggested."""
-    names = ("lr_finder.csv", "lr_finder.png", "suggestions.json")
-    csv_path, png_path, json_path = (os.path.join(out, name) for name in names)
+    csv_path, png_path, json_path = (os.path.join(out, name) for name in OUTPUTS)
     n, lr_end = len(curve["lr"]), curve["lr"][-1]
     summary = {"arch": args.arch, "optimizer": args.optimizer, "batch_size": args.batch_size, "steps": n,
                "planned_steps": num_iter, "stopped": curve["stopped"] or None, "loss": curve["kind"]}
@@ -405,10 +407,10 @@ def main(argv=None):
         out = args.out or runtime.claim_run_dir(args.arch, "lr_finder")
     except OSError as e:
         ap.error(f"cannot write to folder lr_finder/: {e.strerror}")
-    csv_path = os.path.join(out, "lr_finder.csv")
     runtime.check_output_folder(ap, "--out", out)  # written after the test: a place that cannot be is found now
-    if os.path.exists(csv_path) and not args.force:
-        ap.error(f"{csv_path} exists; use --force to overwrite it, or another --out")
+    taken = [os.path.join(out, name) for name in OUTPUTS if os.path.exists(os.path.join(out, name))]
+    if taken and not args.force:
+        ap.error(f"{taken[0]} exists; use --force to overwrite it, or another --out")
 
     device = runtime.pick_device()
     amp_dtype = runtime.resolve_amp(args.amp, device)

@@ -442,12 +442,13 @@ def test_runs_started_in_the_same_second_get_default_folders_of_their_own(tmp_pa
     assert not os.path.exists("lr_finder")
 
 
-def test_cli_refuses_to_overwrite(tmp_path, capsys):
-    (tmp_path / "lr_finder.csv").write_text("precious\n")
+@pytest.mark.parametrize("name", lr_finder.OUTPUTS)
+def test_cli_refuses_to_overwrite(tmp_path, capsys, name):
+    (tmp_path / name).write_text("precious\n")
     with pytest.raises(SystemExit) as e:
         lr_finder.main(["--arch", "lenet", "--out", str(tmp_path)])
-    assert e.value.code == 2 and "--force" in capsys.readouterr().err
-    assert (tmp_path / "lr_finder.csv").read_text() == "precious\n"
+    assert e.value.code == 2 and f"{tmp_path / name} exists; use --force" in capsys.readouterr().err
+    assert (tmp_path / name).read_text() == "precious\n"
 
 
 def test_every_param_group_keeps_its_ratio_to_the_swept_lr():
