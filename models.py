@@ -186,13 +186,17 @@ class FastNet(nn.Module):
 SMALL_MAPS_BY_MATMUL = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
 
 
+CHUNK_PIXELS = 16384  # conv3x3_weight_grad's matmuls take up to this many pixels each: 75 MB of windows at 256 channels
+
+
 def conv3x3_weight_grad(x, grad):
     """The weight gradient of a 3x3, stride-1, pad-1 conv (O, C, 3, 3) as matmuls: for each chunk of images, the
     output gradient (O x pixels) times the input's 9 shifted windows (pixels x 9C); the chunks summed in float32."""
     B, C, H, W = x.shape
     windows = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()  # (B, H+2, W+2, C)
-    g = grad.permute(1, 0, 2, 3).reshape(grad.shape[1], B * H * W)  # (O, pixels)
-    n = max(1, 2048 // (H * W))  # images per matmul: ~2k-pixel chunks, faster than one matmul over all (RESULTS.md)
+    # (O, pixels), copied row-major: the transposed view of a channels_last gradient makes the matmul 2x slower
+    g = grad.permute(1, 0, 2, 3).reshape(grad.shape[1], B * H * W).contiguous()
+    n = max(1, CHUNK_PIXELS // (H * W))  # images per matmul
     cols = x.new_empty(n, H, W, 3, 3 * C)
     total = x.new_zeros(g.shape[0], 9 * C, dtype=torch.promote_types(x.dtype, torch.float32))
     # Pixel (h, w)'s 3 windows in row i are 3C contiguous values of the padded image (row h + i, from column w): one

@@ -136,8 +136,9 @@ def test_fastnet_whitening_bias_trains_in_the_first_epoch_then_backward_stops_ea
     (230, 3, 3, torch.contiguous_format, torch.float32),  # 227 per matmul: a chunk of 3 left over
     (50, 4, 5, torch.contiguous_format, torch.float64),  # 81 per matmul, one chunk
 ])
-def test_small_conv_gradients_match_torchs(batch, channels, size, memory_format, dtype):
+def test_small_conv_gradients_match_torchs(batch, channels, size, memory_format, dtype, monkeypatch):
     import models
+    monkeypatch.setattr(models, "CHUNK_PIXELS", 2048)  # small chunks, so that small tensors take several
     torch.manual_seed(0)
     x = torch.randn(batch, channels, size, size, dtype=dtype).contiguous(memory_format=memory_format).requires_grad_()
     w = torch.randn(6, channels, 3, 3, dtype=dtype, requires_grad=True)
@@ -158,7 +159,7 @@ def test_small_conv_gradients_match_torchs(batch, channels, size, memory_format,
 def test_fastnet_trains_its_small_maps_through_the_matmul_weight_gradient(monkeypatch):
     """With SMALL_MAPS_BY_MATMUL (forced on here, whatever this CPU), the three convs on 7x7 and 3x3 maps take
     SmallConv3x3 in training, and under bf16 autocast every weight gradient stays within bf16's rounding of torch's
-    own (batch 90: the 7x7 maps in 3 chunks); evaluation and a conv with a hook keep torch's conv."""
+    own; evaluation and a conv with a hook keep torch's conv."""
     import models
     monkeypatch.setattr(models, "SMALL_MAPS_BY_MATMUL", True)
     torch.manual_seed(0)
