@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import data
 from models import build_model
 from runtime import (OneLineParser, add_amp_arg, autocast, check_output_file, check_output_folder, eval_weights,
-                     load_checkpoint, pick_device, pyplot, resolve_amp, sync, write_text)
+                     load_checkpoint, pick_device, pyplot, resolve_amp, run_folder, sync, write_text)
 
 
 # ----------------------------------------------------------------------------- evaluation loop and TTA
@@ -212,7 +212,7 @@ def main(argv=None):
             ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.json:
         check_output_file(ap, "--json", args.json)
-    out = args.out or (args.checkpoint if os.path.isdir(args.checkpoint) else os.path.dirname(args.checkpoint) or ".")
+    out = args.out or run_folder(args.checkpoint)
     check_output_folder(ap, "--out" if args.out else "--out (the run's folder)", out)
     for name in ("tta_frac", "tta_mirror_frac"):
         if getattr(args, name) is not None and not 0 < getattr(args, name) <= 1:

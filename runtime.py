@@ -335,6 +335,11 @@ def checkpoint_file(path):
     return path
 
 
+def run_folder(path):
+    """The run folder of a checkpoint argument: the folder itself, or the folder a .pt file sits in."""
+    return path if os.path.isdir(path) else (os.path.dirname(path) or ".")
+
+
 def load_checkpoint(path):
     """Load a checkpoint safely (weights_only=True: a crafted pickle cannot run code).
     Raises ValueError with a one-line reason for a missing or unreadable file."""

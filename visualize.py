@@ -30,7 +30,8 @@ import torch.nn.functional as F
 import data
 from evaluate import confusion, evaluate, per_class, plot_confusion
 from models import ARCHS, build_model, check_arch
-from runtime import OneLineParser, check_output_folder, eval_weights, load_checkpoint, pick_device, pyplot, resolve_amp
+from runtime import (OneLineParser, check_output_folder, eval_weights, load_checkpoint, pick_device, pyplot, resolve_amp,
+                     run_folder)
 
 DPI = 100
 # figure sizes in inches; at DPI these give the pixel sizes the tests check
@@ -208,10 +209,6 @@ def load_data(ap, root):
         return _cifar(os.path.abspath(os.path.expanduser(root)))
     except data.DataError as e:
         ap.error(str(e))
-
-
-def run_folder(path):
-    return path if os.path.isdir(path) else (os.path.dirname(path) or ".")
 
 
 def default_out(args):
