@@ -3,7 +3,7 @@
     python bench.py data  [--quick] [--data DIR] [--batch-size 512]
     python bench.py step  [--quick] [--arch resnet18] [--batch-size 128] [--no-compile]
     python bench.py epoch [--quick] [--arch resnet18] [--batch-size 128] [--data DIR] [--subset N]
-    python bench.py race  [--seeds 0 1 2 3 4] [--data DIR] [--cores 0 1] [--fast-args='FLAGS']  # pip install airbench
+    python bench.py race  [--seeds 0 1 2 3 4] [--data DIR] [--cores 0 1] [--recipe fast-cpu] [--fast-args='FLAGS']  # pip install airbench
 
 `data`: data.py's on-device Loader (random crop with padding 4, flip, normalise) against the usual
 torchvision pipeline with the same transforms applied per image (Dataset + v2 transforms +
@@ -59,31 +59,6 @@ OVERHEAD_LIMIT_PCT = 5.0  # train.py's step may cost at most 5% over the bare lo
 
 def device_name(device):
     return runtime.device_name(device) + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
-
-
-def cpu_busy(seconds=0.5):
-    """Fraction of all CPU time other processes used over a short look (Linux; None elsewhere).
-
-    A busy CPU ruins CPU timings far beyond its share: torch's 2-thread ops wait for a core held by someone
-    else (a single busy process can cut a CPU figure many times over), so the figures get flagged.
-    """
-    def sample():
-        with open("/proc/stat") as f:
-            v = [int(t) for t in f.readline().split()[1:]]
-        return v[3] + v[4], sum(v)  # idle + iowait, total
-    try:
-        (i0, t0), _, (i1, t1) = sample(), time.sleep(seconds), sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    return 1 - (i1 - i0) / max(t1 - t0, 1)
-
-
-def warn_if_busy():
-    busy = cpu_busy()
-    if busy is not None and busy > 0.2:
-        print(f"warning: other processes keep {100 * busy:.0f}% of the CPU busy; these figures are unreliable "
-              f"(torch's threads then wait on each other; OMP_NUM_THREADS=1 suffers less)", file=sys.stderr)
-    return busy
 
 
 def summarize(rates):
@@ -213,7 +188,7 @@ def bench_data(args):
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 
     print(f"data: {len(x):,} images ({source}), batch {args.batch_size}, {repeats} repeats, {device_name(device)}")
-    busy = warn_if_busy()
+    busy = runtime.warn_if_busy()
     res_ours, res_theirs = map(summarize, time_passes([ours_pass, theirs_pass], len(x), repeats, device))
     ratio = speed_ratio(res_ours, res_theirs)
     for name, r in (("data.py Loader (on device)", res_ours),
@@ -350,7 +325,7 @@ def bench_step(args):
           f"{targs.schedule} schedule); bare = forward, loss, zero_grad, backward, optimizer and scheduler step")
     if skip:
         print(f"  compile settings skipped: {skip}")
-    busy = warn_if_busy()
+    busy = runtime.warn_if_busy()
     print(f"  {'amp':4s}  {'ch-last':7s}  {'compile':7s}  {'train.py img/s':>19s}  {'bare img/s':>19s}  "
           f"{'overhead':>8s}  limit {OVERHEAD_LIMIT_PCT:g}%")
     rows = []
@@ -463,7 +438,7 @@ def bench_epoch(args):
     print(f"epoch: {args.arch}, {info['n_train']:,} train + {info['n_test']:,} test images ({source}), "
           f"batch {args.batch_size} ({len(loader)} steps), amp {amp_name(amp_dtype)}, channels_last "
           f"{'on' if args.channels_last else 'off'}, compile {'on' if args.compile else 'off'}, {device_name(device)}")
-    busy = warn_if_busy()
+    busy = runtime.warn_if_busy()
     # one-time costs (compilation, allocator growth, kernel choice) stay out: warm up on a batch of each split.
     # The last warm-up step has the size of an epoch's last, shorter batch, whose new shape makes a compiled
     # model compile again (tens of seconds), in the order an epoch meets them.
@@ -582,6 +557,8 @@ def main(argv=None):
     if getattr(args, "warmup", 1) < (1 if args.cmd == "step" else 0):
         ap.error(f"--warmup must be at least {1 if args.cmd == 'step' else 0}, got {args.warmup}")
     check_out(ap, args.out)
+    if getattr(args, "work", None) is not None:  # race: its runs' folder, made and written later
+        runtime.check_output_folder(ap, "--work", args.work)
     args.device = resolve_device(ap, args.device)
     try:
         section = SUBCOMMANDS[args.cmd][1](args)

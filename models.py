@@ -194,7 +194,7 @@ def conv3x3_weight_grad(x, grad):
     output gradient (O x pixels) times the input's 9 shifted windows (pixels x 9C); the chunks summed in float32."""
     B, C, H, W = x.shape
     windows = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()  # (B, H+2, W+2, C)
-    # (O, pixels), copied row-major: the transposed view of a channels_last gradient makes the matmul 2x slower
+    # (O, pixels), copied row-major: the matmul reads a channels_last gradient's transposed view much more slowly
     g = grad.permute(1, 0, 2, 3).reshape(grad.shape[1], B * H * W).contiguous()
     n = max(1, CHUNK_PIXELS // (H * W))  # images per matmul
     cols = x.new_empty(n, H, W, 3, 3 * C)

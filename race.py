@@ -1,4 +1,4 @@
-"""The race behind `python bench.py race`: pip airbench's train94 against `train.py --recipe fast`.
+"""The race behind `python bench.py race`: pip airbench's train94 against `train.py --recipe fast` (or --recipe R).
 
 On a CPU a machine's speed drifts (up to 2x within an hour), so two runs one after the other compare two
 machines. Here both run at once, each pinned to its own core with one thread, in two lanes: the fast
@@ -6,9 +6,10 @@ lane trains --seeds one after another, the airbench lane trains airbench94 (the 
 one after another until the fast lane has done its seeds; the fast lane then goes on with the next seeds
 until airbench94's last run ends, which stops the fast run in progress (its accuracy not counted). So both cores
 are loaded for the whole race, a slowdown of the machine hits both lanes alike, and every counted run ran
-entirely beside the other lane. Two pace ratios: airbench94's mean whole-process time over fast's, and the one
-drift cannot bend, which the bar reads: fast's runs per airbench94 run over the same stretch of time (window_ratio;
-the first is bent when the machine speeds up or slows down after fast's runs have ended but airbench94's have not).
+entirely beside the other lane. Three pace ratios: airbench94's mean whole-process time over fast's, the same by
+the time each counts itself, and the one drift cannot bend, which the bar reads: fast's runs per airbench94 run over
+the same stretch of time (window_ratio; the first two are bent when the machine speeds up or slows down after fast's
+runs have ended but airbench94's have not). The bar reads fast's --seeds only: the later seeds fill the lane.
 On CUDA (one GPU) the runs go one after another instead, airbench94 and fast in turn per seed, and airbench94 runs
 as published.
 
@@ -36,6 +37,7 @@ import torch
 
 import data
 import runtime
+from recipes import RECIPES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 class RaceError(Exception):
@@ -85,7 +87,8 @@ def airbench_on_cpu(airbench):
       cast to fp32 for the loss). On the GPU airbench trains fp16 weights; CPUs have no fast fp16, and bf16
       weights would silently turn off its lookahead (which averages only fp16 and fp32 tensors);
     - the loaders hold the images in fp32 (fp16 on the GPU, the same values), as CPU fp16 arithmetic is slow;
-    - CUDA events become CPU clocks."""
+    - CUDA events become CPU clocks;
+    - (in airbench_worker) freed memory stays mapped, the allocator setting train.py's CPU runs get."""
     import airbench.utils as utils
     import airbench.lib_airbench94 as lib
     init = utils.CifarLoader.__init__
@@ -155,15 +158,18 @@ def add_race_args(p):
     p.add_argument("--work", default="race", help="folder for the runs' folders, logs and airbench's data")
     p.add_argument("--device", default="auto", help="auto = cuda, else cpu")
     p.add_argument("--out", default="bench.json", help="JSON file the figures are added to")
+    p.add_argument("--recipe", default="fast", choices=[r for r in RECIPES if r.startswith("fast")],
+                   help="the fast lane's train.py recipe (fast-cpu: the bar's setting on a CPU; RESULTS.md)")
     p.add_argument("--fast-args", default="", metavar="FLAGS",
                    help="more train.py flags for the fast lane, as one string: --fast-args='--cuda-graph'")
 
 
 def airbench_data(data_dir, work):
-    """Our copy of CIFAR-10 in the layout airbench's CifarLoader reads (uint8 NHWC images), once per race."""
+    """Our copy of CIFAR-10 in the layout airbench's CifarLoader reads (uint8 NHWC images), once per race; --work
+    made only once --data has loaded (a wrong --data leaves no folder behind)."""
+    d = data.load_cifar10(data_dir)
     folder = os.path.join(work, "cifar10")
     os.makedirs(folder, exist_ok=True)
-    d = data.load_cifar10(data_dir)
     for split, name in (("train", "train.pt"), ("test", "test.pt")):
         x, y = d[split]
         torch.save({"images": x.permute(0, 2, 3, 1).contiguous(), "labels": y, "classes": d["classes"]},
@@ -202,9 +208,9 @@ def launch(cmd, log_path, core, cwd, env=None, stopped=lambda: False):
     return time.perf_counter() - t0
 
 
-def race_flags(data_dir, seed, out):
+def race_flags(recipe, data_dir, seed, out):
     """The train.py flags the race sets on every fast run (--fast-args adds to them and may not repeat them)."""
-    return ["--recipe", "fast", "--data", data_dir, "--seed", str(seed), "--out", out, "--force", "--no-progress"]
+    return ["--recipe", recipe, "--data", data_dir, "--seed", str(seed), "--out", out, "--force", "--no-progress"]
 
 
 def fast_run(args, seed, core, started, stopped):
@@ -212,7 +218,7 @@ def fast_run(args, seed, core, started, stopped):
     t0 = time.time()
     t = t0 - started
     try:
-        wall = launch([sys.executable, os.path.join(HERE, "train.py"), *race_flags(args.data, seed, out),
+        wall = launch([sys.executable, os.path.join(HERE, "train.py"), *race_flags(args.recipe, args.data, seed, out),
                        *args.fast_flags], out + ".log", core, None, args.lane_env, stopped)
     except Cancelled as e:  # how far the run got: window_ratio counts it
         e.epoch_times = epoch_times(out, since=t0)
@@ -355,13 +361,20 @@ def window_ratio(fast, air, cut):
     return (len(fast) + part) / len(air)
 
 
+def raced(s):
+    """The fast runs of the race's --seeds: the bar's. The seeds after them only keep the lane loaded while
+    airbench94 finishes; their figures are kept, not judged."""
+    return [r for r in s["fast"] if r["seed"] in s["seeds"]]
+
+
 def bar(s):
-    """The issue's bar on a race's figures. "At least airbench94's accuracy in the same race" is read both ways:
-    each fast seed against airbench94's run of the same seed (seeds airbench94 did not run are left out), and
-    every fast seed against airbench94's mean. The pace is window_ratio's where there is one (a CPU race)."""
+    """The issue's bar on a race's figures (fast's --seeds only). "At least airbench94's accuracy in the same race"
+    is read both ways: each fast seed against airbench94's run of the same seed (seeds airbench94 did not run are
+    left out), and every fast seed against airbench94's mean. The pace is window_ratio's where there is one (a CPU
+    race)."""
     eps = 1e-6  # a tie is a tie: accuracies are counts over 10,000 images, airbench94's handed over as float32
     air = {r["seed"]: r["tta_acc"] for r in s["airbench94"]}
-    paired = [(r["tta_acc"], air[r["seed"]]) for r in s["fast"] if r["seed"] in air]
+    paired = [(r["tta_acc"], air[r["seed"]]) for r in raced(s) if r["seed"] in air]
     return {"every_seed_90.4": s["fast_min_tta_acc"] >= 0.904 - eps,
             "every_seed_at_least_airbench94_same_seed": bool(paired) and all(f >= a - eps for f, a in paired),
             "every_seed_at_least_airbench94_mean": s["fast_min_tta_acc"] >= s["airbench94_mean_tta_acc"] - eps,
@@ -376,13 +389,13 @@ def check_fast_args(args):
         args.fast_flags = shlex.split(args.fast_args)
     except ValueError as e:
         raise RaceError(f"--fast-args {args.fast_args!r}: {e}") from None
-    sets = [f for f in race_flags("", 0, "") if f.startswith("--")] + ["--resume"]  # --resume: not a fresh run
+    sets = [f for f in race_flags("", "", 0, "") if f.startswith("--")] + ["--resume"]  # --resume: not a fresh run
     taken = [f for f in args.fast_flags if f.split("=")[0] in sets]
     if taken:
         raise RaceError(f"--fast-args cannot set {', '.join(taken)}: the race sets {', '.join(sets)} itself")
     ap = train.get_parser()
     ap.prog, ap.allow_abbrev = "bench.py race --fast-args", False  # '--see 3' would be --seed 3 in the lane
-    fast = train.parse_args(ap, ["--recipe", "fast", *args.fast_flags])
+    fast = train.parse_args(ap, ["--recipe", args.recipe, *args.fast_flags])
     train.check_args(ap, fast)
     if fast.tta == "none":  # the race compares TTA accuracies, as airbench94 reports its own
         raise RaceError("--fast-args cannot set --tta none: the race compares both lanes' TTA accuracy")
@@ -405,30 +418,32 @@ def check_race(args):
         if args.cores[0] == args.cores[1] or not set(args.cores) <= os.sched_getaffinity(0):
             raise RaceError(f"--cores needs two different cores of this machine's {sorted(os.sched_getaffinity(0))}")
     check_fast_args(args)
-    # CPU: train.py must not find a GPU; CUDA: both on the chosen one
-    args.lane_env = {"CUDA_VISIBLE_DEVICES": "" if device.type == "cpu" else str(device.index or 0)}
+    # CPU: train.py must not find a GPU; CUDA: both on the chosen one (its index counts the GPUs this process sees)
+    visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    gpu = visible[device.index or 0] if visible and device.type == "cuda" else str(device.index or 0)
+    args.lane_env = {"CUDA_VISIBLE_DEVICES": "" if device.type == "cpu" else gpu}
     args.work, args.data = os.path.abspath(args.work), os.path.abspath(args.data)
-    earlier = sorted(n for n in os.listdir(args.work) if re.match(r"(fast|airbench94)-seed\d", n)) \
-        if os.path.isdir(args.work) else []
+    try:  # bench.py has checked that --work can be made and written; airbench_data makes it
+        earlier = sorted(n for n in os.listdir(args.work) if re.match(r"(fast|airbench94)-seed\d", n)) \
+            if os.path.isdir(args.work) else []
+    except OSError as e:
+        raise RaceError(f"cannot read --work {args.work}: {e.strerror}") from None
     if earlier:  # the lanes write their runs and logs under these names: an earlier race's would be replaced
         raise RaceError(f"--work {args.work} holds an earlier race's runs ({', '.join(earlier[:3])}"
                         f"{', ...' if len(earlier) > 3 else ''}); move them, or give another --work")
-    try:
-        os.makedirs(args.work, exist_ok=True)
-    except OSError as e:
-        raise RaceError(f"cannot create --work {args.work}: {e.strerror}") from None
 
 
 def bench_race(args):
     check_race(args)
     airbench_data(args.data, args.work)
-    lane = "fast" + (f" ({args.fast_args})" if args.fast_args else "")
+    busy = runtime.warn_if_busy() if args.device.type == "cpu" else None  # it would slow one lane more than the other
+    lane = f"--recipe {args.recipe}" + (f" ({args.fast_args})" if args.fast_args else "")
     print(f"race: {lane} seeds {args.seeds} against airbench94 on {runtime.device_name(args.device)}"
           + (f", lanes pinned to cores {args.cores[0]} and {args.cores[1]}, one thread each"
              if args.device.type == "cpu" else ""), flush=True)
     started = time.time()
     fast, air, cut = run_lanes(args)
-    section = {"seeds": args.seeds, "fast_args": args.fast_args,
+    section = {"seeds": args.seeds, "recipe": args.recipe, "fast_args": args.fast_args, "cpu_busy_before": busy,
                "cores": args.cores if args.device.type == "cpu" else None,
                "race_s": time.time() - started, "fast": fast, "airbench94": air, "fast_runs_cut": len(cut),
                "fast_cut_epoch_times": [c["epoch_times"] for c in cut],
@@ -437,7 +452,8 @@ def bench_race(args):
                "ratio_counted": _mean(air, "counted_s") / _mean(fast, "counted_s"),
                "ratio_window": window_ratio(fast, air, cut) if args.device.type != "cuda" else None,
                "drift": {"fast": drift(fast), "airbench94": drift(air)},
-               "fast_min_tta_acc": min(r["tta_acc"] for r in fast),
+               "threads_per_lane": 1 if args.device.type == "cpu" else None,
+               "fast_min_tta_acc": min(r["tta_acc"] for r in fast if r["seed"] in args.seeds),  # raced()
                "airbench94_mean_tta_acc": _mean(air, "tta_acc")}
     section["bar"] = bar(section)
     print_race(section)
@@ -449,12 +465,13 @@ def print_race(s):
         for r in s[name]:
             ep = ", ".join(f"{t:.0f}" for t in r["epoch_times"]) or "n/a"
             print(f"  {name:10s} seed {r['seed']}: TTA {100 * r['tta_acc']:.2f}%  whole process {r['whole_s']:.0f}s  "
-                  f"counted {r['counted_s']:.0f}s  epochs {ep} s  (from {r['start_s']:.0f}s to {r['end_s']:.0f}s)")
+                  f"counted {r['counted_s']:.0f}s  epochs {ep} s  (from {r['start_s']:.0f}s to {r['end_s']:.0f}s)"
+                  + ("  [after --seeds: not in the bar]" if name == "fast" and r["seed"] not in s["seeds"] else ""))
     d = {k: " / ".join(f"{v:.2f}x" if v else "n/a" for v in s["drift"][k].values()) for k in ("fast", "airbench94")}
     print(f"drift (slowest / fastest run, and epoch): fast {d['fast']}, airbench94 {d['airbench94']}")
     print(f"pace: fast is {s['ratio_whole']:.2f}x airbench94 by whole-process time ({s['ratio_counted']:.2f}x by the "
-          f"time each counts); fast's lowest TTA accuracy {100 * s['fast_min_tta_acc']:.2f}%, airbench94's mean "
-          f"{100 * s['airbench94_mean_tta_acc']:.2f}%")
+          f"time each counts); fast's lowest TTA accuracy over --seeds {100 * s['fast_min_tta_acc']:.2f}%, "
+          f"airbench94's mean {100 * s['airbench94_mean_tta_acc']:.2f}%")
     if s.get("ratio_window") is not None:
         print(f"pace in the same stretch of time (drift cannot bend it; the bar reads it): fast trained "
               f"{s['ratio_window'] * len(s['airbench94']):.2f} runs to airbench94's {len(s['airbench94'])}, "

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -79,10 +80,46 @@ def pick_device(log=print, name="auto"):
     return device
 
 
+def cpu_model():
+    """The CPU's model name as lscpu gives it (Linux: /proc/cpuinfo); elsewhere what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{device.type} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return f"{device.type} ({cpu_model()}, {os.cpu_count()} cores)"
+
+
+def cpu_busy(seconds=0.5):
+    """Fraction of all CPU time other processes used over a short look (Linux; None elsewhere).
+
+    A busy CPU ruins CPU timings far beyond its share: torch's 2-thread ops wait for a core held by someone
+    else (a single busy process can cut a CPU figure many times over), and in bench.py's race it slows one lane
+    more than the other; so the figures get flagged.
+    """
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(t) for t in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v)  # idle + iowait, total
+    try:
+        (i0, t0), _, (i1, t1) = sample(), time.sleep(seconds), sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1 - (i1 - i0) / max(t1 - t0, 1)
+
+
+def warn_if_busy():
+    busy = cpu_busy()
+    if busy is not None and busy > 0.2:
+        print(f"warning: other processes keep {100 * busy:.0f}% of the CPU busy; these figures are unreliable "
+              f"(torch's threads then wait on each other; OMP_NUM_THREADS=1 suffers less)", file=sys.stderr)
+    return busy
 
 
 def sync(device):
@@ -96,8 +133,8 @@ def sync(device):
 def keep_freed_memory():
     """glibc (Linux): keep freed blocks in the heap instead of handing them back to the OS. A training step frees and
     re-allocates activations of 100+ MB; by default glibc maps such blocks fresh each time and every step then pays
-    a page fault per 4 KiB to touch them, which can cost a CPU step a third of its time. pick_device calls it for
-    CPU runs on Linux."""
+    a page fault per 4 KiB to touch them, which can cost a CPU step much of its time (RESULTS.md). pick_device calls
+    it for CPU runs on Linux."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-4, 0)  # M_MMAP_MAX = 0: big blocks come from the heap too

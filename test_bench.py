@@ -14,6 +14,7 @@ import bench
 import data
 import optim
 import race
+import runtime
 import train
 from conftest import run_script
 from models import build_model
@@ -36,7 +37,7 @@ def test_summary_ratio_overhead_by_hand():
     for bad in ((1.0, 0.0), (-1.0, 1.0)):
         with pytest.raises(ValueError):
             bench.speed_ratio(*bad)
-    busy = bench.cpu_busy(0.05)
+    busy = runtime.cpu_busy(0.05)
     assert busy is None or 0 <= busy <= 1
 
 
@@ -147,7 +148,7 @@ def runs(tmp_path_factory, data_dir):
     """data, step and epoch --quick on the CPU, all into one JSON file: (that file's content, {cmd: process})."""
     out = str(tmp_path_factory.mktemp("bench") / "bench.json")
     # one thread: on a small CPU that something else keeps busy, two threads wait on each other many times
-    # longer (see bench.cpu_busy); these tests check what is written, not how fast it ran
+    # longer (see runtime.cpu_busy); these tests check what is written, not how fast it ran
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = {
         "data": run_script("bench.py", "data", "--quick", "--images", "1024", "--repeats", "1", "--batch-size", 256,
@@ -220,7 +221,7 @@ def test_data_from_a_missing_folder_is_refused(tmp_path):
 
 # ----------------------------------------------------------------------------- race: fast against airbench94
 
-def fake_lanes(monkeypatch, fast_s=0.02, air_s=0.3, air_fails=False):
+def fake_lanes(monkeypatch, fast_s=0.02, air_s=0.3, air_fails=False, busy=0.0):
     """race's two kinds of run replaced by sleeps that return records shaped like the real ones; a run
     that finds the race stopped ends as launch ends it (Cancelled). Returns the list of runs started."""
     started_runs = []
@@ -236,7 +237,9 @@ def fake_lanes(monkeypatch, fast_s=0.02, air_s=0.3, air_fails=False):
                 e = race.Cancelled()
                 e.epoch_times, e.part = [length / 4] * 2, 0.5
                 raise e
-            return {"seed": seed, "tta_acc": 0.905 + seed / 1000 if kind == "fast" else 0.904, "acc": 0.9,
+            # fast's seeds after the race's 0-2 (filling its lane) score below every bar: they are not judged
+            acc = (0.905 + seed / 1000 if seed < 3 else 0.5) if kind == "fast" else 0.904
+            return {"seed": seed, "tta_acc": acc, "acc": 0.9,
                     "whole_s": length, "counted_s": length / 2, "epoch_times": [length / 4] * 4, "core": core,
                     "start_s": t0, "end_s": time.time() - started}
         return run
@@ -244,6 +247,7 @@ def fake_lanes(monkeypatch, fast_s=0.02, air_s=0.3, air_fails=False):
     monkeypatch.setattr(race, "airbench_run", fake("airbench94", air_s))
     monkeypatch.setattr(race, "airbench_data", lambda data_dir, work: None)
     monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
+    monkeypatch.setattr(runtime, "cpu_busy", lambda seconds=0.5: busy)
     return started_runs
 
 
@@ -270,7 +274,16 @@ def test_race_runs_both_lanes_at_once_and_writes_the_ratio(tmp_path, monkeypatch
     assert race.drift(runs) == {"runs": pytest.approx(1.2), "epochs": pytest.approx(2.0)}  # first, last left out
     printed = capsys.readouterr().out
     assert "pace: fast is 15.00x airbench94" in printed and "bar: every_seed_90.4 yes" in printed
+    assert printed.count("[after --seeds: not in the bar]") == len(fast) - 3 and s["threads_per_lane"] == 1
     assert f"fast trained {len(fast) + 0.625:.2f} runs to airbench94's 1, {len(fast) + 0.625:.2f}x" in printed
+
+
+def test_race_warns_when_other_processes_load_the_cpu(tmp_path, monkeypatch, capsys):
+    fake_lanes(monkeypatch, busy=0.6)  # they would slow one lane more than the other
+    out = str(tmp_path / "bench.json")
+    bench.main(["race", "--seeds", "0", "--work", str(tmp_path / "race"), "--device", "cpu", "--out", out])
+    assert "other processes keep 60% of the CPU busy" in capsys.readouterr().err
+    assert json.load(open(out))["race"]["cpu_busy_before"] == pytest.approx(0.6)
 
 
 def test_the_window_ratio_counts_runs_in_the_same_stretch_of_time():
@@ -298,7 +311,9 @@ def test_the_bar_reads_airbench94s_accuracy_per_seed_and_by_its_mean():
         return [{"seed": seed, "tta_acc": acc} for seed, acc in seed_accs]
     # fast at or above airbench94's mean on every seed, but below its seed 0; fast's seed 2 has no airbench94 run;
     # airbench94's runs listed in another order than fast's, so seeds pair by number, not by place
-    s = {"fast": runs((0, 0.906), (1, 0.907), (2, 0.905)), "airbench94": runs((1, 0.902), (0, 0.908)),
+    # fast's seed 5 ran after the race's seeds, only to keep its lane loaded: below airbench94's seed 5, not judged
+    s = {"seeds": [0, 1, 2], "fast": runs((0, 0.906), (1, 0.907), (2, 0.905), (5, 0.901)),
+         "airbench94": runs((1, 0.902), (0, 0.908), (5, 0.903)),
          "ratio_whole": 2.0, "fast_min_tta_acc": 0.905, "airbench94_mean_tta_acc": 0.905}
     assert race.bar(s) == {"every_seed_90.4": True, "every_seed_at_least_airbench94_same_seed": False,
                            "every_seed_at_least_airbench94_mean": True, "pace_2x": True}
@@ -357,11 +372,12 @@ def test_race_passes_fast_args_to_the_fast_lane(tmp_path, monkeypatch):
         open(os.path.join(out, "metrics.jsonl"), "w").write('{"epoch_time": 2, "eval_time": 0.5}\n')  # not counted
         return 3.0
     monkeypatch.setattr(race, "launch", launch)
-    args = types.SimpleNamespace(fast_args="--cuda-graph  --epochs 9")
+    args = types.SimpleNamespace(recipe="fast-cpu", fast_args="--cuda-graph  --epochs 9")
     race.check_fast_args(args)
     args = types.SimpleNamespace(**vars(args), work=str(tmp_path), data="D", lane_env={})
     r = race.fast_run(args, 4, 0, time.time(), lambda: False)
     assert seen[0][-3:] == ["--cuda-graph", "--epochs", "9"] and r["tta_acc"] == 0.91 and r["counted_s"] == 3.25
+    assert seen[0][seen[0].index("--recipe") + 1] == "fast-cpu"
 
 
 def test_a_cut_fast_run_tells_the_epochs_it_finished_and_how_far_into_the_next(tmp_path, monkeypatch):
@@ -380,7 +396,7 @@ def test_a_cut_fast_run_tells_the_epochs_it_finished_and_how_far_into_the_next(t
         open(log, "w").write(f"fastnet: ... | batch 500x1 | 100 steps/epoch | run folder {out}\n{stop}\n")
         raise race.Cancelled()
     monkeypatch.setattr(race, "launch", launch)
-    args = types.SimpleNamespace(work=str(tmp_path), data="D", fast_flags=[], lane_env={})
+    args = types.SimpleNamespace(recipe="fast", work=str(tmp_path), data="D", fast_flags=[], lane_env={})
     with pytest.raises(race.Cancelled) as e:
         race.fast_run(args, 3, 0, time.time(), lambda: True)
     assert e.value.epoch_times == [2.5, 2] and e.value.part == pytest.approx(0.3)
@@ -443,6 +459,36 @@ def test_race_leaves_an_earlier_races_runs_alone(tmp_path, monkeypatch, capsys, 
         bench.main(["race", "--data", data_dir, "--work", str(tmp_path), "--device", "cpu"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and f"--work {tmp_path} holds an earlier race's runs (airbench94-seed0.log)" in err, err
+
+
+def test_race_refuses_a_bad_work_or_data_before_making_anything(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
+    monkeypatch.setattr(race, "run_lanes", lambda args: pytest.fail("a run started"))
+    (tmp_path / "file").write_text("not a folder")
+    for flags, says in [(["--work", str(tmp_path / "file" / "race")], f"{tmp_path / 'file'} is a file, not a folder"),
+                        (["--work", str(tmp_path / "race"), "--data", str(tmp_path / "none")], "folder not found")]:
+        with pytest.raises(SystemExit) as e:
+            bench.main(["race", *flags, "--device", "cpu", "--out", str(tmp_path / "b.json")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and says in err, err
+        assert not (tmp_path / "race").exists() and not (tmp_path / "b.json").exists()
+
+
+def test_race_names_the_cpu_model_and_keeps_a_cuda_race_on_the_gpu_asked_for(tmp_path, monkeypatch):
+    model = runtime.cpu_model()  # on Linux the model name lscpu shows, not just the architecture
+    assert model and model in runtime.device_name(torch.device("cpu"))
+    if os.path.exists("/proc/cpuinfo") and "model name" in open("/proc/cpuinfo").read():
+        assert model not in ("x86_64", "aarch64", "")
+    monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
+    args = bench.argparse.Namespace(device=torch.device("cuda:1"), seeds=[0], cores=[0, 1], recipe="fast", fast_args="",
+                                    work=str(tmp_path), data=str(tmp_path))
+    for visible, lane in [(None, "1"), ("2,3", "3"), ("GPU-aa,GPU-bb", "GPU-bb")]:  # cuda:1 is the 2nd one seen
+        if visible is None:
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        race.check_race(args)
+        assert args.lane_env == {"CUDA_VISIBLE_DEVICES": lane}
 
 
 def airbench_or_skip():

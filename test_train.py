@@ -365,6 +365,15 @@ def test_recipe_fills_defaults_and_explicit_flags_win():
     assert (plain.arch, plain.lr, plain.epochs) == ("resnet18", 0.1, 200)
 
 
+def test_fast_cpu_is_the_fast_recipe_with_the_flags_the_cpu_race_measured():
+    """RESULTS.md's race 15 ran --recipe fast with these flags; --recipe fast-cpu must train the same run."""
+    flags = "--select-by loss --select-frac 0.5 --epochs 11 --image-sizes 24 32 --batch-size 400 --lr 0.1073 " \
+            "--aux-lr 0.0041"
+    by_flags = vars(train.parse_args(train.get_parser(), ["--recipe", "fast", *flags.split()]))
+    by_name = vars(train.parse_args(train.get_parser(), ["--recipe", "fast-cpu"]))
+    assert {**by_flags, "recipe": "fast-cpu"} == by_name
+
+
 def test_list_recipes_names_source_and_the_reports_figure(capsys):
     with pytest.raises(SystemExit) as e:
         train.main(["--list-recipes"])
