@@ -301,6 +301,9 @@ def test_report_renders_in_headless_chromium(request, tmp_path):
     (["filters", "--arch", "resnet7"], "unknown --arch 'resnet7'; choose from: lenet"),
     (["curves", "{run}", "{tmp}/nothing"], "{tmp}/nothing: no such run folder"),
     (["curves", "{tmp}"], "{tmp} has no metrics.jsonl or metrics.csv"),
+    (["curves", "{tmp}/badjson"], "{tmp}/badjson/metrics.jsonl is not train.py's metrics (JSONDecodeError"),
+    (["curves", "{tmp}/badrow"], "{tmp}/badrow/metrics.jsonl is not train.py's metrics (ValueError: a row that"),
+    (["curves", "{tmp}/badcsv"], "{tmp}/badcsv/metrics.csv is not train.py's metrics (ValueError: could not"),
     (["errors", "{tmp}/nothing"], "checkpoint {tmp}/nothing does not exist"),
     (["report", "{run}", "{tmp}/nothing"], "{tmp}/nothing: no such run folder"),
     (["augment", "{tmp}"], "{tmp}: no config.json"),
@@ -315,6 +318,10 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys,
     argv = [a.replace("{run}", runs[0]).replace("{tmp}", str(tmp_path)) for a in argv]
     (tmp_path / "file").write_text("not a folder")
     os.makedirs(tmp_path / "nockpt")  # a run folder whose checkpoints were deleted
+    for name, file, text in [("badjson", "metrics.jsonl", '{"epoch": 1}\nnot json\n'), ("badrow", "metrics.jsonl", "3\n"),
+                             ("badcsv", "metrics.csv", "epoch,test_acc\n1,high\n")]:  # hand-edited metrics
+        os.makedirs(tmp_path / name)
+        (tmp_path / name / file).write_text(text)
     for name in ("metrics.jsonl", "config.json"):
         shutil.copy(os.path.join(runs[0], name), tmp_path / "nockpt")
     before = set(os.listdir(runs[0]))
