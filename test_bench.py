@@ -480,8 +480,8 @@ def test_race_names_the_cpu_model_and_keeps_a_cuda_race_on_the_gpu_asked_for(tmp
     if os.path.exists("/proc/cpuinfo") and "model name" in open("/proc/cpuinfo").read():
         assert model not in ("x86_64", "aarch64", "")
     monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
-    args = bench.argparse.Namespace(device=torch.device("cuda:1"), seeds=[0], cores=[0, 1], recipe="fast", fast_args="",
-                                    work=str(tmp_path), data=str(tmp_path))
+    args = types.SimpleNamespace(device=torch.device("cuda:1"), seeds=[0], cores=[0, 1], recipe="fast", fast_args="",
+                                 work=str(tmp_path), data=str(tmp_path))
     for visible, lane in [(None, "1"), ("2,3", "3"), ("GPU-aa,GPU-bb", "GPU-bb")]:  # cuda:1 is the 2nd one seen
         if visible is None:
             monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
