@@ -361,10 +361,10 @@ def window_ratio(fast, air, cut):
     return (len(fast) + part) / len(air)
 
 
-def raced(s):
+def raced(fast, seeds):
     """The fast runs of the race's --seeds: the bar's. The seeds after them only keep the lane loaded while
     airbench94 finishes; their figures are kept, not judged."""
-    return [r for r in s["fast"] if r["seed"] in s["seeds"]]
+    return [r for r in fast if r["seed"] in seeds]
 
 
 def bar(s):
@@ -374,7 +374,7 @@ def bar(s):
     race)."""
     eps = 1e-6  # a tie is a tie: accuracies are counts over 10,000 images, airbench94's handed over as float32
     air = {r["seed"]: r["tta_acc"] for r in s["airbench94"]}
-    paired = [(r["tta_acc"], air[r["seed"]]) for r in raced(s) if r["seed"] in air]
+    paired = [(r["tta_acc"], air[r["seed"]]) for r in raced(s["fast"], s["seeds"]) if r["seed"] in air]
     return {"every_seed_90.4": s["fast_min_tta_acc"] >= 0.904 - eps,
             "every_seed_at_least_airbench94_same_seed": bool(paired) and all(f >= a - eps for f, a in paired),
             "every_seed_at_least_airbench94_mean": s["fast_min_tta_acc"] >= s["airbench94_mean_tta_acc"] - eps,
@@ -420,8 +420,9 @@ def check_race(args):
     check_fast_args(args)
     # CPU: train.py must not find a GPU; CUDA: both on the chosen one (its index counts the GPUs this process sees)
     visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
-    gpu = visible[device.index or 0] if visible and device.type == "cuda" else str(device.index or 0)
-    args.lane_env = {"CUDA_VISIBLE_DEVICES": "" if device.type == "cpu" else gpu}
+    index = device.index or 0
+    gpu = "" if device.type == "cpu" else visible[index] if visible else str(index)
+    args.lane_env = {"CUDA_VISIBLE_DEVICES": gpu}
     args.work, args.data = os.path.abspath(args.work), os.path.abspath(args.data)
     try:  # bench.py has checked that --work can be made and written; airbench_data makes it
         earlier = sorted(n for n in os.listdir(args.work) if re.match(r"(fast|airbench94)-seed\d", n)) \
@@ -453,7 +454,7 @@ def bench_race(args):
                "ratio_window": window_ratio(fast, air, cut) if args.device.type != "cuda" else None,
                "drift": {"fast": drift(fast), "airbench94": drift(air)},
                "threads_per_lane": 1 if args.device.type == "cpu" else None,
-               "fast_min_tta_acc": min(r["tta_acc"] for r in fast if r["seed"] in args.seeds),  # raced()
+               "fast_min_tta_acc": min(r["tta_acc"] for r in raced(fast, args.seeds)),
                "airbench94_mean_tta_acc": _mean(air, "tta_acc")}
     section["bar"] = bar(section)
     print_race(section)
