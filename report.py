@@ -29,17 +29,14 @@ def read_metrics(ap, run):
     """A run folder's per-epoch rows (metrics.jsonl, else metrics.csv); a folder without any is a one-line exit 2."""
     if not os.path.isdir(run):
         ap.error(f"{run}: no such run folder")
-    path, csv_path = os.path.join(run, "metrics.jsonl"), os.path.join(run, "metrics.csv")
-    if not os.path.exists(path) and not os.path.exists(csv_path):
+    found = [p for p in (os.path.join(run, n) for n in ("metrics.jsonl", "metrics.csv")) if os.path.exists(p)]
+    if not found:
         ap.error(f"{run} has no metrics.jsonl or metrics.csv (not a train.py run folder, or no epoch finished)")
+    path = found[0]  # metrics.jsonl where both are
     try:  # train.py writes them whole; a hand-edited or damaged one is the user's to mend, not a traceback
-        if os.path.exists(path):
-            with open(path) as f:
-                rows = [json.loads(line) for line in f if line.strip()]
-        else:
-            path = csv_path
-            with open(path) as f:
-                rows = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+        with open(path) as f:
+            rows = ([json.loads(line) for line in f if line.strip()] if path.endswith(".jsonl")
+                    else [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)])
         if not all(isinstance(r, dict) for r in rows):
             raise ValueError("a row that is not a JSON object")
     except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
