@@ -184,7 +184,8 @@ def get_parser():
                     help="--tta: the mirror only for the share M of images least sure without it (default: the run's own)")
     ap.add_argument("--subset", type=int, default=None, help="evaluate only the first N test images")
     ap.add_argument("--out", default=None, help="folder for confusion_matrix.png (default: the checkpoint's folder)")
-    ap.add_argument("--json", default=None, metavar="PATH", help="write the numbers as JSON")
+    ap.add_argument("--json", default=None, metavar="PATH", help="write the numbers as JSON (a new file)")
+    ap.add_argument("--force", action="store_true", help="let --json overwrite an existing file")
     return ap
 
 
@@ -211,7 +212,7 @@ def main(argv=None):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.json:
-        check_output_file(ap, "--json", args.json)
+        check_output_file(ap, "--json", args.json, overwrite=args.force)
     out = args.out or run_folder(args.checkpoint)
     check_output_folder(ap, "--out" if args.out else "--out (the run's folder)", out)
     for name in ("tta_frac", "tta_mirror_frac"):

@@ -560,7 +560,7 @@ def get_parser():
         "crop_pad": "random crop with this padding (default: 4 with --augment, else 0 = off)"})
     ap.set_defaults(crop_pad=None)
     ap.add_argument("--subset", type=int, default=None, help="use only the first N train (and test) images")
-    ap.add_argument("--seed", type=int, default=0, help="initial weights (the same for every lr) and batch order")
+    ap.add_argument("--seed", type=runtime.seed_arg, default=0, help="initial weights (the same for every lr) and batch order")
     runtime.add_amp_arg(ap, default="off", help="autocast for the training steps (the measures are always fp32): "
                                                 "off = fp32 as the course code, auto = bf16 on CUDA and CPU")
     ap.add_argument("--surface", action="store_true",
@@ -606,7 +606,7 @@ def check_args(ap, args):
         ap.error(f"--surface-lr {args.surface_lr:g} is not one of --lrs")
     if args.plot_only and args.surface:
         ap.error("--surface needs the trained weights: drop --plot-only (saved surfaces are redrawn anyway)")
-    runtime.check_output_folder(ap, "--out", args.out)  # a file in the way, or read-only: found before the training
+    runtime.check_output_folder(ap, "--out", args.out, not_a_run=True)  # found before the training, not after
 
 
 COURSE_NORM = ([0.5] * 3, [0.5] * 3)  # the course code's transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

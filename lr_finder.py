@@ -326,7 +326,7 @@ def get_parser():
     ap.add_argument("--zero-init-residual", action="store_true", help="last BN of every residual branch starts at 0")
     data.add_data_args(ap)
     ap.add_argument("--subset", type=int, default=None, help="use only the first N train and test images")
-    ap.add_argument("--seed", type=int, default=d("seed"), help="initial weights and batch order")
+    ap.add_argument("--seed", type=runtime.seed_arg, default=d("seed"), help="initial weights and batch order")
     runtime.add_amp_arg(ap, default=d("amp"))
     ap.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     ap.add_argument("--out", default=None, help="output folder (default lr_finder/<arch>-<timestamp>)")

@@ -8,7 +8,6 @@ the CIFAR changes applied (3x3 stride-1 stem, no max-pool, small classifier);
 only what no library has (LeNet, the reports' small residual nets, DaiNet7) is
 written by hand. Report numbers refer to ../shared/seeds/00N_*.txt.
 """
-import argparse
 import time
 
 import torch
@@ -374,7 +373,8 @@ def init_from_data(model, train_loader, n=5000):
 
 
 def main():
-    ap = argparse.ArgumentParser(description="List the registered networks: parameters and forward FLOPs per 32x32 image.")
+    from runtime import OneLineParser  # errors in one line, as every script's (imported here: models.py is a library)
+    ap = OneLineParser(description="List the registered networks: parameters and forward FLOPs per 32x32 image.")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (as in README.md)")
     args = ap.parse_args()
     rows = []

@@ -152,7 +152,8 @@ def airbench_worker(argv):
 
 def add_race_args(p):
     p.add_argument("--data", default="./data", metavar="DIR", help="folder holding cifar-10-batches-py")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="fast's seeds (and airbench94's)")
+    p.add_argument("--seeds", type=runtime.seed_arg, nargs="+", default=[0, 1, 2, 3, 4],
+                   help="fast's seeds (and airbench94's)")
     p.add_argument("--cores", type=int, nargs=2, default=[0, 1], metavar=("FAST", "AIRBENCH"),
                    help="CPU cores the two lanes are pinned to")
     p.add_argument("--work", default="race", help="folder for the runs' folders, logs and airbench's data")

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 
 import numpy as np
 import torch
@@ -296,10 +297,25 @@ def write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def check_output_folder(ap, flag, folder):
+def seed_arg(text):
+    """argparse type of --seed: an integer from 0 to 2**63 - 1 (what torch, numpy and random all take)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**63 - 1, got {text}")
+    return value
+
+
+def check_output_folder(ap, flag, folder, not_a_run=False):
     """Refuse (exit 2) a folder the script writes into only at the end of its work when it is a file or cannot be
     written (read-only, no permission): found now, before the work, not in a traceback after it. A folder still to be
-    made is judged by the nearest one above it that exists."""
+    made is judged by the nearest one above it that exists. not_a_run: refuse a train.py run folder too (for a script
+    whose files, such as summary.json, would replace the run's)."""
+    taken = [n for n in RUN_FILES if n != "summary.json" and os.path.exists(os.path.join(folder, n))]
+    if not_a_run and taken:
+        ap.error(f"{flag} {folder} holds a train.py run ({taken[0]}); name another folder")
     above = os.path.abspath(folder)
     while not os.path.exists(above):
         above = os.path.dirname(above)
@@ -311,14 +327,16 @@ def check_output_folder(ap, flag, folder):
         ap.error(f"{flag} {folder}: cannot write in {above} ({e.strerror})")
 
 
-def check_output_file(ap, flag, path):
-    """check_output_folder for a file the script writes at the end of its work: its folder must exist already, and
-    the path must not be a folder."""
+def check_output_file(ap, flag, path, overwrite=True):
+    """check_output_folder for a file the script writes at the end of its work: its folder must exist already, the
+    path must not be a folder, and (overwrite=False) not an existing file: a mistyped path must not eat a checkpoint."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         ap.error(f"{flag} {path}: the folder {folder} does not exist")
     if os.path.isdir(path):
         ap.error(f"{flag} {path} is a folder; name a file")
+    if not overwrite and os.path.exists(path):
+        ap.error(f"{flag} {path} exists; use --force to overwrite it, or another path")
     check_output_folder(ap, flag, folder)
 
 
@@ -389,6 +407,10 @@ def load_checkpoint(path):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a checkpoint, or a pickle that wants to run code
         why = (str(e).splitlines() or [type(e).__name__])[0][:200]  # an empty file's EOFError has no message
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+            why = "not a whole file written by torch.save (cut off, empty or another format)"
+        elif "Weights only load failed" in why:  # torch's advice (weights_only=False) is the unsafe way
+            why = "it holds objects other than tensors and plain values; refused, as loading them could run code"
         raise ValueError(f"cannot read checkpoint {path}: {why}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
         raise ValueError(f"{path} is not a checkpoint written by train.py")

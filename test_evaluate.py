@@ -165,6 +165,7 @@ def test_evaluate_py_uses_the_runs_precision_and_gives_its_figures(fp32_run, dat
     (["--subset", "0"], "--subset must be positive, got 0"),
     (["--json", "{tmp}/missing/eval.json"], "--json {tmp}/missing/eval.json: the folder {tmp}/missing does not exist"),
     (["--json", "{tmp}"], "--json {tmp} is a folder; name a file"),
+    (["--json", "{tmp}/file"], "--json {tmp}/file exists; use --force to overwrite it"),  # a checkpoint, say
     (["--out", "{tmp}/file/figs"], "--out {tmp}/file/figs: {tmp}/file is a file, not a folder"),
 ])
 def test_evaluate_py_bad_input_is_one_line_exit_2_before_any_work(fp32_run, data_dir, tmp_path, flags, says):
@@ -173,3 +174,13 @@ def test_evaluate_py_bad_input_is_one_line_exit_2_before_any_work(fp32_run, data
                    *[f.replace("{tmp}", str(tmp_path)) for f in flags], timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert says.replace("{tmp}", str(tmp_path)) in r.stderr and not (tmp_path / "figs").exists()
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_evaluate_py_json_replaces_an_existing_file_only_with_force(fp32_run, data_dir, tmp_path):
+    js = tmp_path / "eval.json"
+    js.write_text("an older result")
+    r = run_script("evaluate.py", fp32_run, "--data", data_dir, "--subset", "50", "--json", str(js), "--force",
+                   "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(js.read_text())["test_acc"] >= 0

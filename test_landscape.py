@@ -279,9 +279,13 @@ def test_plot_only_single_variant_and_surface(tmp_path, capsys):
     (["--no-such-flag"], "unrecognized"),
     (["--lrs", "nan"], "--lrs must be a finite number, got [nan]"),
     (["--out", "{tmp}/file/x"], "{tmp}/file is a file, not a folder"),
+    (["--out", "{tmp}/run"], "--out {tmp}/run holds a train.py run (config.json); name another folder"),
+    (["--seed", "-3"], "argument --seed: must be from 0 to 2**63 - 1, got -3"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, says, capsys, tmp_path):
     (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")  # a train.py run, whose summary.json landscape.py would replace
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     out = [] if "--out" in argv else ["--out", str(tmp_path / "x")]
     assert says.replace("{tmp}", str(tmp_path)) in exits_with_one_line(capsys, argv + out)

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from conftest import run_script
 from models import ARCHS, build_model, count_flops, count_params
 
 # The counts the reports give; dainet7 / resnet9 / vgg_a_bn are what their code gives.
@@ -195,3 +196,8 @@ def test_fastnet_trains_its_small_maps_through_the_matmul_weight_gradient(monkey
     assert len(calls) == 5
     for name in ours:
         assert (ours[name] - torchs[name]).norm() <= 5e-3 * torchs[name].norm(), name
+
+
+def test_models_py_bad_input_is_one_line_exit_2():
+    r = run_script("models.py", "extra", timeout=120)
+    assert r.returncode == 2 and r.stderr == "models.py: error: unrecognized arguments: extra (see --help)\n", r.stderr

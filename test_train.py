@@ -57,6 +57,9 @@ def lenet_run(tmp_path_factory, data_dir):
     (["--lr", "-0.1"], "--lr must be positive, got -0.1"),
     (["--batch-size", "0"], "--batch-size must be positive, got 0"),
     (["--epochs", "ten"], "argument --epochs: invalid int value: 'ten'"),
+    (["--seed", "18446744073709551616"], "argument --seed: must be from 0 to 2**63 - 1, got 18446744073709551616"),
+    (["--seed", "-1"], "argument --seed: must be from 0 to 2**63 - 1, got -1"),
+    (["--seed", "one"], "argument --seed: must be an integer, got 'one'"),
     (["--schedule", "triangle"], "argument --schedule: invalid choice: 'triangle'"),
     (["--bias-lr-scale", "0"], "--bias-lr-scale must be positive, got 0.0"),
     (["--optimizer", "muon", "--aux-lr", "-1"], "--aux-lr must be positive, got -1.0"),
@@ -251,7 +254,7 @@ def test_corrupt_checkpoint_is_refused(capsys, tmp_path, lenet_run, keep):
     good = open(os.path.join(lenet_run, "last.pt"), "rb").read()
     (run / "last.pt").write_bytes(good[:int(len(good) * keep)])
     err = refused(capsys, ["--resume", str(run)])
-    assert f"--resume {run}: cannot read checkpoint {run}/last.pt" in err
+    assert f"--resume {run}: cannot read checkpoint {run}/last.pt: not a whole file written by torch.save" in err
 
 
 class Exploit:
@@ -272,7 +275,8 @@ def test_crafted_pickle_is_refused_without_running_code(capsys, tmp_path):
     with open(run / "plain.pkl", "wb") as f:  # the same through plain pickle
         pickle.dump(Exploit(marker), f, protocol=2)
     err = refused(capsys, ["--resume", str(run)])
-    assert "cannot read checkpoint" in err and not marker.exists()
+    assert "cannot read checkpoint" in err and "refused, as loading them could run code" in err
+    assert "weights_only" not in err and not marker.exists()  # torch's advice is the unsafe way
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         runtime.load_checkpoint(str(run / "plain.pkl"))
     assert not marker.exists()
@@ -291,10 +295,22 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir)
     assert "Traceback" not in r.stderr
     line = r.stderr.strip().splitlines()[-1]
     assert "at epoch 2, step" in line and "lr 1e+07" in line and "training diverged" in line
+    assert f"the last good checkpoints are kept in {out}" in line
     ckpt = runtime.load_checkpoint(str(out / "last.pt"))  # mid-epoch saves every 3 steps went on until the NaN
     assert ckpt["epoch"] == 1 and 0 < ckpt["batch"] < 20
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert (out / "best.pt").exists() and len(open(out / "metrics.jsonl").readlines()) == 1
+
+
+def test_divergence_before_any_checkpoint_says_how_to_start_again(capsys, tmp_path, data_dir):
+    """No last.pt yet: the message must not promise checkpoints, and the command it gives must run."""
+    out = str(tmp_path / "run")
+    argv = [*QUICK, "--data", data_dir, "--out", out]
+    assert train.main([*argv, "--lr", "1e8"]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "training diverged" in line and "kept" not in line and not os.path.exists(os.path.join(out, "last.pt"))
+    assert line.endswith(f"no checkpoint was written yet: start again with --force --out {out}")
+    assert train.main([*argv, "--force"]) == 0
 
 
 def test_skip_nonfinite_leaves_the_weights_untouched():

@@ -306,7 +306,11 @@ def test_report_renders_in_headless_chromium(request, tmp_path):
     (["curves", "{tmp}/badcsv"], "{tmp}/badcsv/metrics.csv is not train.py's metrics (ValueError: could not"),
     (["errors", "{tmp}/nothing"], "checkpoint {tmp}/nothing does not exist"),
     (["report", "{run}", "{tmp}/nothing"], "{tmp}/nothing: no such run folder"),
-    (["augment", "{tmp}"], "{tmp}: no config.json"),
+    (["augment", "{tmp}"], "{tmp}: no train.py config.json"),
+    (["augment", "{tmp}/foreign"], "{tmp}/foreign: no train.py config.json"),
+    (["augment", "{tmp}/listcfg"], "{tmp}/listcfg: no train.py config.json"),
+    (["augment", "--count", "65"], "--count must be from 2 to 64, got 65"),
+    (["filters", "--arch", "lenet", "--seed", "18446744073709551616"], "argument --seed: must be from 0 to 2**63 - 1"),
     (["features", "{run}", "--data", "{tmp}/nowhere"], "CIFAR-10 in {tmp}/nowhere/cifar-10-batches-py: folder not"),
     (["errors", "--arch", "lenet"], "unrecognized arguments: --arch"),
     (["errors", "{run}", "--subset", "0"], "--count and --subset must be positive"),
@@ -319,7 +323,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys,
     (tmp_path / "file").write_text("not a folder")
     os.makedirs(tmp_path / "nockpt")  # a run folder whose checkpoints were deleted
     for name, file, text in [("badjson", "metrics.jsonl", '{"epoch": 1}\nnot json\n'), ("badrow", "metrics.jsonl", "3\n"),
-                             ("badcsv", "metrics.csv", "epoch,test_acc\n1,high\n")]:  # hand-edited metrics
+                             ("badcsv", "metrics.csv", "epoch,test_acc\n1,high\n"),  # hand-edited metrics
+                             ("foreign", "config.json", '{"model_type": "bert"}'), ("listcfg", "config.json", "[]")]:
         os.makedirs(tmp_path / name)
         (tmp_path / name / file).write_text(text)
     for name in ("metrics.jsonl", "config.json"):

@@ -33,7 +33,7 @@ from recipes import NOT_FLAGS, RECIPES, list_recipes
 from runtime import (GraphedStep, MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast,
                      clear_run, device_name, eval_weights, git_commit, load_checkpoint, make_run_dir, pick_device,
                      prepare_run_dir, ranks_agree, remove_stale_temps, resolve_amp, rng_state, rss_mib,
-                     save_checkpoint, set_rng_state, setup_distributed, sync, write_text)
+                     save_checkpoint, seed_arg, set_rng_state, setup_distributed, sync, write_text)
 from selection import make_selector
 
 
@@ -70,7 +70,7 @@ def get_parser():
     ap.add_argument("--zero-init-residual", action="store_true", help="last BN of every residual branch starts at 0")
     data.add_data_args(ap, resize=True)
     ap.add_argument("--subset", type=int, default=None, help="use only the first N train and test images (quick runs)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0)
     add_amp_arg(ap)
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -445,10 +445,16 @@ def checkpoint(run, name, epoch, batch, partial=None, acc=None):
     save_checkpoint(os.path.join(run.out, name), state)
 
 
+def kept(run):
+    """What a run stopped by an error leaves to go on from."""
+    return (f"the last good checkpoints are kept in {run.out}" if os.path.exists(os.path.join(run.out, "last.pt"))
+            else f"no checkpoint was written yet: start again with --force --out {run.out}")
+
+
 def diverged(run, epoch, value, why=""):
     return Stop(1, f"loss is {value} at epoch {epoch + 1}, step {run.step}, lr {run.scheduler.get_last_lr()[0]:.3g}"
-                   f"{', ' + why if why else ''}: training diverged; the last good checkpoints are kept in {run.out} "
-                   f"(try a lower --lr, or --skip-nonfinite N)")
+                   f"{', ' + why if why else ''}: training diverged (try a lower --lr, or --skip-nonfinite N); "
+                   f"{kept(run)}")
 
 
 def stopped(run, where):
@@ -460,7 +466,7 @@ def stopped(run, where):
 def out_of_memory(run):
     used = f" ({torch.cuda.memory_allocated(run.device) / 2**30:.1f} GiB in use)" if run.device.type == "cuda" else ""
     print(f"train.py: out of memory at --batch-size {run.args.batch_size} (evaluation: --eval-batch-size "
-          f"{run.args.eval_batch_size}){used}; try a smaller batch size (last.pt in {run.out} is kept)",
+          f"{run.args.eval_batch_size}){used}; try a smaller batch size; {kept(run)}",
           file=sys.stderr)
     return 1
 

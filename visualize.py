@@ -31,7 +31,7 @@ import data
 from evaluate import confusion, evaluate, per_class, plot_confusion
 from models import ARCHS, build_model, check_arch
 from runtime import (OneLineParser, check_output_folder, eval_weights, load_checkpoint, pick_device, pyplot, resolve_amp,
-                     run_folder)
+                     run_folder, seed_arg)
 
 DPI = 100
 # figure sizes in inches; at DPI these give the pixel sizes the tests check
@@ -508,14 +508,14 @@ def mixed_label(t, classes):
 def cmd_augment(ap, args):
     """Rows: the original images, then crop/flip/jitter/cutout, then that plus CutMix, plus MixUp (as --mix asks),
     all from one Loader draw (same seed and epoch), so every row holds the same images in the same order."""
-    if args.count <= 1:
-        ap.error(f"--count must be at least 2 (mixing pairs images of the batch), got {args.count}")
+    if not 2 <= args.count <= 64:  # mixing pairs images of the batch; one column per image
+        ap.error(f"--count must be from 2 to 64, got {args.count}")
     if not 0 <= args.crop_pad < 32 or args.cutout < 0 or args.jitter < 0 or args.mix_alpha <= 0:
         ap.error("need 0 <= --crop-pad < 32, --cutout >= 0, --jitter >= 0 and --mix-alpha > 0")
     d = load_data(ap, args.data or "./data")
     x, y = d["train"]
     cfg = read_json(args.run, "config.json") if args.run else None
-    if cfg and cfg.get("data", {}).get("mean"):  # the run's own normalisation
+    if cfg and isinstance(cfg.get("data"), dict) and cfg["data"].get("mean"):  # the run's own normalisation
         mean, std = cfg["data"]["mean"], cfg["data"]["std"]
     else:
         mean, std = (t.tolist() for t in data.channel_stats(x))
@@ -610,7 +610,7 @@ def get_parser():
                            help="a run folder (uses best.pt) or a .pt checkpoint")
         if source == "any":
             p.add_argument("--arch", default=None, help=f"an untrained network instead: {', '.join(ARCHS)}")
-            p.add_argument("--seed", type=int, default=0, help="initialisation seed of an untrained --arch")
+            p.add_argument("--seed", type=seed_arg, default=0, help="initialisation seed of an untrained --arch")
         if out_default:
             p.add_argument("--out", default=None, help=f"output folder (default: {out_default})")
         return p
@@ -648,7 +648,7 @@ def get_parser():
     data.add_data_args(p)
     p.set_defaults(data=None, jitter=0.4, mix="both")  # show every augmentation unless told otherwise
     p.add_argument("--count", type=int, default=8, help="images in the batch")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
 
     p = add("cam", "Grad-CAM heat map of the predicted class over the input image", "any",
             "the run folder, else figures/")
@@ -683,8 +683,8 @@ def main(argv=None):
     if args.command == "augment" and args.run:
         # the run's data flags become the defaults, so flags given on the command line still win
         cfg = read_json(args.run, "config.json")
-        if cfg is None:
-            ap.error(f"{args.run}: no config.json (not a train.py run folder)")
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("args"), dict):
+            ap.error(f"{args.run}: no train.py config.json (not a train.py run folder)")
         sub = ap.commands["augment"]
         dest = set(vars(args))
         sub.set_defaults(**{k: v for k, v in cfg["args"].items() if k in dest and k not in ("out", "seed", "run")})
