@@ -560,7 +560,8 @@ def get_parser():
         "crop_pad": "random crop with this padding (default: 4 with --augment, else 0 = off)"})
     ap.set_defaults(crop_pad=None)
     ap.add_argument("--subset", type=int, default=None, help="use only the first N train (and test) images")
-    ap.add_argument("--seed", type=runtime.seed_arg, default=0, help="initial weights (the same for every lr) and batch order")
+    ap.add_argument("--seed", type=runtime.seed_arg, default=0,
+                    help="initial weights (the same for every lr) and batch order")
     runtime.add_amp_arg(ap, default="off", help="autocast for the training steps (the measures are always fp32): "
                                                 "off = fp32 as the course code, auto = bf16 on CUDA and CPU")
     ap.add_argument("--surface", action="store_true",
