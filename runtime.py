@@ -298,13 +298,13 @@ def write_text(path, text):
 
 
 def seed_arg(text):
-    """argparse type of --seed: an integer from 0 to 2**63 - 1 (what torch, numpy and random all take)."""
+    """argparse type of --seed: a signed 64-bit integer (torch takes no other; numpy gets it modulo 2**32)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 2**63 - 1, got {text}")
+    if not -2**63 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be from -2**63 to 2**63 - 1, got {text}")
     return value
 
 
@@ -407,10 +407,12 @@ def load_checkpoint(path):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a checkpoint, or a pickle that wants to run code
         why = (str(e).splitlines() or [type(e).__name__])[0][:200]  # an empty file's EOFError has no message
-        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
-            why = "not a whole file written by torch.save (cut off, empty or another format)"
+        if isinstance(e, OSError):  # unreadable: the OS says why
+            why = e.strerror or why
         elif "Weights only load failed" in why:  # torch's advice (weights_only=False) is the unsafe way
             why = "it holds objects other than tensors and plain values; refused, as loading them could run code"
+        elif not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+            why = "not a whole file written by torch.save (cut off, empty or another format)"
         raise ValueError(f"cannot read checkpoint {path}: {why}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
         raise ValueError(f"{path} is not a checkpoint written by train.py")

@@ -100,7 +100,7 @@ def test_out_of_memory_is_one_line_and_keeps_last_pt(tmp_path, data_dir, capsys,
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert "out of memory at --batch-size 50 (evaluation: --eval-batch-size 1000)" in err
-    assert "try a smaller batch size" in err
+    assert f"try a smaller batch size; the last good checkpoints are kept in {out}" in err
     assert runtime.load_checkpoint(str(out / "last.pt"))["step"] == 7
 
 

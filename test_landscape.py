@@ -280,7 +280,7 @@ def test_plot_only_single_variant_and_surface(tmp_path, capsys):
     (["--lrs", "nan"], "--lrs must be a finite number, got [nan]"),
     (["--out", "{tmp}/file/x"], "{tmp}/file is a file, not a folder"),
     (["--out", "{tmp}/run"], "--out {tmp}/run holds a train.py run (config.json); name another folder"),
-    (["--seed", "-3"], "argument --seed: must be from 0 to 2**63 - 1, got -3"),
+    (["--seed", "2e3"], "argument --seed: must be an integer, got '2e3'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, says, capsys, tmp_path):
     (tmp_path / "file").write_text("not a folder")

@@ -310,7 +310,7 @@ def test_report_renders_in_headless_chromium(request, tmp_path):
     (["augment", "{tmp}/foreign"], "{tmp}/foreign: no train.py config.json"),
     (["augment", "{tmp}/listcfg"], "{tmp}/listcfg: no train.py config.json"),
     (["augment", "--count", "65"], "--count must be from 2 to 64, got 65"),
-    (["filters", "--arch", "lenet", "--seed", "18446744073709551616"], "argument --seed: must be from 0 to 2**63 - 1"),
+    (["filters", "--arch", "lenet", "--seed", "18446744073709551616"], "argument --seed: must be from -2**63 to 2**63"),
     (["features", "{run}", "--data", "{tmp}/nowhere"], "CIFAR-10 in {tmp}/nowhere/cifar-10-batches-py: folder not"),
     (["errors", "--arch", "lenet"], "unrecognized arguments: --arch"),
     (["errors", "{run}", "--subset", "0"], "--count and --subset must be positive"),
