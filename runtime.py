@@ -313,9 +313,10 @@ def check_output_folder(ap, flag, folder, not_a_run=False):
     written (read-only, no permission): found now, before the work, not in a traceback after it. A folder still to be
     made is judged by the nearest one above it that exists. not_a_run: refuse a train.py run folder too (for a script
     whose files, such as summary.json, would replace the run's)."""
-    taken = [n for n in RUN_FILES if n != "summary.json" and os.path.exists(os.path.join(folder, n))]
-    if not_a_run and taken:
-        ap.error(f"{flag} {folder} holds a train.py run ({taken[0]}); name another folder")
+    if not_a_run:
+        taken = [n for n in RUN_FILES if n != "summary.json" and os.path.exists(os.path.join(folder, n))]
+        if taken:
+            ap.error(f"{flag} {folder} holds a train.py run ({taken[0]}); name another folder")
     above = os.path.abspath(folder)
     while not os.path.exists(above):
         above = os.path.dirname(above)
