@@ -314,7 +314,7 @@ def check_output_folder(ap, flag, folder, not_a_run=False):
     made is judged by the nearest one above it that exists. not_a_run: refuse a train.py run folder too (for a script
     whose files, such as summary.json, would replace the run's)."""
     if not_a_run:
-        taken = [n for n in RUN_FILES if n != "summary.json" and os.path.exists(os.path.join(folder, n))]
+        taken = [n for n in run_files_in(folder) if n != "summary.json"]
         if taken:
             ap.error(f"{flag} {folder} holds a train.py run ({taken[0]}); name another folder")
     above = os.path.abspath(folder)
@@ -457,6 +457,11 @@ def set_rng_state(s):
 RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "summary.json")
 
 
+def run_files_in(folder):
+    """The run files (RUN_FILES) that folder holds."""
+    return [n for n in RUN_FILES if os.path.exists(os.path.join(folder, n))]
+
+
 def prepare_run_dir(args, ap):
     """Pick and check the run folder; refuse (exit 2) rather than overwrite another run."""
     if args.resume:
@@ -475,7 +480,7 @@ def prepare_run_dir(args, ap):
     out = args.out
     if os.path.exists(out) and not os.path.isdir(out):
         ap.error(f"--out {out} exists and is not a folder")
-    taken = [n for n in RUN_FILES if os.path.exists(os.path.join(out, n))]
+    taken = run_files_in(out)
     if taken and not args.force:
         ap.error(f"{out} already holds a run ({taken[0]}); use --resume {out} to continue it, "
                  f"--force to overwrite it, or another --out")
