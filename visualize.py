@@ -514,11 +514,8 @@ def cmd_augment(ap, args):
         ap.error("need 0 <= --crop-pad < 32, --cutout >= 0, --jitter >= 0 and --mix-alpha > 0")
     d = load_data(ap, args.data or "./data")
     x, y = d["train"]
-    cfg = read_json(args.run, "config.json") if args.run else None
-    if cfg and isinstance(cfg.get("data"), dict) and cfg["data"].get("mean"):  # the run's own normalisation
-        mean, std = cfg["data"]["mean"], cfg["data"]["std"]
-    else:
-        mean, std = (t.tolist() for t in data.channel_stats(x))
+    # normalised as train.py does, then shown un-normalised by the same statistics, whatever they are
+    mean, std = (t.tolist() for t in data.channel_stats(x))
     g = torch.Generator().manual_seed(args.seed)
     pick = torch.randperm(len(y), generator=g)[:args.count]
     xs, ys = x[pick], y[pick]
