@@ -9,6 +9,7 @@ import contextlib
 import csv
 import ctypes
 import datetime
+import errno
 import io
 import itertools
 import json
@@ -39,8 +40,8 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line on stderr and exit code 2 (no usage dump), and which refuses a non-finite
     number: NaN passes every range check a script makes after, and inf is no lr, size or count."""
 
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+    def error(self, message):  # under torchrun every rank finds the mistake: rank 0 alone says it
+        self.exit(2, None if os.environ.get("RANK", "0") != "0" else f"{self.prog}: error: {message} (see --help)\n")
 
     def parse_known_args(self, args=None, namespace=None):
         ns, rest = super().parse_known_args(args, namespace)
@@ -331,6 +332,8 @@ def check_output_folder(ap, flag, folder, not_a_run=False):
 def check_output_file(ap, flag, path, overwrite=True):
     """check_output_folder for a file the script writes at the end of its work: its folder must exist already, the
     path must not be a folder, and (overwrite=False) not an existing file: a mistyped path must not eat a checkpoint."""
+    if not os.path.basename(path):  # "" or a path ending in a separator: no file name, found only at the save
+        ap.error(f"{flag} {path!r} names no file")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         ap.error(f"{flag} {path}: the folder {folder} does not exist")
@@ -408,8 +411,8 @@ def load_checkpoint(path):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a checkpoint, or a pickle that wants to run code
         why = (str(e).splitlines() or [type(e).__name__])[0][:200]  # an empty file's EOFError has no message
-        if isinstance(e, OSError):  # unreadable: the OS says why
-            why = e.strerror or why
+        if isinstance(e, OSError) and e.errno != errno.EINVAL:  # unreadable: the OS says why (a cut-off zip
+            why = e.strerror or why                                 # gives EINVAL, which the zip check names)
         elif "Weights only load failed" in why:  # torch's advice (weights_only=False) is the unsafe way
             why = "it holds objects other than tensors and plain values; refused, as loading them could run code"
         elif not zipfile.is_zipfile(path):  # torch.save writes a zip archive
@@ -482,8 +485,9 @@ def prepare_run_dir(args, ap):
         ap.error(f"--out {out} exists and is not a folder")
     taken = run_files_in(out)
     if taken and not args.force:
-        ap.error(f"{out} already holds a run ({taken[0]}); use --resume {out} to continue it, "
-                 f"--force to overwrite it, or another --out")
+        again = (f"use --resume {out} to continue it, --force to overwrite it" if "last.pt" in taken else
+                 "it has no checkpoint (last.pt) to resume: use --force to start it again")
+        ap.error(f"{out} already holds a run ({taken[0]}); {again}, or another --out")
     return out
 
 

@@ -149,6 +149,23 @@ def test_an_unwritable_output_folder_is_refused_before_the_work(tmp_path, monkey
         assert e.value.code == 2 and f"cannot write in {tmp_path} (Read-only file system)" in err, err
 
 
+@pytest.mark.parametrize("path", ["", "new/"])
+def test_an_output_file_path_that_names_no_file_is_refused(path, capsys):
+    """"" or a folder's path with its separator would pass the folder checks and fail only at the save."""
+    with pytest.raises(SystemExit) as e:
+        runtime.check_output_file(runtime.OneLineParser(prog="x.py"), "--out", path)
+    assert e.value.code == 2 and f"--out {path!r} names no file" in capsys.readouterr().err
+
+
+def test_only_rank_0_prints_a_command_line_error(monkeypatch, capsys):
+    """Under torchrun every process parses the same command line: the mistake is said once, every rank exits 2."""
+    for rank, said in (("1", ""), ("0", "x.py: error: bad (see --help)\n")):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as e:
+            runtime.OneLineParser(prog="x.py").error("bad")
+        assert e.value.code == 2 and capsys.readouterr().err == said
+
+
 def test_a_write_that_fails_leaves_the_old_file_and_no_temp_file(tmp_path):
     path = tmp_path / "results.json"
     path.write_text("old")

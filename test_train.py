@@ -154,6 +154,7 @@ def test_a_folder_with_any_run_file_is_not_overwritten(capsys, data_dir, tmp_pat
     (tmp_path / name).write_text("{}")
     err = refused(capsys, [*QUICK, "--data", data_dir, "--out", str(tmp_path)])
     assert f"{tmp_path} already holds a run ({name})" in err and (tmp_path / name).read_text() == "{}"
+    assert "it has no checkpoint (last.pt) to resume: use --force to start it again" in err and "--resume" not in err
 
 
 def test_ctrl_c_in_the_final_evaluation_is_one_line_exit_130(capsys, tmp_path, data_dir, monkeypatch):
@@ -247,12 +248,13 @@ def test_a_run_resumed_mid_epoch_counts_the_time_and_images_of_both_invocations(
     assert summary["total_time_s"] >= 4.0
 
 
-@pytest.mark.parametrize("keep", [0.5, 0.0])  # a write cut off half way; an empty file (an error without a message)
+# a write cut off half way; at 10 kB (torch's OSError EINVAL, not the OS's reason); an empty file (no message)
+@pytest.mark.parametrize("keep", [0.5, 10_000, 0.0])
 def test_corrupt_checkpoint_is_refused(capsys, tmp_path, lenet_run, keep):
     run = tmp_path / "run"
     run.mkdir()
     good = open(os.path.join(lenet_run, "last.pt"), "rb").read()
-    (run / "last.pt").write_bytes(good[:int(len(good) * keep)])
+    (run / "last.pt").write_bytes(good[:int(keep if keep > 1 else len(good) * keep)])
     err = refused(capsys, ["--resume", str(run)])
     assert f"--resume {run}: cannot read checkpoint {run}/last.pt: not a whole file written by torch.save" in err
 
