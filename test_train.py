@@ -70,8 +70,7 @@ def lenet_run(tmp_path_factory, data_dir):
     (["--arch", "resnet18", "--select-frac", "0.5", "--image-sizes", "8", "32"],
      "the --select-frac proxy (fastnet) cannot take 8x8 images (--image-sizes)"),
     (["--select-every", "0"], "--select-every must be positive, got 0"),
-    (["--select-by", "loss"], "--select-by loss needs --select-frac below 1, and takes no --select-every (the proxy's)"),
-    (["--select-frac", "0.5", "--select-by", "loss", "--select-every", "2"], "takes no --select-every (the proxy's)"),
+    (["--select-frac", "0.5", "--select-by", "loss", "--select-every", "2"], "--select-by loss takes no --select-every"),
     (["--subset", "0"], "--val must be >= 0 and --subset positive, got 0 and 0"),
     (["--subset", "1"], "1 training image(s) for 1 process(es): each needs at least 2"),
     (["--eval-every", "-1"], "--eval-every, --warmup-epochs and --milestones must be >= 0"),
@@ -246,6 +245,22 @@ def test_a_run_resumed_mid_epoch_counts_the_time_and_images_of_both_invocations(
     assert row["epoch_time"] == 4.0 and row["images_per_s"] == 200 / 4.0
     assert summary["train_time_s"] == summary["epoch_time_s"] == 4.0 and summary["images_per_s"] == 50.0
     assert summary["total_time_s"] >= 4.0
+
+
+def test_a_recipe_s_selection_is_switched_off_by_select_frac_1():
+    args, _ = train.read_command_line(train.get_parser(), ["--recipe", "fast-cpu", "--select-frac", "1"])
+    assert args.select_by == "loss" and train.make_selector(args, None, "cpu", None, 10) is None
+
+
+def test_resume_without_the_best_checkpoint_is_refused_before_training(capsys, tmp_path, lenet_run):
+    """A last.pt copied alone (its best.pt, of an earlier epoch, left behind) would train on and fail only at the
+    closing test, which reads best.pt."""
+    ckpt = torch.load(os.path.join(lenet_run, "last.pt"), weights_only=True)
+    ckpt["args"]["epochs"] = 2  # one epoch still to train; the best so far is epoch 1
+    torch.save(ckpt, tmp_path / "last.pt")
+    err = refused(capsys, ["--resume", str(tmp_path)])
+    assert f"--resume {tmp_path}: its best.pt (epoch 1) is missing; the closing test needs it" in err
+    assert sorted(os.listdir(tmp_path)) == ["last.pt"]
 
 
 # a write cut off half way; at 10 kB (torch's OSError EINVAL, not the OS's reason); an empty file (no message)

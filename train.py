@@ -158,8 +158,8 @@ def check_args(ap, args):
     nets += [("fastnet", "the --select-frac proxy (fastnet)")] if args.select_frac < 1 and args.select_by == "proxy" else []
     for arch, name in nets if 8 <= side < 32 else []:  # sizes outside 8..32: data.build_loaders refuses them
         check_image_size(ap, arch, side, name)
-    if args.select_by == "loss" and (args.select_frac >= 1 or args.select_every != ap.get_default("select_every")):
-        ap.error("--select-by loss needs --select-frac below 1, and takes no --select-every (the proxy's)")
+    if args.select_by == "loss" and args.select_every != ap.get_default("select_every"):  # (--select-frac 1: no selection)
+        ap.error("--select-by loss takes no --select-every (the proxy's)")
     for name in ("tta_frac", "tta_mirror_frac", "select_frac"):
         if not 0 < getattr(args, name) <= 1:
             ap.error(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")
@@ -213,11 +213,8 @@ def make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, s
             if cuda_graph:
                 optimizer.load_lr()
             loss, out = whole(x, y)
-        if skipped:
-            with warnings.catch_warnings():  # stepping the schedule without the optimizer is meant here
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                scheduler.step()  # keep the schedule on time
-        else:
+        with warnings.catch_warnings():  # a skipped step steps the schedule without the optimizer: on time, as meant
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             scheduler.step()
         if lookahead is not None:  # on skipped steps too: its syncs keep their beat and the run ends on one
             lookahead.step(scheduler.last_epoch)
@@ -380,6 +377,8 @@ def resume(ap, run, ckpt):
         run.hard.load_state_dict(ckpt["hard"])
     run.start_epoch, run.batch, run.step = ckpt["epoch"], ckpt["batch"], ckpt["step"]
     run.best, run.best_epoch, run.rows = ckpt["best"], ckpt["best_epoch"], ckpt["metrics"]
+    if run.best_epoch not in (None, args.epochs) and not os.path.exists(os.path.join(run.out, "best.pt")):
+        ap.error(f"--resume {args.resume}: its best.pt (epoch {run.best_epoch}) is missing; the closing test needs it")
     run.partial = ckpt.get("partial")
     times = ckpt.get("times") or {}  # checkpoints written before times were kept: the epochs' own record
     run.init_time = times.get("init", 0.0)
@@ -486,7 +485,8 @@ def train(run):
             end_epoch(run, epoch, row, bar, images)
         return 0
     except Stop as e:
-        print(f"train.py: {e}", file=sys.stderr)
+        if run.main_proc:  # every rank stops alike; rank 0 says why
+            print(f"train.py: {e}", file=sys.stderr)
         return e.code
     except torch.OutOfMemoryError:
         return out_of_memory(run)
@@ -647,8 +647,7 @@ def final_report(run):
         print(f"train.py: interrupted in the final evaluation; the trained run is in {run.out}", file=sys.stderr)
         return 130
     final_test, best_test = figures.pop("final"), figures.pop("best")
-    summary.update(figures)
-    summary.update(final_test_acc=final_test, best_test_acc=best_test, epoch_time_s=run.train_time / args.epochs,
+    summary.update(figures, final_test_acc=final_test, best_test_acc=best_test, epoch_time_s=run.train_time / args.epochs,
                    images_per_s=sum(r["images_per_s"] for r in rows) / max(1, len(rows)),
                    peak_gpu_mem_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None)
     write_text(os.path.join(run.out, "summary.json"), json.dumps(summary, indent=2))
@@ -686,7 +685,6 @@ def main(argv=None):
             write_config(run)  # before the metrics log opens tb/ for its events
         run.metrics = MetricsLog(run.out, run.rows)
     announce(run)
-
     exit_code = train(run)
     if exit_code == 0:
         exit_code = final_report(run)
