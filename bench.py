@@ -421,7 +421,7 @@ def bench_epoch(args):
                                    if getattr(args, k)]
     with tempfile.TemporaryDirectory() as tmp:  # the loaders hold every image, the pickles can go afterwards
         if args.data is None:  # as many synthetic images as the real set gives under the same --subset
-            n_train = -(-(n or 50_000) // 5) * 5
+            n_train = -(-min(n or 50_000, 50_000) // 5) * 5
             data.make_synthetic(tmp, n_train=n_train, n_test=min(n_train, 10_000))
         targs = train_args(args.arch, args.batch_size, "--data", args.data or tmp, *flags)
         loader, _, test_loader, info = data.build_loaders(
@@ -554,6 +554,8 @@ def main(argv=None):
         value = getattr(args, flag, None)
         if value is not None and value <= 0:
             ap.error(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if getattr(args, "workers", 0) < 0:
+        ap.error(f"--workers must be >= 0, got {args.workers}")
     if getattr(args, "warmup", 1) < (1 if args.cmd == "step" else 0):
         ap.error(f"--warmup must be at least {1 if args.cmd == 'step' else 0}, got {args.warmup}")
     check_out(ap, args.out)

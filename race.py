@@ -204,8 +204,10 @@ def launch(cmd, log_path, core, cwd, env=None, stopped=lambda: False):
                     proc.terminate()
                     proc.wait()
                     raise Cancelled() from None
-    if rc != 0:
-        raise RaceError(f"a run exited with {rc}; its output: {log_path}", code=1)
+    if rc != 0:  # 2: train.py refused a setting only the data could check (--val beyond the images): its line
+        with open(log_path, errors="replace") as f:
+            said = ([line.strip() for line in f if line.strip()] or [""])[-1][:300]
+        raise RaceError(f"a run exited with {rc} ({said}); its output: {log_path}", code=2 if rc == 2 else 1)
     return time.perf_counter() - t0
 
 
@@ -394,6 +396,9 @@ def check_fast_args(args):
     taken = [f for f in args.fast_flags if f.split("=")[0] in sets]
     if taken:
         raise RaceError(f"--fast-args cannot set {', '.join(taken)}: the race sets {', '.join(sets)} itself")
+    printing = [f for f in args.fast_flags if f in ("-h", "--help", "--list-recipes")]
+    if printing:  # train.py would print and exit 0: a race with no fast run
+        raise RaceError(f"--fast-args cannot hold {printing[0]}: train.py prints and exits, with no run")
     ap = train.get_parser()
     ap.prog, ap.allow_abbrev = "bench.py race --fast-args", False  # '--see 3' would be --seed 3 in the lane
     fast = train.parse_args(ap, ["--recipe", args.recipe, *args.fast_flags])
@@ -411,8 +416,9 @@ def check_race(args):
     device = args.device
     if device.type not in ("cpu", "cuda"):
         raise RaceError(f"the race runs on a CPU or CUDA, not {device.type}")
-    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
-        raise RaceError(f"--seeds must be different and >= 0, got {' '.join(map(str, args.seeds))}")
+    # (the lanes go on with the seeds after the largest: those must be seeds too)
+    if len(set(args.seeds)) != len(args.seeds) or not 0 <= min(args.seeds) <= max(args.seeds) < 2**62:
+        raise RaceError(f"--seeds must be different and from 0 to 2**62, got {' '.join(map(str, args.seeds))}")
     if device.type == "cpu":
         if not hasattr(os, "sched_setaffinity"):
             raise RaceError("pinning each lane to a core needs Linux (os.sched_setaffinity)")

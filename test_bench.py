@@ -130,6 +130,8 @@ def test_unknown_arch_one_line_exit_2():
     (["epoch", "--subset", "-5"], "--subset"),
     (["epoch", "--device", "bogus"], "--device"),
     (["data", "--device", "cuda"], "CUDA"),
+    (["data", "--workers", "-1"], "--workers must be >= 0, got -1"),
+    (["data", "--out", ""], "--out '' names no file"),
 ])
 def test_bad_flags_one_line_exit_2(argv, words, capsys):
     if "cuda" in argv and torch.cuda.is_available():
@@ -418,6 +420,8 @@ def test_a_cut_fast_run_tells_the_epochs_it_finished_and_how_far_into_the_next(t
     ("--seed=3 --out x", "--fast-args cannot set --seed=3, --out: the race sets --recipe, --data"),
     ("--see 3", "bench.py race --fast-args: error: unrecognized arguments: --see 3"),
     ("--tta none", "--fast-args cannot set --tta none: the race compares both lanes' TTA accuracy"),
+    ("--list-recipes", "--fast-args cannot hold --list-recipes: train.py prints and exits, with no run"),
+    ("-h", "--fast-args cannot hold -h: train.py prints and exits, with no run"),
 ])
 def test_race_refuses_bad_fast_args_in_one_line_before_any_run(fast_args, says, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
@@ -426,6 +430,23 @@ def test_race_refuses_bad_fast_args_in_one_line_before_any_run(fast_args, says, 
         bench.main(["race", f"--fast-args={fast_args}", "--work", str(tmp_path), "--device", "cpu"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and says in err, err
+
+
+@pytest.mark.parametrize("seeds", [["0", "0"], ["-1"], [str(2**62)]])  # the lanes go on with the next seeds
+def test_race_refuses_seeds_repeated_negative_or_near_the_end(seeds, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
+    with pytest.raises(SystemExit) as e:
+        bench.main(["race", "--seeds", *seeds, "--work", str(tmp_path), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"--seeds must be different and from 0 to 2**62, got {' '.join(seeds)}" in err, err
+
+
+def test_a_run_that_refuses_its_settings_stops_the_race_with_its_own_line(tmp_path):
+    """What only the data can check (--val beyond the images) is found by train.py in the lane: its line is said."""
+    say = "import sys; print('loading'); print('train.py: error: --val 60000 is too big', file=sys.stderr); sys.exit(2)"
+    with pytest.raises(race.RaceError) as e:
+        race.launch([sys.executable, "-c", say], str(tmp_path / "x.log"), None, None)
+    assert e.value.code == 2 and str(e.value).startswith("a run exited with 2 (train.py: error: --val 60000 is too big)")
 
 
 def test_race_without_airbench_says_how_to_install_it(tmp_path, monkeypatch, capsys, data_dir):
