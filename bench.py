@@ -105,6 +105,7 @@ def add_common_args(p, batch_size, batch_help):
     p.add_argument("--batch-size", type=int, default=batch_size, help=batch_help)
     p.add_argument("--device", default="auto", help="auto = cuda, else mps, else cpu")
     p.add_argument("--out", default="bench.json", help="JSON file the figures are added to")
+    p.add_argument("--force", action="store_true", help="replace an earlier run's section of --out")
 
 
 def train_args(arch, batch_size, *flags):
@@ -521,13 +522,18 @@ def read_out(path):
     return old
 
 
-def check_out(ap, path):
-    """Before any timing: --out must be a bench.json or a new file in an existing folder, so no work is lost at the end."""
+def check_out(ap, path, name, force):
+    """Before any timing: --out must be a bench.json or a new file in an existing folder, so no work is lost at the end,
+    and must not hold this subcommand's section already (a race's took hours) unless force."""
     runtime.check_output_file(ap, "--out", path)  # also a folder given for it
     try:
-        read_out(path)
+        old = read_out(path)
     except ValueError as e:
         ap.error(str(e))
+    if name in old and not force:
+        when = old[name].get("measured", "") if isinstance(old[name], dict) else ""
+        ap.error(f"--out {path} already holds a {name!r} section{f' (measured {when})' if when else ''}; "
+                 f"use --force to replace it, or another --out")
 
 
 def save_section(path, name, section, environment):
@@ -558,7 +564,7 @@ def main(argv=None):
         ap.error(f"--workers must be >= 0, got {args.workers}")
     if getattr(args, "warmup", 1) < (1 if args.cmd == "step" else 0):
         ap.error(f"--warmup must be at least {1 if args.cmd == 'step' else 0}, got {args.warmup}")
-    check_out(ap, args.out)
+    check_out(ap, args.out, args.cmd, args.force)
     if getattr(args, "work", None) is not None:  # race: its runs' folder, made and written later
         runtime.check_output_folder(ap, "--work", args.work)
     args.device = resolve_device(ap, args.device)

@@ -159,6 +159,7 @@ def add_race_args(p):
     p.add_argument("--work", default="race", help="folder for the runs' folders, logs and airbench's data")
     p.add_argument("--device", default="auto", help="auto = cuda, else cpu")
     p.add_argument("--out", default="bench.json", help="JSON file the figures are added to")
+    p.add_argument("--force", action="store_true", help="replace an earlier run's section of --out")
     p.add_argument("--recipe", default="fast", choices=[r for r in RECIPES if r.startswith("fast")],
                    help="the fast lane's train.py recipe (fast-cpu: the bar's setting on a CPU; RESULTS.md)")
     p.add_argument("--fast-args", default="", metavar="FLAGS",

@@ -98,6 +98,20 @@ def test_save_section_keeps_other_sections(tmp_path, capsys):
     assert "bench.json.new" in capsys.readouterr().err
 
 
+def test_an_earlier_section_is_replaced_only_with_force(tmp_path, capsys):
+    """A rerun of a subcommand would replace its section (a race's took hours): refused before any work."""
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"data": {"measured": "2026-12-01T10:00:00"}, "race": {"ratio_window": 1.9}}))
+    argv = ["data", "--images", "64", "--repeats", "1", "--workers", "0", "--device", "cpu", "--out", str(path)]
+    with pytest.raises(SystemExit) as e:
+        bench.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "already holds a 'data' section (measured 2026-12-01T10:00:00); use --force" in err
+    bench.main([*argv, "--force"])
+    res = json.loads(path.read_text())
+    assert res["data"]["images"] == 64 and res["race"] == {"ratio_window": 1.9}
+
+
 @pytest.mark.parametrize("content", ["my notes, not JSON", "[1, 2]", None])
 def test_out_that_is_not_a_bench_json_is_refused_before_any_work(tmp_path, content):
     """A --out that is a user's other file (or sits in a missing folder) stops the run at once, the file untouched."""
