@@ -411,8 +411,8 @@ def load_checkpoint(path):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a checkpoint, or a pickle that wants to run code
         why = (str(e).splitlines() or [type(e).__name__])[0][:200]  # an empty file's EOFError has no message
-        if isinstance(e, OSError) and e.errno != errno.EINVAL:  # unreadable: the OS says why (a cut-off zip
-            why = e.strerror or why                                 # gives EINVAL, which the zip check names)
+        if isinstance(e, OSError) and e.errno != errno.EINVAL:  # unreadable: the OS says why
+            why = e.strerror or why  # (torch reads a cut-off zip as EINVAL: the zip check below names that)
         elif "Weights only load failed" in why:  # torch's advice (weights_only=False) is the unsafe way
             why = "it holds objects other than tensors and plain values; refused, as loading them could run code"
         elif not zipfile.is_zipfile(path):  # torch.save writes a zip archive
