@@ -77,6 +77,9 @@ def _read(folder: str) -> dict:
 
 def load_cifar10(root: str, download: bool = False) -> dict:
     """{"train": (x uint8 (N,3,32,32), y int64 (N,)), "test": (x, y), "classes": [10 names]}, on the CPU."""
+    if os.path.isfile(os.path.expanduser(root)):  # most likely the downloaded archive itself
+        raise DataError(f"--data {root} is a file, not a folder: unpack it (tar xzf {root} -C DIR) and give "
+                        "--data DIR (README.md, section Data)")
     folder = _folder(root)
     try:
         return _read(folder)

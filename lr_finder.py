@@ -146,6 +146,7 @@ def find_lr(model, optimizer, loader, criterion=None, *, start_lr=1e-7, end_lr=1
 
 # ----------------------------------------------------------------------------- suggestions
 
+MIN_STEPS = 4  # the fewest steps in which usable_window() can find a descent
 MIN_FALL = 0.02  # a descent counts once the smoothed loss falls 2% below its value where the window starts
 
 
@@ -344,6 +345,10 @@ def check_args(ap, args):
     for name in ("num_iter", "steps_per_decade", "batch_size", "subset", "aux_lr"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    steps = args.num_iter or planned_steps(args.start_lr, args.end_lr, args.steps_per_decade)
+    if steps < MIN_STEPS:
+        ap.error(f"{steps} steps can never give a suggestion (it takes at least {MIN_STEPS}): "
+                 "raise --num-iter or --steps-per-decade")
     if not 0 < args.smooth <= 1:
         ap.error(f"--smooth must be in (0, 1], got {args.smooth:g}")
     if args.diverge <= 1:
@@ -409,6 +414,9 @@ def main(argv=None):
         ap.error(f"cannot write to folder lr_finder/: {e.strerror}")
     runtime.check_output_folder(ap, "--out", out)  # written after the test: a place that cannot be is found now
     taken = [os.path.join(out, name) for name in OUTPUTS if os.path.exists(os.path.join(out, name))]
+    for path in taken:  # --force cannot overwrite a folder: found now, not after the whole test
+        if os.path.isdir(path):
+            ap.error(f"{path} is a folder, not a file; move it, or use another --out")
     if taken and not args.force:
         ap.error(f"{taken[0]} exists; use --force to overwrite it, or another --out")
 

@@ -21,6 +21,7 @@ from visualize import open_source, pct, predict_test_set, read_json, run_name, s
 CURVES_W, CURVES_H, LEGEND_ROW = 15, 4.4, 0.3  # inches; at visualize.DPI these give the pixel sizes the tests check
 # train.py flags that say where a run went, not how it trained: left out of labels, comparisons and settings
 SKIP_IN_LABEL = {"out", "data", "resume", "download", "no_progress", "force"}
+MAX_RUNS = 20  # plot_curves gives each run its own tab20 colour
 
 
 # ----------------------------------------------------------------------------- run folders
@@ -29,6 +30,7 @@ def read_metrics(ap, run):
     """A run folder's per-epoch rows (metrics.jsonl, else metrics.csv); a folder without any is a one-line exit 2."""
     if not os.path.isdir(run):
         ap.error(f"{run}: no such run folder")
+    run_config(ap, run)  # a foreign config.json too is refused here, before anything reads or writes
     found = [p for p in (os.path.join(run, n) for n in ("metrics.jsonl", "metrics.csv")) if os.path.exists(p)]
     if not found:
         ap.error(f"{run} has no metrics.jsonl or metrics.csv (not a train.py run folder, or no epoch finished)")
@@ -37,13 +39,22 @@ def read_metrics(ap, run):
         with open(path) as f:
             rows = ([json.loads(line) for line in f if line.strip()] if path.endswith(".jsonl")
                     else [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)])
-        if not all(isinstance(r, dict) for r in rows):
-            raise ValueError("a row that is not a JSON object")
+        if not all(isinstance(r, dict) and isinstance(r.get("epoch"), (int, float)) for r in rows):
+            raise ValueError('a row that is not a JSON object with a numeric "epoch"')
     except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
         ap.error(f"{path} is not train.py's metrics ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:80]})")
     if not rows:
         ap.error(f"{run}: no epoch finished yet")
     return rows
+
+
+def run_config(ap, run):
+    """A run folder's config.json ({} where there is none or it is unreadable); one that is not a JSON object with an
+    "args" object is a one-line exit 2."""
+    cfg = read_json(run, "config.json") or {}
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("args", {}), dict):
+        ap.error(f"{os.path.join(run, 'config.json')} is not train.py's config (not a JSON object of its flags)")
+    return cfg
 
 
 def run_names(runs):
@@ -55,7 +66,8 @@ def run_names(runs):
 
 
 def differing_args(runs):
-    """(each run's train.py flags from config.json, the names of the flags in which the runs differ)."""
+    """(each run's train.py flags from config.json, the names of the flags in which the runs differ); read_metrics
+    has refused a config.json that is not train.py's."""
     cfgs = [(read_json(r, "config.json") or {}).get("args", {}) for r in runs]
     keys = sorted({k for c in cfgs for k in c} - SKIP_IN_LABEL)
     return cfgs, [k for k in keys if len({json.dumps(c.get(k)) for c in cfgs}) > 1]
@@ -80,7 +92,7 @@ def eval_split(rows):
 
 def plot_curves(ap, runs, path, title=None):
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
     plt = pyplot()
     labels = run_labels(runs)
     metrics = [read_metrics(ap, r) for r in runs]
@@ -89,19 +101,20 @@ def plot_curves(ap, runs, path, title=None):
     legend_rows = -(-n_legend // ncol)
     height = CURVES_H + LEGEND_ROW * legend_rows
     fig, axes = plt.subplots(1, 3, figsize=(CURVES_W, height))
-    colours = plt.get_cmap("tab10").colors
+    colours = plt.get_cmap("tab20").colors
+    mark = lambda n: dict(marker="o", markersize=3) if n <= 30 else {}  # noqa: E731 (a dense series reads as a line)
     splits = set()
     for k, (rows, label) in enumerate(zip(metrics, labels)):
-        col = colours[k % 10]
+        col = colours[k]
         split = eval_split(rows)
         splits.add(split)
         ep = [r["epoch"] for r in rows]
-        mark = dict(marker="o", markersize=3) if len(rows) <= 30 else {}
         for ax, key in ((axes[0], "loss"), (axes[1], "acc")):
-            ax.plot(ep, [r.get(f"train_{key}") for r in rows], color=col, ls="-", **mark)
+            ax.plot(ep, [r.get(f"train_{key}") for r in rows], color=col, ls="-", **mark(len(rows)))
             held = [r for r in rows if f"{split}_{key}" in r]  # --eval-every: not every epoch was evaluated
-            ax.plot([r["epoch"] for r in held], [r[f"{split}_{key}"] for r in held], color=col, ls="--", **mark)
-        axes[2].plot(ep, [r.get("lr") for r in rows], color=col, **mark)
+            ax.plot([r["epoch"] for r in held], [r[f"{split}_{key}"] for r in held], color=col, ls="--",
+                    **mark(len(held)))  # evaluated only at the end: one point, which only a marker shows
+        axes[2].plot(ep, [r.get("lr") for r in rows], color=col, **mark(len(rows)))
     split = "/".join(sorted(splits))
     for ax, what in zip(axes, ("loss", "accuracy", "learning rate (at the end of the epoch)")):
         ax.set_xlabel("epoch")
@@ -109,8 +122,8 @@ def plot_curves(ap, runs, path, title=None):
         ax.grid(alpha=0.3)
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[1].yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{100 * v:.0f}%"))
-    handles = [Line2D([], [], color=colours[k % 10], lw=3) for k in range(len(runs))]
+    axes[1].yaxis.set_major_formatter(PercentFormatter(1.0))  # as many decimals as the range needs: distinct ticks
+    handles = [Line2D([], [], color=colours[k], lw=3) for k in range(len(runs))]
     handles += [Line2D([], [], color="k", ls="-"), Line2D([], [], color="k", ls="--")]
     fig.legend(handles, labels + ["train", split], loc="lower center", ncol=ncol, fontsize=10, frameon=False)
     if title:
@@ -121,9 +134,24 @@ def plot_curves(ap, runs, path, title=None):
     return save(fig, path)
 
 
+def check_runs(ap, runs, out, files):
+    """Refuse bad run folders, more runs than plot_curves has colours, and a folder in the place of a file to write
+    (it would fail only after the work), before anything is drawn or written."""
+    if len(runs) > MAX_RUNS:
+        ap.error(f"at most {MAX_RUNS} runs at once (one colour each in the curves), got {len(runs)}")
+    for r in runs:
+        read_metrics(ap, r)
+    for path in (os.path.join(out, f) for f in files):
+        if os.path.isdir(path):
+            ap.error(f"{path} is a folder, not a file; move it, or use another --out")
+
+
+def confusion_file(name):
+    return f"confusion_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"
+
+
 def cmd_curves(ap, args):
-    for r in args.runs:
-        read_metrics(ap, r)  # refuse bad folders before drawing anything
+    check_runs(ap, args.runs, args.out, ["curves.png"])
     title = run_labels(args.runs)[0] if len(args.runs) == 1 else f"{len(args.runs)} runs"
     return [plot_curves(ap, args.runs, os.path.join(args.out, "curves.png"), title)]  # visualize.main checked --out
 
@@ -144,7 +172,7 @@ def fmt_time(s):
 def run_results(ap, run):
     """Numbers of one run: from summary.json, or (an unfinished run) from metrics.jsonl and config.json."""
     rows = read_metrics(ap, run)
-    cfg = read_json(run, "config.json") or {}
+    cfg = run_config(ap, run)
     summary = read_json(run, "summary.json")
     split = (summary or {}).get("select_split") or eval_split(rows)
     best_row = max(rows, key=lambda r: r.get(f"{split}_acc", -1))
@@ -286,13 +314,13 @@ figcaption {{ color: #666; font-size: .85em; }}
 
 
 def cmd_report(ap, args):
-    runs = args.runs
-    results = [run_results(ap, r) for r in runs]  # refuses a bad folder before anything is written
-    out = args.out  # visualize.main resolved and checked it
+    runs, out, names = args.runs, args.out, run_names(args.runs)  # visualize.main resolved and checked --out
+    check_runs(ap, runs, out, ["curves.png", "report.md", "report.html"] + [confusion_file(n) for n in names])
+    results = [run_results(ap, r) for r in runs]
     srcs = [open_source(ap, argparse.Namespace(source=run, arch=None, data=args.data, out=out, seed=0))
             for run in runs]  # and a run without a checkpoint (its per-class part needs one)
+    predicted = [predict_test_set(ap, src)[1:] for src in srcs]  # and missing data: all before anything is written
     os.makedirs(out, exist_ok=True)
-    names = run_names(runs)
     title = f"CIFAR-10 training report: {', '.join(names)}"
     doc = Doc()
     doc.h(1, title)
@@ -312,12 +340,11 @@ def cmd_report(ap, args):
             "loss, accuracy and learning rate against epoch (solid: train, dashed: " + "/".join(
                 sorted({r["split"] for r in results})) + ")")
     per_class_cols, cms, tested = [], [], []
-    for run, name, src in zip(runs, names, srcs):
-        x, y, probs, acc = predict_test_set(ap, src)
+    for run, name, src, (y, probs, acc) in zip(runs, names, srcs, predicted):
         pred = probs.argmax(1)
         per_class_cols.append(per_class(pred, y, len(src.classes)))
         tested.append((name, acc, len(y), os.path.basename(checkpoint_file(run))))
-        path = os.path.join(out, f"confusion_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png")
+        path = os.path.join(out, confusion_file(name))
         cms.append(save_confusion(pred, y, src.classes, acc, name, path))
         classes = src.classes
     doc.h(2, "Per-class test accuracy")

@@ -87,6 +87,16 @@ def test_missing_folder(tmp_path):
     assert_helpful(e, str(tmp_path / "nowhere"))
 
 
+@pytest.mark.parametrize("download", [False, True])
+def test_an_archive_given_as_data_is_told_to_be_unpacked(tmp_path, download):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    archive.write_bytes(b"\x1f\x8b")
+    with pytest.raises(data.DataError) as e:
+        data.load_cifar10(str(archive), download=download)
+    assert str(e.value) == (f"--data {archive} is a file, not a folder: unpack it (tar xzf {archive} -C DIR) and "
+                            "give --data DIR (README.md, section Data)")
+
+
 @pytest.mark.parametrize("damage", ["missing", "truncated", "garbage", "wrong_shape"])
 def test_damaged_folder(synth, tmp_path, damage):
     folder = str(tmp_path / "cifar-10-batches-py")

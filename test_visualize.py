@@ -170,6 +170,27 @@ def test_curves_overlay_runs_named_in_the_legend(runs, tmp_path):
     assert labels == ["bs50 (batch_size=50)", "bs100 (batch_size=100)"]
 
 
+def test_curves_of_a_long_run_evaluated_once_mark_the_point_and_label_ticks_apart(tmp_path, monkeypatch):
+    """40 epochs (drawn as lines) whose accuracy spans 93.5-95.1%, evaluated only after the last (--eval-every 0):
+    the lone test point has a marker, and the accuracy ticks read apart (not 94% 94% 95%)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"epoch": e, "train_loss": 1 / e, "train_acc": 0.935 + 0.0004 * e, "lr": 0.1} for e in range(1, 41)]
+    rows[-1].update(test_loss=0.2, test_acc=0.94)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    figs = []
+    monkeypatch.setattr(report, "save", lambda fig, path: figs.append(fig) or path)
+    vis("curves", run, "--out", tmp_path)
+    fig, = figs
+    fig.canvas.draw()
+    acc = fig.axes[1]
+    train, test = acc.get_lines()
+    assert train.get_marker() == "None" and test.get_marker() == "o" and len(test.get_xdata()) == 1
+    low, high = acc.get_ylim()
+    ticks = [t.get_text() for t in acc.get_yticklabels() if low <= t.get_position()[1] <= high]
+    assert len(ticks) >= 3 and len(set(ticks)) == len(ticks), ticks
+
+
 def test_errors(runs, tmp_path):
     vis("errors", runs[0], "--count", 12, "--out", tmp_path)
     png(tmp_path / "errors.png", (530, 1200))
@@ -304,6 +325,13 @@ def test_report_renders_in_headless_chromium(request, tmp_path):
     (["curves", "{tmp}/badjson"], "{tmp}/badjson/metrics.jsonl is not train.py's metrics (JSONDecodeError"),
     (["curves", "{tmp}/badrow"], "{tmp}/badrow/metrics.jsonl is not train.py's metrics (ValueError: a row that"),
     (["curves", "{tmp}/badcsv"], "{tmp}/badcsv/metrics.csv is not train.py's metrics (ValueError: could not"),
+    (["curves", "{tmp}/noepoch"], "{tmp}/noepoch/metrics.jsonl is not train.py's metrics (ValueError: a row that"),
+    (["curves", "{run}", "{tmp}/listrun"], "{tmp}/listrun/config.json is not train.py's config"),
+    (["report", "{tmp}/listrun"], "{tmp}/listrun/config.json is not train.py's config"),
+    (["curves"] + ["{run}"] * 21, "at most 20 runs at once (one colour each in the curves), got 21"),
+    (["report", "{run}", "--data", "{tmp}/nowhere"], "CIFAR-10 in {tmp}/nowhere/cifar-10-batches-py: folder not"),
+    (["curves", "{run}", "--out", "{tmp}/taken"], "{tmp}/taken/curves.png is a folder, not a file; move it, or use"),
+    (["report", "{run}", "--out", "{tmp}/pagetaken"], "{tmp}/pagetaken/report.md is a folder, not a file"),
     (["errors", "{tmp}/nothing"], "checkpoint {tmp}/nothing does not exist"),
     (["report", "{run}", "{tmp}/nothing"], "{tmp}/nothing: no such run folder"),
     (["augment", "{tmp}"], "{tmp}: no train.py config.json"),
@@ -324,11 +352,16 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys,
     os.makedirs(tmp_path / "nockpt")  # a run folder whose checkpoints were deleted
     for name, file, text in [("badjson", "metrics.jsonl", '{"epoch": 1}\nnot json\n'), ("badrow", "metrics.jsonl", "3\n"),
                              ("badcsv", "metrics.csv", "epoch,test_acc\n1,high\n"),  # hand-edited metrics
-                             ("foreign", "config.json", '{"model_type": "bert"}'), ("listcfg", "config.json", "[]")]:
+                             ("noepoch", "metrics.jsonl", '{"epoch": 1}\n{"train_loss": 2.0}\n'),
+                             ("foreign", "config.json", '{"model_type": "bert"}'), ("listcfg", "config.json", "[]"),
+                             ("listrun", "config.json", '["--arch", "lenet"]')]:
         os.makedirs(tmp_path / name)
         (tmp_path / name / file).write_text(text)
     for name in ("metrics.jsonl", "config.json"):
         shutil.copy(os.path.join(runs[0], name), tmp_path / "nockpt")
+    shutil.copy(os.path.join(runs[0], "metrics.jsonl"), tmp_path / "listrun")
+    os.makedirs(tmp_path / "taken" / "curves.png")  # folders where the figure and the page go
+    os.makedirs(tmp_path / "pagetaken" / "report.md")
     before = set(os.listdir(runs[0]))
     out = [] if argv[0] in ("sketch", "layers") or "--out" in argv else ["--out", str(tmp_path / "out")]
     err = refused(capsys, *argv, *out)
