@@ -16,7 +16,7 @@ import re
 
 from evaluate import per_class
 from runtime import checkpoint_file, pyplot, write_text
-from visualize import open_source, pct, predict_test_set, read_json, run_name, save, save_confusion
+from visualize import open_source, pct, predict_test_set, read_json, save, save_confusion
 
 CURVES_W, CURVES_H, LEGEND_ROW = 15, 4.4, 0.3  # inches; at visualize.DPI these give the pixel sizes the tests check
 # train.py flags that say where a run went, not how it trained: left out of labels, comparisons and settings
@@ -58,11 +58,15 @@ def run_config(ap, run):
 
 
 def run_names(runs):
-    """Folder names, with the parent folder where two runs share one."""
-    names = [run_name(r) for r in runs]
-    if len(set(names)) < len(names):
-        names = [os.path.join(os.path.basename(os.path.dirname(os.path.normpath(r))), n) for r, n in zip(runs, names)]
-    return names
+    """Folder names, with as many folders above them as tell the runs apart (they name the report's sections and
+    confusion files); one folder given twice: numbered."""
+    parts = [tuple(os.path.abspath(r).split(os.sep)) for r in runs]
+    names = [os.path.join(*p[-1:]) for p in parts]
+    for depth in range(2, max(map(len, parts)) + 1):
+        if len(set(names)) == len(set(parts)):  # apart, but for a folder given twice
+            break
+        names = [os.path.join(*p[-depth:]) for p in parts]
+    return names if len(set(names)) == len(names) else [f"{n} #{k + 1}" for k, n in enumerate(names)]
 
 
 def differing_args(runs):

@@ -485,3 +485,10 @@ def page_in_chromium(exe, page, timeout=60):
                       for line in [ERRORS[e["method"]](e["params"])] if line]
     return seen
 
+
+
+def test_runs_are_named_apart_by_the_folders_above_them():
+    """The names head the report's sections and name its confusion files: two runs must never share one."""
+    assert report.run_names(["runs/a", "runs/b"]) == ["a", "b"]
+    assert report.run_names(["p1/runs/r", "p2/runs/r"]) == ["p1/runs/r", "p2/runs/r"]
+    assert report.run_names(["x/r", "x/r"]) == ["r #1", "r #2"]  # one folder given twice
