@@ -6,6 +6,7 @@ turns uint8 images into normalised float batches: random crop, flip, colour jitt
 CutMix/MixUp, every image its own draw, reproducible from (seed, epoch, rank), no per-image Python
 and no worker processes. build_loaders wires all of it to the command-line flags of add_data_args.
 """
+import contextlib
 import os
 import pickle
 
@@ -89,10 +90,16 @@ def load_cifar10(root: str, download: bool = False) -> dict:
     # torchvision verifies the md5 sums and (re)fetches what is missing or damaged
     folder = os.path.normpath(folder)
     dl_root = (os.path.dirname(folder) or ".") if os.path.basename(folder) == FOLDER else folder
+    made, above = [], os.path.abspath(dl_root)  # the folders the download makes: a failed one leaves none behind
+    while not os.path.exists(above):
+        made, above = made + [above], os.path.dirname(above)
     try:
         import torchvision
         torchvision.datasets.CIFAR10(dl_root, train=True, download=True)
     except Exception as e:
+        for new in made:  # the deepest first, each only if the download left it empty
+            with contextlib.suppress(OSError):
+                os.rmdir(new)
         msg = str(e).splitlines()[0] if str(e) else ""
         raise DataError(f"--download into {dl_root} failed ({type(e).__name__}: {msg}); without internet, "
                         f"unpack a local copy into {dl_root} (README.md, section Data)") from None

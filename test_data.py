@@ -121,12 +121,16 @@ def test_damaged_folder(synth, tmp_path, damage):
 def test_download_failure_is_one_line(tmp_path, monkeypatch):
     import torchvision
 
-    def offline(*a, **k):
+    def offline(root, **k):  # as torchvision: the folder made, then the fetch fails
+        os.makedirs(root, exist_ok=True)
         raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(data.DataError) as e:
         data.load_cifar10(str(tmp_path), download=True)
     assert str(tmp_path) in str(e.value) and "unpack" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(data.DataError):  # the folders it made for the download are gone again
+        data.load_cifar10(str(tmp_path / "new" / "sub"), download=True)
+    assert os.listdir(tmp_path) == []
     assert "README.md, section Data" in str(e.value) and "unpack.py" not in str(e.value)
 
 
