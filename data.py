@@ -27,18 +27,23 @@ class DataError(Exception):
 # ----------------------------------------------------------------------------- loading
 
 def _folder(root: str) -> str:
-    """DIR may be the parent of cifar-10-batches-py or that folder itself."""
+    """DIR may be the parent of cifar-10-batches-py or hold its files itself (where no such subfolder is: one that
+    --download made beside broken files is read from then on)."""
     root = os.path.expanduser(root)
-    if os.path.basename(os.path.normpath(root)) == FOLDER or os.path.isfile(os.path.join(root, "batches.meta")):
+    sub = os.path.join(root, FOLDER)
+    if os.path.basename(os.path.normpath(root)) == FOLDER or (os.path.isfile(os.path.join(root, "batches.meta"))
+                                                              and not os.path.isdir(sub)):
         return root
-    return os.path.join(root, FOLDER)
+    return sub
 
 
 def _read(folder: str) -> dict:
     def fail(what):
         parent = os.path.dirname(os.path.normpath(folder)) or "."
+        local = (f"unpack a local copy into {parent}" if os.path.basename(os.path.normpath(folder)) == FOLDER
+                 else "put the official files over these")  # the files sit in --data itself
         raise DataError(f"CIFAR-10 in {folder}: {what}; fetch the official files with --download, "
-                        f"or unpack a local copy into {parent} (README.md, section Data)")
+                        f"or {local} (README.md, section Data)")
 
     missing = [f for f in TRAIN_FILES + ["test_batch", "batches.meta"] if not os.path.isfile(os.path.join(folder, f))]
     if missing:

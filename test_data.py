@@ -81,6 +81,20 @@ def assert_helpful(err, folder):
     assert "README.md, section Data" in msg and "unpack.py" not in msg, msg  # no script the repo does not hold
 
 
+def test_broken_files_in_data_itself_get_advice_that_works(tmp_path):
+    """--data DIR may hold the batch files itself: a broken one is not fixed by unpacking into DIR's parent, and a
+    --download beside it (into DIR/cifar-10-batches-py) must be what the next run reads."""
+    own = tmp_path / "own"
+    os.rename(data.make_synthetic(str(tmp_path)), own)
+    (own / "data_batch_2").write_bytes((own / "data_batch_2").read_bytes()[:1000])
+    with pytest.raises(data.DataError) as e:
+        data.load_cifar10(str(own))
+    assert "data_batch_2 is truncated" in str(e.value) and "put the official files over these" in str(e.value)
+    assert "unpack a local copy" not in str(e.value)
+    data.make_synthetic(str(own))  # what --download writes there
+    assert len(data.load_cifar10(str(own))["train"][1]) == 500
+
+
 def test_missing_folder(tmp_path):
     with pytest.raises(data.DataError) as e:
         data.load_cifar10(str(tmp_path / "nowhere"))
