@@ -253,8 +253,7 @@ def test_a_recipe_s_selection_is_switched_off_by_select_frac_1():
 
 
 def test_resume_without_the_best_checkpoint_is_refused_before_training(capsys, tmp_path, lenet_run):
-    """A last.pt copied alone (its best.pt, of an earlier epoch, left behind) would train on and fail only at the
-    closing test, which reads best.pt."""
+    """A last.pt copied alone, its best.pt of an earlier epoch left behind: the closing test would fail on it."""
     ckpt = torch.load(os.path.join(lenet_run, "last.pt"), weights_only=True)
     ckpt["args"]["epochs"] = 2  # one epoch still to train; the best so far is epoch 1
     torch.save(ckpt, tmp_path / "last.pt")
@@ -263,8 +262,7 @@ def test_resume_without_the_best_checkpoint_is_refused_before_training(capsys, t
     assert sorted(os.listdir(tmp_path)) == ["last.pt"]
 
 
-# a write cut off half way; at 10 kB (torch's OSError EINVAL, not the OS's reason); an empty file (no message)
-@pytest.mark.parametrize("keep", [0.5, 10_000, 0.0])
+@pytest.mark.parametrize("keep", [0.5, 10_000, 0.0])  # cut off half way; at 10 kB (torch's EINVAL); empty (no message)
 def test_corrupt_checkpoint_is_refused(capsys, tmp_path, lenet_run, keep):
     run = tmp_path / "run"
     run.mkdir()
