@@ -524,13 +524,13 @@ def read_out(path):
 
 def check_out(ap, path, name, force):
     """Before any timing: --out must be a bench.json or a new file in an existing folder, so no work is lost at the end,
-    and must not hold this subcommand's section already (a race's took hours) unless force."""
+    and must not hold a race's section already (it took hours) unless force."""
     runtime.check_output_file(ap, "--out", path)  # also a folder given for it
     try:
         old = read_out(path)
     except ValueError as e:
         ap.error(str(e))
-    if name in old and not force:
+    if name == "race" and name in old and not force:  # (the others are reruns of minutes)
         when = old[name].get("measured", "") if isinstance(old[name], dict) else ""
         ap.error(f"--out {path} already holds a {name!r} section{f' (measured {when})' if when else ''}; "
                  f"use --force to replace it, or another --out")

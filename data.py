@@ -27,12 +27,12 @@ class DataError(Exception):
 # ----------------------------------------------------------------------------- loading
 
 def _folder(root: str) -> str:
-    """DIR may be the parent of cifar-10-batches-py or hold its files itself (where no such subfolder is: one that
-    --download made beside broken files is read from then on)."""
+    """DIR may be the parent of cifar-10-batches-py or hold its files itself (unless such a subfolder holds them too:
+    one that --download made beside broken files is read from then on)."""
     root = os.path.expanduser(root)
     sub = os.path.join(root, FOLDER)
     if os.path.basename(os.path.normpath(root)) == FOLDER or (os.path.isfile(os.path.join(root, "batches.meta"))
-                                                              and not os.path.isdir(sub)):
+                                                              and not os.path.isfile(os.path.join(sub, "batches.meta"))):
         return root
     return sub
 

@@ -347,8 +347,8 @@ def check_args(ap, args):
             ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     steps = args.num_iter or planned_steps(args.start_lr, args.end_lr, args.steps_per_decade)
     if steps < MIN_STEPS:
-        ap.error(f"{steps} steps can never give a suggestion (it takes at least {MIN_STEPS}): "
-                 "raise --num-iter or --steps-per-decade")
+        ap.error(f"{steps} steps can never give a suggestion (it takes at least {MIN_STEPS}): raise "
+                 + ("--num-iter" if args.num_iter else "--steps-per-decade"))
     if not 0 < args.smooth <= 1:
         ap.error(f"--smooth must be in (0, 1], got {args.smooth:g}")
     if args.diverge <= 1:

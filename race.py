@@ -159,7 +159,7 @@ def add_race_args(p):
     p.add_argument("--work", default="race", help="folder for the runs' folders, logs and airbench's data")
     p.add_argument("--device", default="auto", help="auto = cuda, else cpu")
     p.add_argument("--out", default="bench.json", help="JSON file the figures are added to")
-    p.add_argument("--force", action="store_true", help="replace an earlier run's section of --out")
+    p.add_argument("--force", action="store_true", help="replace an earlier race's section of --out")
     p.add_argument("--recipe", default="fast", choices=[r for r in RECIPES if r.startswith("fast")],
                    help="the fast lane's train.py recipe (fast-cpu: the bar's setting on a CPU; RESULTS.md)")
     p.add_argument("--fast-args", default="", metavar="FLAGS",
@@ -205,10 +205,10 @@ def launch(cmd, log_path, core, cwd, env=None, stopped=lambda: False):
                     proc.terminate()
                     proc.wait()
                     raise Cancelled() from None
-    if rc != 0:  # 2: train.py refused a setting only the data could check (--val beyond the images): its line
+    if rc != 0:  # its last line says why (train.py refusing what only the data could check: --val beyond the images)
         with open(log_path, errors="replace") as f:
             said = ([line.strip() for line in f if line.strip()] or [""])[-1][:300]
-        raise RaceError(f"a run exited with {rc} ({said}); its output: {log_path}", code=2 if rc == 2 else 1)
+        raise RaceError(f"a run exited with {rc} ({said}); its output: {log_path}", code=1)
     return time.perf_counter() - t0
 
 
@@ -419,7 +419,7 @@ def check_race(args):
         raise RaceError(f"the race runs on a CPU or CUDA, not {device.type}")
     # (the lanes go on with the seeds after the largest: those must be seeds too)
     if len(set(args.seeds)) != len(args.seeds) or not 0 <= min(args.seeds) <= max(args.seeds) < 2**62:
-        raise RaceError(f"--seeds must be different and from 0 to 2**62, got {' '.join(map(str, args.seeds))}")
+        raise RaceError(f"--seeds must be different and from 0 to 2**62 - 1, got {' '.join(map(str, args.seeds))}")
     if device.type == "cpu":
         if not hasattr(os, "sched_setaffinity"):
             raise RaceError("pinning each lane to a core needs Linux (os.sched_setaffinity)")

@@ -51,7 +51,8 @@ def read_metrics(ap, run):
 def run_config(ap, run):
     """A run folder's config.json ({} where there is none or it is unreadable); one that is not a JSON object with an
     "args" object is a one-line exit 2."""
-    cfg = read_json(run, "config.json") or {}
+    cfg = read_json(run, "config.json")
+    cfg = {} if cfg is None else cfg
     if not isinstance(cfg, dict) or not isinstance(cfg.get("args", {}), dict):
         ap.error(f"{os.path.join(run, 'config.json')} is not train.py's config (not a JSON object of its flags)")
     return cfg
@@ -105,7 +106,7 @@ def plot_curves(ap, runs, path, title=None):
     legend_rows = -(-n_legend // ncol)
     height = CURVES_H + LEGEND_ROW * legend_rows
     fig, axes = plt.subplots(1, 3, figsize=(CURVES_W, height))
-    colours = plt.get_cmap("tab20").colors
+    colours = plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2]  # tab10's first, then lighter
     mark = lambda n: dict(marker="o", markersize=3) if n <= 30 else {}  # noqa: E731 (a dense series reads as a line)
     splits = set()
     for k, (rows, label) in enumerate(zip(metrics, labels)):

@@ -41,7 +41,8 @@ class OneLineParser(argparse.ArgumentParser):
     number: NaN passes every range check a script makes after, and inf is no lr, size or count."""
 
     def error(self, message):  # under torchrun every rank finds the mistake: rank 0 alone says it
-        self.exit(2, None if os.environ.get("RANK", "0") != "0" else f"{self.prog}: error: {message} (see --help)\n")
+        quiet = "TORCHELASTIC_RUN_ID" in os.environ and os.environ.get("RANK", "0") != "0"
+        self.exit(2, None if quiet else f"{self.prog}: error: {message} (see --help)\n")
 
     def parse_known_args(self, args=None, namespace=None):
         ns, rest = super().parse_known_args(args, namespace)

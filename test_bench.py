@@ -98,18 +98,18 @@ def test_save_section_keeps_other_sections(tmp_path, capsys):
     assert "bench.json.new" in capsys.readouterr().err
 
 
-def test_an_earlier_section_is_replaced_only_with_force(tmp_path, capsys):
-    """A rerun of a subcommand would replace its section (a race's took hours): refused before any work."""
+def test_an_earlier_race_is_replaced_only_with_force(tmp_path, monkeypatch, capsys):
+    """A race took hours: a rerun into its --out is refused before any work; the other sections are simply rerun."""
     path = tmp_path / "bench.json"
-    path.write_text(json.dumps({"data": {"measured": "2026-12-01T10:00:00"}, "race": {"ratio_window": 1.9}}))
-    argv = ["data", "--images", "64", "--repeats", "1", "--workers", "0", "--device", "cpu", "--out", str(path)]
+    path.write_text(json.dumps({"data": {"images": 1}, "race": {"measured": "2026-12-01T10:00:00"}}))
+    bench.main(["data", "--images", "64", "--repeats", "1", "--workers", "0", "--device", "cpu", "--out", str(path)])
+    assert json.loads(path.read_text())["data"]["images"] == 64
+    monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
+    monkeypatch.setattr(race, "run_lanes", lambda args: pytest.fail("a run started"))
     with pytest.raises(SystemExit) as e:
-        bench.main(argv)
+        bench.main(["race", "--work", str(tmp_path / "w"), "--device", "cpu", "--out", str(path)])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "already holds a 'data' section (measured 2026-12-01T10:00:00); use --force" in err
-    bench.main([*argv, "--force"])
-    res = json.loads(path.read_text())
-    assert res["data"]["images"] == 64 and res["race"] == {"ratio_window": 1.9}
+    assert e.value.code == 2 and "already holds a 'race' section (measured 2026-12-01T10:00:00); use --force" in err
 
 
 @pytest.mark.parametrize("content", ["my notes, not JSON", "[1, 2]", None])
@@ -441,7 +441,7 @@ def test_race_refuses_bad_fast_args_in_one_line_before_any_run(fast_args, says, 
     monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
     monkeypatch.setattr(race, "run_lanes", lambda args: pytest.fail("a run started"))
     with pytest.raises(SystemExit) as e:
-        bench.main(["race", f"--fast-args={fast_args}", "--work", str(tmp_path), "--device", "cpu"])
+        bench.main(["race", "--out", str(tmp_path / "b.json"), f"--fast-args={fast_args}", "--work", str(tmp_path), "--device", "cpu"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and says in err, err
 
@@ -450,9 +450,9 @@ def test_race_refuses_bad_fast_args_in_one_line_before_any_run(fast_args, says, 
 def test_race_refuses_seeds_repeated_negative_or_near_the_end(seeds, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
     with pytest.raises(SystemExit) as e:
-        bench.main(["race", "--seeds", *seeds, "--work", str(tmp_path), "--device", "cpu"])
+        bench.main(["race", "--out", str(tmp_path / "b.json"), "--seeds", *seeds, "--work", str(tmp_path), "--device", "cpu"])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and f"--seeds must be different and from 0 to 2**62, got {' '.join(seeds)}" in err, err
+    assert e.value.code == 2 and f"--seeds must be different and from 0 to 2**62 - 1, got {' '.join(seeds)}" in err, err
 
 
 def test_a_run_that_refuses_its_settings_stops_the_race_with_its_own_line(tmp_path):
@@ -460,18 +460,19 @@ def test_a_run_that_refuses_its_settings_stops_the_race_with_its_own_line(tmp_pa
     say = "import sys; print('loading'); print('train.py: error: --val 60000 is too big', file=sys.stderr); sys.exit(2)"
     with pytest.raises(race.RaceError) as e:
         race.launch([sys.executable, "-c", say], str(tmp_path / "x.log"), None, None)
-    assert e.value.code == 2 and str(e.value).startswith("a run exited with 2 (train.py: error: --val 60000 is too big)")
+    assert e.value.code == 1 and str(e.value).startswith("a run exited with 2 (train.py: error: --val 60000 is too big)")
 
 
 def test_race_without_airbench_says_how_to_install_it(tmp_path, monkeypatch, capsys, data_dir):
     monkeypatch.setitem(sys.modules, "airbench", None)  # import airbench raises ImportError
     with pytest.raises(SystemExit) as e:
-        bench.main(["race", "--data", data_dir, "--work", str(tmp_path), "--device", "cpu"])
+        bench.main(["race", "--out", str(tmp_path / "b.json"), "--data", data_dir, "--work", str(tmp_path), "--device", "cpu"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "pip install airbench" in err, err
     monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
     with pytest.raises(SystemExit) as e:
-        bench.main(["race", "--cores", "0", "0", "--data", data_dir, "--work", str(tmp_path), "--device", "cpu"])
+        bench.main(["race", "--out", str(tmp_path / "b.json"), "--cores", "0", "0",
+                    "--data", data_dir, "--work", str(tmp_path), "--device", "cpu"])
     assert e.value.code == 2 and "--cores" in capsys.readouterr().err
 
 
@@ -487,11 +488,11 @@ def test_race_leaves_an_earlier_races_runs_alone(tmp_path, monkeypatch, capsys, 
     monkeypatch.setattr(race, "run_lanes", start)
     (tmp_path / "cifar10").mkdir()  # airbench's copy of the data is no run: shared by races
     with pytest.raises(Started):
-        bench.main(["race", "--data", data_dir, "--work", str(tmp_path), "--device", "cpu"])
+        bench.main(["race", "--out", str(tmp_path / "b.json"), "--data", data_dir, "--work", str(tmp_path), "--device", "cpu"])
     (tmp_path / "airbench94-seed0.log").write_text("an earlier race's log")
     monkeypatch.setattr(race, "run_lanes", lambda args: pytest.fail("a run started"))
     with pytest.raises(SystemExit) as e:
-        bench.main(["race", "--data", data_dir, "--work", str(tmp_path), "--device", "cpu"])
+        bench.main(["race", "--out", str(tmp_path / "b.json"), "--data", data_dir, "--work", str(tmp_path), "--device", "cpu"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and f"--work {tmp_path} holds an earlier race's runs (airbench94-seed0.log)" in err, err
 

@@ -87,6 +87,7 @@ def test_broken_files_in_data_itself_get_advice_that_works(tmp_path):
     own = tmp_path / "own"
     os.rename(data.make_synthetic(str(tmp_path)), own)
     (own / "data_batch_2").write_bytes((own / "data_batch_2").read_bytes()[:1000])
+    (own / data.FOLDER).mkdir()  # an empty subfolder does not hide the files in --data itself
     with pytest.raises(data.DataError) as e:
         data.load_cifar10(str(own))
     assert "data_batch_2 is truncated" in str(e.value) and "put the official files over these" in str(e.value)

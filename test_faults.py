@@ -161,6 +161,7 @@ def test_only_rank_0_prints_a_command_line_error(monkeypatch, capsys):
     """Under torchrun every process parses the same command line: the mistake is said once, every rank exits 2."""
     for rank, said in (("1", ""), ("0", "x.py: error: bad (see --help)\n")):
         monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")  # set by torchrun
         with pytest.raises(SystemExit) as e:
             runtime.OneLineParser(prog="x.py").error("bad")
         assert e.value.code == 2 and capsys.readouterr().err == said

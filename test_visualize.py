@@ -486,7 +486,6 @@ def page_in_chromium(exe, page, timeout=60):
     return seen
 
 
-
 def test_runs_are_named_apart_by_the_folders_above_them():
     """The names head the report's sections and name its confusion files: two runs must never share one."""
     assert report.run_names(["runs/a", "runs/b"]) == ["a", "b"]

@@ -213,8 +213,11 @@ def make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, s
             if cuda_graph:
                 optimizer.load_lr()
             loss, out = whole(x, y)
-        with warnings.catch_warnings():  # a skipped step steps the schedule without the optimizer: on time, as meant
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        if skipped:
+            with warnings.catch_warnings():  # stepping the schedule without the optimizer is meant here
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                scheduler.step()  # keep the schedule on time
+        else:
             scheduler.step()
         if lookahead is not None:  # on skipped steps too: its syncs keep their beat and the run ends on one
             lookahead.step(scheduler.last_epoch)
@@ -275,8 +278,7 @@ def read_command_line(ap, argv):
     return args, resume_ckpt
 
 
-def finished(args, ckpt):
-    """Whether the run to resume already trained every epoch and wrote its summary: nothing is left to do."""
+def finished(args, ckpt):  # the run to resume trained every epoch and wrote its summary: nothing is left to do
     return ckpt["epoch"] >= args.epochs and not ckpt["batch"] and os.path.exists(os.path.join(args.resume, "summary.json"))
 
 
@@ -378,7 +380,7 @@ def resume(ap, run, ckpt):
     run.start_epoch, run.batch, run.step = ckpt["epoch"], ckpt["batch"], ckpt["step"]
     run.best, run.best_epoch, run.rows = ckpt["best"], ckpt["best_epoch"], ckpt["metrics"]
     if run.best_epoch not in (None, args.epochs) and not os.path.exists(os.path.join(run.out, "best.pt")):
-        ap.error(f"--resume {args.resume}: its best.pt (epoch {run.best_epoch}) is missing; the closing test needs it")
+        ap.error(f"--resume {args.resume}: its best.pt (epoch {run.best_epoch}) is missing; the closing test may need it")
     run.partial = ckpt.get("partial")
     times = ckpt.get("times") or {}  # checkpoints written before times were kept: the epochs' own record
     run.init_time = times.get("init", 0.0)
@@ -485,7 +487,7 @@ def train(run):
             end_epoch(run, epoch, row, bar, images)
         return 0
     except Stop as e:
-        if run.main_proc:  # every rank stops alike; rank 0 says why
+        if run.main_proc or e.code == 1:  # a signal stops every rank alike: rank 0 says so; a divergence, where seen
             print(f"train.py: {e}", file=sys.stderr)
         return e.code
     except torch.OutOfMemoryError:
