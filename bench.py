@@ -105,7 +105,6 @@ def add_common_args(p, batch_size, batch_help):
     p.add_argument("--batch-size", type=int, default=batch_size, help=batch_help)
     p.add_argument("--device", default="auto", help="auto = cuda, else mps, else cpu")
     p.add_argument("--out", default="bench.json", help="JSON file the figures are added to")
-    p.add_argument("--force", action="store_true", help="replace an earlier run's section of --out")
 
 
 def train_args(arch, batch_size, *flags):
@@ -564,7 +563,7 @@ def main(argv=None):
         ap.error(f"--workers must be >= 0, got {args.workers}")
     if getattr(args, "warmup", 1) < (1 if args.cmd == "step" else 0):
         ap.error(f"--warmup must be at least {1 if args.cmd == 'step' else 0}, got {args.warmup}")
-    check_out(ap, args.out, args.cmd, args.force)
+    check_out(ap, args.out, args.cmd, getattr(args, "force", False))  # --force: race's alone
     if getattr(args, "work", None) is not None:  # race: its runs' folder, made and written later
         runtime.check_output_folder(ap, "--work", args.work)
     args.device = resolve_device(ap, args.device)
