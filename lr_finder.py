@@ -414,9 +414,7 @@ def main(argv=None):
         ap.error(f"cannot write to folder lr_finder/: {e.strerror}")
     runtime.check_output_folder(ap, "--out", out)  # written after the test: a place that cannot be is found now
     taken = [os.path.join(out, name) for name in OUTPUTS if os.path.exists(os.path.join(out, name))]
-    for path in taken:  # --force cannot overwrite a folder: found now, not after the whole test
-        if os.path.isdir(path):
-            ap.error(f"{path} is a folder, not a file; move it, or use another --out")
+    runtime.check_no_folders_at(ap, taken)
     if taken and not args.force:
         ap.error(f"{taken[0]} exists; use --force to overwrite it, or another --out")
 

@@ -15,7 +15,7 @@ import os
 import re
 
 from evaluate import per_class
-from runtime import checkpoint_file, pyplot, write_text
+from runtime import check_no_folders_at, checkpoint_file, pyplot, write_text
 from visualize import open_source, pct, predict_test_set, read_json, save, save_confusion
 
 CURVES_W, CURVES_H, LEGEND_ROW = 15, 4.4, 0.3  # inches; at visualize.DPI these give the pixel sizes the tests check
@@ -146,9 +146,7 @@ def check_runs(ap, runs, out, files):
         ap.error(f"at most {MAX_RUNS} runs at once (one colour each in the curves), got {len(runs)}")
     for r in runs:
         read_metrics(ap, r)
-    for path in (os.path.join(out, f) for f in files):
-        if os.path.isdir(path):
-            ap.error(f"{path} is a folder, not a file; move it, or use another --out")
+    check_no_folders_at(ap, [os.path.join(out, f) for f in files])
 
 
 def confusion_file(name):

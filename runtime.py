@@ -330,6 +330,14 @@ def check_output_folder(ap, flag, folder, not_a_run=False):
         ap.error(f"{flag} {folder}: cannot write in {above} ({e.strerror})")
 
 
+def check_no_folders_at(ap, paths):
+    """Refuse (exit 2) a folder standing where one of these files is to be written: --force cannot replace it, and the
+    save would fail only after the work."""
+    for path in paths:
+        if os.path.isdir(path):
+            ap.error(f"{path} is a folder, not a file; move it, or use another --out")
+
+
 def check_output_file(ap, flag, path, overwrite=True):
     """check_output_folder for a file the script writes at the end of its work: its folder must exist already, the
     path must not be a folder, and (overwrite=False) not an existing file: a mistyped path must not eat a checkpoint."""
