@@ -15,7 +15,7 @@ as published.
 
 airbench is an optional package (`pip install airbench`), for this race only. Its CifarLoader reads
 cifar10/{train,test}.pt below its working folder, which the race writes from --data, so both train and
-test on the same images. On a CPU a shim (airbench_on_cpu) changes only what a CPU needs.
+test on the same images (a copy there that no race wrote is refused, not replaced). On a CPU a shim (airbench_on_cpu) changes only what a CPU needs.
 
 This module is bench.py's (add_race_args, bench_race) and, run as a script, the airbench94 worker
 process the race starts; it is not meant to be called by hand.
@@ -166,12 +166,18 @@ def add_race_args(p):
                    help="more train.py flags for the fast lane, as one string: --fast-args='--cuda-graph'")
 
 
+AIRBENCH_COPY = "cifar10"  # below --work: where airbench's CifarLoader reads {train,test}.pt
+MARK = "written-by-race.txt"  # beside them: the copy is the race's own, rewritten by every race
+
+
 def airbench_data(data_dir, work):
     """Our copy of CIFAR-10 in the layout airbench's CifarLoader reads (uint8 NHWC images), once per race; --work
     made only once --data has loaded (a wrong --data leaves no folder behind)."""
     d = data.load_cifar10(data_dir)
-    folder = os.path.join(work, "cifar10")
+    folder = os.path.join(work, AIRBENCH_COPY)
     os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, MARK), "w") as f:  # first: a copy cut off midway is still known as ours
+        f.write(f"CIFAR-10 from {data_dir}, in the layout airbench reads; bench.py race rewrites it from --data\n")
     for split, name in (("train", "train.pt"), ("test", "test.pt")):
         x, y = d[split]
         torch.save({"images": x.permute(0, 2, 3, 1).contiguous(), "labels": y, "classes": d["classes"]},
@@ -440,6 +446,11 @@ def check_race(args):
     if earlier:  # the lanes write their runs and logs under these names: an earlier race's would be replaced
         raise RaceError(f"--work {args.work} holds an earlier race's runs ({', '.join(earlier[:3])}"
                         f"{', ...' if len(earlier) > 3 else ''}); move them, or give another --work")
+    copy = os.path.join(args.work, AIRBENCH_COPY)
+    theirs = [n for n in ("train.pt", "test.pt") if os.path.lexists(os.path.join(copy, n))]
+    if theirs and not os.path.exists(os.path.join(copy, MARK)):  # e.g. airbench's own official copy: kept
+        raise RaceError(f"{copy} holds {' and '.join(theirs)} that no race wrote, and the race writes its own copy "
+                        f"of --data there; move them, or give another --work")
 
 
 def bench_race(args):

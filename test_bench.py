@@ -497,6 +497,32 @@ def test_race_leaves_an_earlier_races_runs_alone(tmp_path, monkeypatch, capsys, 
     assert e.value.code == 2 and f"--work {tmp_path} holds an earlier race's runs (airbench94-seed0.log)" in err, err
 
 
+def test_race_rewrites_its_own_cifar10_copy_and_keeps_one_it_did_not_write(tmp_path, monkeypatch, capsys, data_dir):
+    """airbench94 reads --work/cifar10/{train,test}.pt, which each race writes from --data: a copy there that no
+    race wrote (airbench's own official one, say) is refused, not replaced."""
+    class Started(Exception):
+        pass
+
+    def start(args):
+        raise Started
+    monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
+    monkeypatch.setattr(race, "run_lanes", start)
+    argv = ["race", "--out", str(tmp_path / "b.json"), "--data", data_dir, "--work", str(tmp_path), "--device", "cpu"]
+    copy = tmp_path / "cifar10"
+    for _ in range(2):  # the race's own copy: written, then rewritten by the next race
+        with pytest.raises(Started):
+            bench.main(argv)
+        assert (copy / race.MARK).exists() and torch.load(copy / "test.pt")["images"].shape[1:] == (32, 32, 3)
+    (copy / race.MARK).unlink()
+    (copy / "train.pt").write_bytes(b"not the race's")
+    monkeypatch.setattr(race, "run_lanes", lambda args: pytest.fail("a run started"))
+    with pytest.raises(SystemExit) as e:
+        bench.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{copy} holds train.pt and test.pt that no race wrote" in err, err
+    assert (copy / "train.pt").read_bytes() == b"not the race's"
+
+
 def test_race_refuses_a_bad_work_or_data_before_making_anything(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
     monkeypatch.setattr(race, "run_lanes", lambda args: pytest.fail("a run started"))
