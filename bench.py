@@ -43,6 +43,7 @@ import time
 import torch
 import torchvision
 from torchvision.transforms import v2
+from tqdm import tqdm
 
 import data
 import evaluate
@@ -379,6 +380,9 @@ def timed_epoch(loader, step, device, epoch, split):
     t_data = t_compute = 0.0
     seen = 0
     batches = iter(loader)
+    # a bar on a terminal only (an epoch of a big network on a CPU takes many minutes); gone once the epoch ends
+    bar = tqdm(total=len(loader), desc="timed epoch" + ("" if split else " without syncs"), unit="step",
+               leave=False, file=sys.stdout, disable=not sys.stdout.isatty(), dynamic_ncols=True)
     runtime.sync(device)
     t_start = time.perf_counter()
     for i in range(len(loader)):
@@ -396,7 +400,9 @@ def timed_epoch(loader, step, device, epoch, split):
         if split:
             runtime.sync(device)
         t_data, t_compute = t_data + t1 - t0, t_compute + time.perf_counter() - t1
+        bar.update()
     runtime.sync(device)
+    bar.close()
     return {"train_s": time.perf_counter() - t_start, "data_s": t_data, "compute_s": t_compute,
             "images": seen, "train_loss": acc_loss.item() / seen, "train_acc": acc_correct.item() / seen}
 

@@ -217,6 +217,28 @@ def test_step_quick(runs):
 
 
 @pytest.mark.slow
+def test_a_timed_epoch_shows_its_steps_on_a_terminal_only(monkeypatch, capsys):
+    class Loader:  # a stand-in for data.py's loader: three batches of 4
+        num_samples = 12
+
+        def set_epoch(self, epoch):
+            pass
+
+        def __len__(self):
+            return 3
+
+        def __iter__(self):
+            return iter([(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long))] * 3)
+
+    def step(x, y):
+        return torch.tensor(1.0), torch.zeros(len(x), 10)
+    for tty in (True, False):
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
+        res = bench.timed_epoch(Loader(), step, torch.device("cpu"), 0, split=True)
+        out = capsys.readouterr().out
+        assert res["images"] == 12 and ("timed epoch" in out and "/3 " in out) == tty, out
+
+
 def test_epoch_quick(runs):
     res, procs = runs
     e = res["epoch"]
