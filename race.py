@@ -15,7 +15,8 @@ as published.
 
 airbench is an optional package (`pip install airbench`), for this race only. Its CifarLoader reads
 cifar10/{train,test}.pt below its working folder, which the race writes from --data, so both train and
-test on the same images (a copy there that no race wrote is refused, not replaced). On a CPU a shim (airbench_on_cpu) changes only what a CPU needs.
+test on the same images (a copy there that no race wrote is refused, not replaced). On a CPU a shim
+(airbench_on_cpu) changes only what a CPU needs.
 
 This module is bench.py's (add_race_args, bench_race) and, run as a script, the airbench94 worker
 process the race starts; it is not meant to be called by hand.
