@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import data
 from models import build_model
 from runtime import (OneLineParser, add_amp_arg, autocast, check_output_file, check_output_folder, eval_weights,
-                     load_checkpoint, pick_device, pyplot, resolve_amp, run_folder, sync, write_text)
+                     load_checkpoint, pick_device, pyplot, resolve_amp, run_folder, run_main, sync, write_text)
 
 
 # ----------------------------------------------------------------------------- evaluation loop and TTA
@@ -271,4 +271,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "evaluate.py")

@@ -52,6 +52,17 @@ class OneLineParser(argparse.ArgumentParser):
         return ns, rest
 
 
+def run_main(main, name):
+    """sys.exit(main()): a Ctrl-C that the script does not handle itself (while it loads, tests, plots) ends in one
+    line and exit code 130, not a traceback."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        if "TORCHELASTIC_RUN_ID" not in os.environ or os.environ.get("RANK", "0") == "0":
+            print(f"{name}: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
 def add_amp_arg(ap, default="auto", help="autocast: auto = bf16 on CUDA and CPU, off on MPS"):
     ap.add_argument("--amp", default=default, choices=AMP_CHOICES, help=help)
 
@@ -573,13 +584,14 @@ class MetricsLog:
 # ----------------------------------------------------------------------------- progress
 
 class Progress:
-    """A tqdm bar per epoch on a terminal; one plain line per epoch otherwise (CI, nohup, log files)."""
+    """One plain line per epoch, and on a terminal a tqdm bar while the epoch runs (gone when its line comes: as the
+    bar's suffix the line would be cut to the terminal's width)."""
 
     def __init__(self, total, epoch, epochs, enabled):
         self.bar = None
         if enabled:
             from tqdm import tqdm
-            self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stdout, leave=True,
+            self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stdout, leave=False,
                             dynamic_ncols=True)
 
     def update(self, n, **postfix):
@@ -590,7 +602,5 @@ class Progress:
 
     def close(self, line):
         if self.bar is not None:
-            self.bar.set_postfix_str(line, refresh=True)
             self.bar.close()
-        else:
-            print(line, flush=True)
+        print(line, flush=True)

@@ -20,7 +20,6 @@ import functools
 import json
 import math
 import os
-import sys
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ import data
 from evaluate import confusion, evaluate, per_class, plot_confusion
 from models import ARCHS, build_model, check_arch
 from runtime import (OneLineParser, check_output_folder, eval_weights, load_checkpoint, pick_device, pyplot, resolve_amp,
-                     run_folder, seed_arg)
+                     run_folder, run_main, seed_arg)
 
 DPI = 100
 # figure sizes in inches; at DPI these give the pixel sizes the tests check
@@ -694,4 +693,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "visualize.py")
