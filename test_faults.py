@@ -177,3 +177,16 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temp_file(tmp_path):
     with pytest.raises(OSError):
         runtime.atomic_write(str(path), write)
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["results.json"]
+
+
+def test_divergence_names_the_step_and_lr_where_the_loss_first_went_bad(capsys, monkeypatch, tmp_path, data_dir):
+    """The loss is read back every SYNC_EVERY steps only; the message still names the first non-finite step and the lr
+    it ran at, as a run that reads it after every step finds them."""
+    argv = ["--arch", "lenet", "--epochs", "1", "--subset", "2000", "--batch-size", "50", "--lr", "1e8",
+            "--schedule", "linear", "--data", data_dir]
+    said, sync_every = [], train.SYNC_EVERY
+    for every in (sync_every, 1):
+        monkeypatch.setattr(train, "SYNC_EVERY", every)
+        assert train.main([*argv, "--out", str(tmp_path / f"every{every}")]) == 1
+        said.append(capsys.readouterr().err.strip().splitlines()[-1].split(": training diverged")[0])
+    assert said[0] == said[1] and int(said[0].split("step ")[1].split(",")[0]) % sync_every, said

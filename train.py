@@ -32,7 +32,7 @@ from optim import Lookahead, check_optimizer_args, ema_warmup, set_schedule, tra
 from recipes import NOT_FLAGS, RECIPES, list_recipes
 from runtime import (GraphedStep, MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast,
                      clear_run, device_name, eval_weights, git_commit, load_checkpoint, make_run_dir, pick_device,
-                     prepare_run_dir, ranks_agree, remove_stale_temps, resolve_amp, rng_state, rss_mib,
+                     prepare_run_dir, ranks_agree, remove_stale_temps, resolve_amp, rng_state, rss_mib, run_main,
                      save_checkpoint, seed_arg, set_rng_state, setup_distributed, sync, write_text)
 from selection import make_selector
 
@@ -371,12 +371,9 @@ def resume(ap, run, ckpt):
     fresh_lrs = list(run.scheduler.base_lrs)  # each group's peak lr at this run's world size
     run.scheduler.load_state_dict(ckpt["scheduler"])
     run.scaler.load_state_dict(ckpt["scaler"])
-    if run.ema is not None:
-        run.ema.load_state_dict(ckpt["ema"])
-    if run.lookahead is not None:
-        run.lookahead.load_state_dict(ckpt["lookahead"])
-    if run.hard is not None and ckpt.get("hard"):  # (else the proxy starts afresh)
-        run.hard.load_state_dict(ckpt["hard"])
+    for part, key in ((run.ema, "ema"), (run.lookahead, "lookahead"), (run.hard, "hard")):
+        if part is not None and ckpt.get(key):  # (a checkpoint older than the proxy's state: it starts afresh)
+            part.load_state_dict(ckpt[key])
     run.start_epoch, run.batch, run.step = ckpt["epoch"], ckpt["batch"], ckpt["step"]
     run.best, run.best_epoch, run.rows = ckpt["best"], ckpt["best_epoch"], ckpt["metrics"]
     if run.best_epoch not in (None, args.epochs) and not os.path.exists(os.path.join(run.out, "best.pt")):
@@ -435,9 +432,7 @@ def checkpoint(run, name, epoch, batch, partial=None, acc=None):
     """Everything resume() needs, written atomically (rank 0 only calls it)."""
     state = {"model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
              "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
-             "ema": run.ema.state_dict() if run.ema is not None else None,
-             "lookahead": run.lookahead.state_dict() if run.lookahead is not None else None,
-             "hard": run.hard.state_dict() if run.hard is not None else None,
+             **{k: getattr(run, k).state_dict() if getattr(run, k) is not None else None for k in ("ema", "lookahead", "hard")},
              "epoch": epoch, "batch": batch, "step": run.step, "best": run.best, "best_epoch": run.best_epoch,
              "partial": partial, "metrics": run.metrics.rows, "rng": rng_state(), "args": vars(run.args),
              "classes": run.info["classes"], "mean": run.info["mean"], "std": run.info["std"], "acc": acc,
@@ -452,8 +447,9 @@ def kept(run):
             else f"no checkpoint was written yet: start again with --force --out {run.out}")
 
 
-def diverged(run, epoch, value, why=""):
-    return Stop(1, f"loss is {value} at epoch {epoch + 1}, step {run.step}, lr {run.scheduler.get_last_lr()[0]:.3g}"
+def diverged(run, epoch, value, why="", at=None):  # at: (step, lr) of the first non-finite loss, else those now
+    step, lr = at or (run.step, run.scheduler.get_last_lr()[0])
+    return Stop(1, f"loss is {value} at epoch {epoch + 1}, step {step}, lr {lr:.3g}"
                    f"{', ' + why if why else ''}: training diverged (try a lower --lr, or --skip-nonfinite N); "
                    f"{kept(run)}")
 
@@ -521,7 +517,7 @@ def train_one_epoch(run, epoch):
             acc_loss += run.partial["loss"]
             acc_correct += run.partial["correct"]
             seen = run.partial["seen"]
-    seen_here = seen  # the bar's images/s counts this invocation's images only
+    seen_here, recent = seen, []  # the bar's images/s counts this invocation's images only; recent: the epoch's losses
     bar = Progress(len(loader), epoch, args.epochs, run.show_bar)
     t0 = time.time()
     for i, (x, y) in enumerate(loader):
@@ -530,16 +526,18 @@ def train_one_epoch(run, epoch):
             continue
         if run.hard is not None:  # --select-frac: the step sees the batch's hardest part only
             x, y = run.hard(x, y, loader.indices, epoch)
+        lr = run.scheduler.get_last_lr()[0]  # the step's own: the schedule moves on inside step_fn
         loss, logits = run.step_fn(x, y)
         run.step += 1
         if args.skip_nonfinite and not torch.isfinite(loss):  # step_fn left the weights alone
             run.bad_steps += 1
             if run.bad_steps > args.skip_nonfinite:
-                raise diverged(run, epoch, loss.item(), f"after skipping {args.skip_nonfinite} bad steps")
+                raise diverged(run, epoch, loss.item(), f"after skipping {args.skip_nonfinite} bad steps", (run.step, lr))
             bar.update(1)
             continue
         if run.hard is not None:
             run.hard.trained(logits, y)
+        recent.append((run.step, lr, loss.clone()))  # (a CUDA graph rewrites its loss tensor on every replay)
         acc_loss += loss.double() * len(x)
         acc_correct += n_correct(logits, y)
         seen += len(x)
@@ -551,7 +549,8 @@ def train_one_epoch(run, epoch):
         if saving or at_sync:
             loss_sum = acc_loss.item()
             if not math.isfinite(loss_sum):  # checked before any save: a NaN model is never written
-                raise diverged(run, epoch, loss.item())
+                s, r, v = next((b for b in recent if not torch.isfinite(b[2])), recent[-1])  # the first bad step
+                raise diverged(run, epoch, v.item(), at=(s, r))
             bar.update(0, loss=f"{loss_sum / seen:.3f}", acc=f"{acc_correct.item() / seen:.3f}",
                        lr=f"{run.scheduler.get_last_lr()[0]:.3g}",
                        img_s=f"{(seen - seen_here) * run.world / (time.time() - t0):.0f}")
@@ -697,4 +696,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     warnings.filterwarnings("ignore", message=".*TF32.*")
-    sys.exit(main())
+    run_main(main, "train.py")
