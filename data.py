@@ -351,7 +351,8 @@ def add_data_args(parser, helps=None, resize=False):
                         "last S holds for the epochs after (a step's cost follows the pixels; tests stay 32x32)",
          **(helps or {})}
     g = parser.add_argument_group("data")
-    g.add_argument("--data", default="./data", metavar="DIR", help=h["data"])
+    # absolute: a run folder records where its data is, for a resume or evaluate.py from another working folder
+    g.add_argument("--data", default="./data", type=os.path.abspath, metavar="DIR", help=h["data"])
     g.add_argument("--download", action="store_true", help=h["download"])
     g.add_argument("--val", type=int, default=0, metavar="N", help=h["val"])
     g.add_argument("--crop-pad", type=int, default=4, metavar="P", help=h["crop_pad"])

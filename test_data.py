@@ -440,3 +440,12 @@ def test_build_loaders_real():
     assert torch.bincount(val.labels).tolist() == [500] * 10 and torch.bincount(tr.labels).tolist() == [4500] * 10
     x, y = next(iter(tr))
     assert x.shape == (512, 3, 32, 32) and x.dtype == torch.float32 and -2.1 < x.mean() < 1.0 and 0.5 < x.std() < 1.5
+
+
+def test_data_is_kept_as_an_absolute_path(tmp_path, monkeypatch):
+    """A run folder records its --data; a relative one would break a resume or evaluate.py from another folder."""
+    monkeypatch.chdir(tmp_path)
+    ap = argparse.ArgumentParser()
+    data.add_data_args(ap)
+    assert ap.parse_args(["--data", "cifar"]).data == str(tmp_path / "cifar")
+    assert ap.parse_args([]).data == str(tmp_path / "data")
