@@ -72,16 +72,26 @@ def cycled(loader, device):
         epoch += 1
 
 
+def cut_short(curve):
+    """Mark a curve whose sweep was interrupted, keeping only its whole steps (Ctrl-C can land
+    between the appends of a step's lr, loss and smoothed loss)."""
+    n = min(len(curve[key]) for key in ("lr", "loss", "smooth"))
+    for key in ("lr", "loss", "smooth"):
+        del curve[key][n:]
+    curve["stopped"] = "interrupted"
+
+
 def find_lr(model, optimizer, loader, criterion=None, *, start_lr=1e-7, end_lr=10.0, num_iter=None,
             steps_per_decade=STEPS_PER_DECADE, mode="exp", smooth=0.05, diverge=5.0, val_loader=None,
-            amp_dtype=None, progress=False):
+            amp_dtype=None, progress=False, keep_on_interrupt=False):
     """Run the range test and return the curve: a dict of lists lr, loss, smooth (per step) and
-    stopped ("diverged", "nonfinite" or None). num_iter steps, by default planned_steps() of the
+    stopped ("diverged", "nonfinite", "interrupted" or None). num_iter steps, by default planned_steps() of the
     range at steps_per_decade. One optimizer step per batch of `loader` (cycled
     as needed) with every param group at lr_at(step); the recorded loss is that batch's, or the
     mean over `val_loader` after the step when one is given. Stops early once the smoothed loss
     passes `diverge` x its best. Model weights, buffers, gradients, train/eval mode and the
-    optimizer's state and param groups (lrs included) are restored exactly, even on Ctrl-C.
+    optimizer's state and param groups (lrs included) are restored exactly, even on Ctrl-C, which
+    propagates, or with keep_on_interrupt=True ends the sweep: stopped "interrupted", the steps done.
     progress=True shows a tqdm bar on a terminal, a line every 10% of the steps otherwise."""
     device = next(model.parameters()).device
     num_iter = num_iter or planned_steps(start_lr, end_lr, steps_per_decade)
@@ -133,6 +143,10 @@ def find_lr(model, optimizer, loader, criterion=None, *, start_lr=1e-7, end_lr=1
                 print(f"step {i + 1}/{num_iter}  lr {lr:.2g}  loss {loss:.4f}  smoothed {smoothed:.4f}", flush=True)
             if curve["stopped"]:
                 break
+    except KeyboardInterrupt:
+        if not keep_on_interrupt:
+            raise
+        cut_short(curve)
     finally:
         if bar is not None:
             bar.close()
@@ -160,7 +174,11 @@ def usable_window(curve, skip_start=0.1):
     tail is dropped). Raises NoDescent with a readable reason when there is no clear descent."""
     lr, sm = np.asarray(curve["lr"]), np.asarray(curve["smooth"])
     first = int(skip_start * curve.get("num_iter", len(lr)))
-    if len(lr) < first + 4:
+    cut = curve.get("stopped") == "interrupted"  # the sweep never got further: its hints do not apply
+    if len(lr) < first + MIN_STEPS:
+        if cut:
+            raise NoDescent(f"interrupted after {len(lr)} steps, too few to see a descent: it takes "
+                            f"{first + MIN_STEPS}, the first {first} skipped")
         if curve.get("stopped"):
             raise NoDescent(f"the loss diverged after {len(lr)} steps, already at lr {lr[-1]:.2g}: "
                             f"lower --start-lr and --end-lr")
@@ -168,11 +186,12 @@ def usable_window(curve, skip_start=0.1):
     last = first + int(np.argmin(sm[first:]))
     if last - first < 3:
         raise NoDescent(f"the smoothed loss only rose after step {first} (lr {lr[first]:.2g}): "
-                        f"no usable descent; lower --start-lr")
+                        f"no usable descent; lower --start-lr" + (", or let the sweep run longer" if cut else ""))
     if sm[last] > (1 - MIN_FALL) * sm[first]:
-        rose = curve.get("stopped") or sm[-1] > sm[first]  # the range reached the blow-up: too coarse, not too short
+        # the range reached the blow-up: too coarse, not too short (a cut-short sweep: only a clear rise, not noise)
+        rose = curve.get("stopped") in ("diverged", "nonfinite") or sm[-1] > sm[first] * (1 + (MIN_FALL if cut else 0))
         hint = ("give it more steps per decade: raise --steps-per-decade (or --num-iter), or narrow the range "
-                "with a higher --start-lr" if rose else "raise --end-lr")
+                "with a higher --start-lr" if rose else "interrupted before it fell" if cut else "raise --end-lr")
         raise NoDescent(f"the smoothed loss never fell below {1 - MIN_FALL:g}x its start ({sm[first]:.4f} -> "
                         f"best {sm[last]:.4f}) between lr {lr[first]:.2g} and {lr[-1]:.2g}: no usable descent; {hint}")
     return first, last
@@ -238,7 +257,8 @@ def plot_curve(curve, suggestions, path, chosen=None, title="LR range test", ski
     if len(finite):  # keep the diverged tail from squashing the interesting part
         lo, start = finite.min(), sm[0]
         hi = min(finite.max(), start + 0.6 * max(start - lo, 0.05 * abs(start)))
-        ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+        if hi > lo:  # a single step (an early Ctrl-C) has no range: matplotlib's own limits, no warning
+            ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
@@ -246,7 +266,7 @@ def plot_curve(curve, suggestions, path, chosen=None, title="LR range test", ski
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="upper left", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    runtime.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))  # a second Ctrl-C leaves no half png
     plt.close(fig)
 
 
@@ -362,21 +382,25 @@ OUTPUTS = ("lr_finder.csv", "lr_finder.png", "suggestions.json")  # what report(
 
 def report(args, curve, num_iter, out):
     """Why the test stopped, the curve (lr_finder.csv, lr_finder.png) and the suggestions: printed, and with the
-    chosen lr and its train.py command in suggestions.json, for scripts. The exit code: 1 when nothing is suggested."""
+    chosen lr and its train.py command in suggestions.json, for scripts. The exit code: 1 when nothing is suggested.
+    A sweep cut short by Ctrl-C (stopped "interrupted", at least one step) is written the same way, marked as such."""
     csv_path, png_path, json_path = (os.path.join(out, name) for name in OUTPUTS)
-    n, lr_end = len(curve["lr"]), curve["lr"][-1]
+    n, lr_end, cut = len(curve["lr"]), curve["lr"][-1], curve["stopped"] == "interrupted"
     summary = {"arch": args.arch, "optimizer": args.optimizer, "batch_size": args.batch_size, "steps": n,
-               "planned_steps": num_iter, "stopped": curve["stopped"] or None, "loss": curve["kind"]}
-    if curve["stopped"]:
+               "planned_steps": num_iter, "stopped": curve["stopped"] or None, "interrupted": cut,
+               "loss": curve["kind"]}
+    if curve["stopped"] and not cut:
         print(f"stopped after {n} of {num_iter} steps at lr {lr_end:.2g}: " +
               ("the loss is not finite" if curve["stopped"] == "nonfinite" else
                f"the smoothed loss passed {args.diverge:g}x its best ({min(curve['smooth']):.4f})"))
     else:
-        print(f"ran all {n} steps; smoothed loss {curve['smooth'][0]:.4f} -> best {min(curve['smooth']):.4f} "
+        print((f"interrupted after {n} of {num_iter} steps" if cut else f"ran all {n} steps") +
+              f"; smoothed loss {curve['smooth'][0]:.4f} -> best {min(curve['smooth']):.4f} "
               f"-> last {curve['smooth'][-1]:.4f} at lr {lr_end:.2g}")
     os.makedirs(out, exist_ok=True)
     write_csv(curve, csv_path)
     title = f"LR range test: {args.arch}, {args.optimizer}, batch {args.batch_size}"
+    title += f"\n(interrupted after {n} of {num_iter} steps)" if cut else ""  # a line of its own: fits the width
     try:
         suggestions = suggest_lr(curve)
     except NoDescent as e:
@@ -395,29 +419,19 @@ def report(args, curve, num_iter, out):
           f"after the minimum left out):")
     for name, value in suggestions.items():
         print(f"  {name:<9} {value:9.2e}   {SUGGESTIONS[name]}" + ("   <- --suggest" if name == args.suggest else ""))
-    if not curve["stopped"] and int(np.argmin(curve["smooth"])) == n - 1:
-        print(f"note: the loss was still falling at --end-lr {args.end_lr:g}; a higher --end-lr shows the whole curve")
+    if curve["stopped"] in (None, "interrupted") and int(np.argmin(curve["smooth"])) == n - 1:
+        print(f"note: the loss was still falling where the sweep was interrupted (lr {lr_end:.2g}); the picks only "
+              f"see the curve up to there" if cut else f"note: the loss was still falling at --end-lr "
+              f"{args.end_lr:g}; a higher --end-lr shows the whole curve")
     print(f"chosen ({args.suggest}): {lr:.2g}")
     print("train with:")
     print(f"  {command}")
     return 0
 
 
-def main(argv=None):
-    ap = get_parser()
-    args = train.parse_args(ap, argv)
-    check_args(ap, args)
-    num_iter = args.num_iter or planned_steps(args.start_lr, args.end_lr, args.steps_per_decade)
-    try:  # the default folder is made now, one per run, as train.py's (two runs in one second do not share it)
-        out = args.out or runtime.claim_run_dir(args.arch, "lr_finder")
-    except OSError as e:
-        ap.error(f"cannot write to folder lr_finder/: {e.strerror}")
-    runtime.check_output_folder(ap, "--out", out)  # written after the test: a place that cannot be is found now
-    taken = [os.path.join(out, name) for name in OUTPUTS if os.path.exists(os.path.join(out, name))]
-    runtime.check_no_folders_at(ap, taken)
-    if taken and not args.force:
-        ap.error(f"{taken[0]} exists; use --force to overwrite it, or another --out")
-
+def sweep(ap, args, num_iter):
+    """Data, model and optimizer as train.py builds them, then the range test; a Ctrl-C during it ends it with
+    the steps done (stopped "interrupted")."""
     device = runtime.pick_device()
     amp_dtype = runtime.resolve_amp(args.amp, device)
     torch.manual_seed(args.seed)
@@ -443,16 +457,44 @@ def main(argv=None):
           f", {args.optimizer}, batch {args.batch_size}, {num_iter} steps "
           f"from {args.start_lr:g} to {args.end_lr:g} ({args.mode}) | {info['n_train']:,} train images"
           + (f", loss on {info['n_val']:,} held-out" if args.val_loss else "") + f" | {device} amp {amp_dtype}")
+    return find_lr(model, optimizer, train_loader, criterion, start_lr=args.start_lr, end_lr=args.end_lr,
+                   num_iter=num_iter, mode=args.mode, smooth=args.smooth, diverge=args.diverge,
+                   val_loader=val_loader if args.val_loss else None, amp_dtype=amp_dtype, progress=True,
+                   keep_on_interrupt=True)
 
+
+def main(argv=None):
+    ap = get_parser()
+    args = train.parse_args(ap, argv)
+    check_args(ap, args)
+    num_iter = args.num_iter or planned_steps(args.start_lr, args.end_lr, args.steps_per_decade)
+    try:  # the default folder is made now, one per run, as train.py's (two runs in one second do not share it)
+        out = args.out or runtime.claim_run_dir(args.arch, "lr_finder")
+    except OSError as e:
+        ap.error(f"cannot write to folder lr_finder/: {e.strerror}")
+    runtime.check_output_folder(ap, "--out", out)  # written after the test: a place that cannot be is found now
+    taken = [os.path.join(out, name) for name in OUTPUTS if os.path.exists(os.path.join(out, name))]
+    runtime.check_no_folders_at(ap, taken)
+    if taken and not args.force:
+        ap.error(f"{taken[0]} exists; use --force to overwrite it, or another --out")
     try:
-        curve = find_lr(model, optimizer, train_loader, criterion, start_lr=args.start_lr, end_lr=args.end_lr,
-                        num_iter=num_iter, mode=args.mode, smooth=args.smooth, diverge=args.diverge,
-                        val_loader=val_loader if args.val_loss else None, amp_dtype=amp_dtype, progress=True)
-    except KeyboardInterrupt:
-        print("lr_finder.py: interrupted, nothing written", file=sys.stderr)
+        curve = sweep(ap, args, num_iter)
+    except KeyboardInterrupt:  # before the sweep began (loading the data, building the model)
+        curve = {"lr": []}
+    if not curve["lr"]:
+        print("lr_finder.py: interrupted before the first step; nothing written", file=sys.stderr)
         return 130
-    return report(args, curve, num_iter, out)
+    try:
+        code = report(args, curve, num_iter, out)
+    except KeyboardInterrupt:  # a second Ctrl-C: each file is whole (written atomically), but some may be missing
+        print(f"lr_finder.py: interrupted while writing to {out}; some of its files may be missing", file=sys.stderr)
+        return 130
+    if curve["stopped"] != "interrupted":
+        return code
+    print(f"lr_finder.py: interrupted after {len(curve['lr'])} of {num_iter} steps; wrote the steps done to {out}"
+          + ("" if code == 0 else ", with no suggestion"), file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    runtime.run_main(main, "lr_finder.py")  # a Ctrl-C that main() does not handle: one line, exit 130

@@ -158,6 +158,12 @@ def test_find_lr_restores_state_when_interrupted():
         lr_finder.find_lr(model, optimizer, image_batches(), interrupted, num_iter=20)
     assert_same(model.state_dict(), model_before, "model")
     assert_same(optimizer.state_dict(), opt_before, "optimizer")
+    # keep_on_interrupt (the command line's way): the sweep ends with the 5 steps done, the state put back all the same
+    calls.clear()
+    curve = lr_finder.find_lr(model, optimizer, image_batches(), interrupted, num_iter=20, keep_on_interrupt=True)
+    assert curve["stopped"] == "interrupted" and len(curve["lr"]) == len(curve["loss"]) == len(curve["smooth"]) == 5
+    assert_same(model.state_dict(), model_before, "model")
+    assert_same(optimizer.state_dict(), opt_before, "optimizer")
 
 
 def test_lr_schedule_and_bias_corrected_smoothing():
@@ -390,6 +396,69 @@ def test_cli_without_descent_says_so_and_suggests_nothing(tmp_path, data_dir, ca
     assert (out / "lr_finder.csv").exists() and (out / "lr_finder.png").exists()   # kept to look at
     js = json.loads((out / "suggestions.json").read_text())
     assert js["suggestions"] == {} and "no_suggestion" in js and "chosen_lr" not in js
+
+
+def interrupt_at(monkeypatch, step):
+    """Ctrl-C as step `step` of the sweep begins (find_lr asks lr_at for each step's lr first)."""
+    real = lr_finder.lr_at
+
+    def ctrl_c(i, *args, **kw):
+        if i == step:
+            raise KeyboardInterrupt
+        return real(i, *args, **kw)
+
+    monkeypatch.setattr(lr_finder, "lr_at", ctrl_c)
+    return real
+
+
+@pytest.mark.parametrize("done", [0, 3, 30])
+def test_ctrl_c_writes_the_steps_done_and_exits_130(tmp_path, data_dir, capsys, monkeypatch, done):
+    """Ctrl-C after `done` of 60 steps: the csv, the plot and suggestions.json as a whole sweep writes them, with
+    only those steps and marked as interrupted; exit 130, one line on stderr. 3 steps are too few for a suggestion
+    (the first 6 are skipped): the curve is still written; no step at all: nothing is."""
+    real = interrupt_at(monkeypatch, done)
+    out = tmp_path / "cut"
+    code = lr_finder.main(["--arch", "lenet", "--subset", "2000", "--num-iter", "60", "--start-lr", "1e-4",
+                           "--end-lr", "1", "--optimizer", "adam", "--wd", "0", "--data", data_dir, "--out", str(out)])
+    printed = capsys.readouterr()
+    assert code == 130 and len(printed.err.strip().splitlines()) == 1, printed.err
+    if done == 0:
+        assert printed.err.strip() == "lr_finder.py: interrupted before the first step; nothing written"
+        assert not out.exists()
+        return
+    assert printed.err.strip().startswith(f"lr_finder.py: interrupted after {done} of 60 steps; wrote the steps "
+                                          f"done to {out}")
+    assert f"interrupted after {done} of 60 steps;" in printed.out
+    rows = (out / "lr_finder.csv").read_text().splitlines()
+    assert rows[0] == "step,lr,loss,smooth_loss" and len(rows) == done + 1
+    assert [float(r.split(",")[1]) for r in rows[1:]] == [real(i, 60, 1e-4, 1) for i in range(done)]
+    assert os.path.getsize(out / "lr_finder.png") > 10_000
+    js = json.loads((out / "suggestions.json").read_text())
+    assert (js["interrupted"], js["stopped"], js["steps"], js["planned_steps"]) == (True, "interrupted", done, 60)
+    if done == 3:
+        assert js["suggestions"] == {} and "chosen_lr" not in js and "train.py" not in printed.out
+        assert js["no_suggestion"] == ("interrupted after 3 steps, too few to see a descent: it takes 10, "
+                                       "the first 6 skipped")
+        assert printed.err.strip().endswith(", with no suggestion")
+    else:  # the loss fell in those steps: suggestions from them, within the lrs swept
+        assert set(js["suggestions"]) == {"steepest", "valley", "min10"}
+        assert all(1e-4 <= lr <= real(done - 1, 60, 1e-4, 1) for lr in js["suggestions"].values())
+        assert js["train_command"] in printed.out
+
+
+def test_a_second_ctrl_c_while_writing_is_one_line_exit_130(tmp_path, data_dir, capsys, monkeypatch):
+    interrupt_at(monkeypatch, 5)
+
+    def ctrl_c_again(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lr_finder, "plot_curve", ctrl_c_again)
+    out = tmp_path / "again"
+    code = lr_finder.main(["--arch", "lenet", "--subset", "500", "--num-iter", "20", "--data", data_dir,
+                           "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 130 and err == f"lr_finder.py: interrupted while writing to {out}; some of its files may be missing"
+    assert (out / "lr_finder.csv").exists() and not (out / "lr_finder.png").exists()
 
 
 @pytest.mark.parametrize("bad,message", [
