@@ -257,11 +257,11 @@ def run_variant(arch, args, loaders, info, device, amp_dtype, path, log=print):
     show_bar = sys.stdout.isatty() and not args.no_progress
     result = {"arch": arch, "label": VARIANTS[arch], "complete": False, "config": config_of(args, device, amp_dtype, info),
               "runs": [], "surface": None}
-    t0 = time.time()
+    probes, t0 = ", ".join(f"{m:.3g}" for m in probe_multiples(*args.probe_range, args.probes)), time.time()
     for i, lr in enumerate(args.lrs):
-        log(f"== {VARIANTS[arch]}: lr {lr:g} ({i + 1}/{len(args.lrs)}), {args.epochs} epochs x "
-            f"{len(loaders[0])} steps, measures every {args.measure_every or 'never'} steps at "
-            f"{', '.join(f'{m:.3g}' for m in probe_multiples(*args.probe_range, args.probes))} x Adam's step")
+        log(f"== {VARIANTS[arch]}: lr {lr:g} ({i + 1}/{len(args.lrs)}), {args.epochs} epochs x {len(loaders[0])} steps"
+            + (f", measures every {args.measure_every} steps at {probes} x Adam's step" if args.measure_every else
+               ", no measures (--measure-every 0)"))
         run, model = train_lr(arch, lr, loaders, args, device, amp_dtype, show_bar)
         result["runs"].append(run)
         if args.surface and lr == args.surface_lr:
@@ -307,6 +307,15 @@ def save_results(result, path):
     runtime.write_text(path, json.dumps(_clean(result)))
 
 
+def lrs_held(path):
+    """'N of M' when `path` holds an interrupted run's result (complete false: N of its M lrs saved), else None."""
+    try:
+        r = load_results(path)
+        return None if r.get("complete", True) else f"{len(r['runs'])} of {len(r['config']['lrs'])}"
+    except (ValueError, KeyError, TypeError):  # unreadable, or not as run_variant writes it: nothing to count
+        return None
+
+
 def load_results(path):
     """A variant's saved result; ValueError with a one-line reason when unreadable."""
     try:
@@ -338,11 +347,6 @@ def loss_band(result):
         return np.arange(a.shape[1]), np.nanmin(a, axis=0), np.nanmax(a, axis=0)
 
 
-def _width(lo, hi, counts):
-    """hi - lo where at least two lrs have a value (a band over one lr says nothing), else NaN."""
-    return np.where(counts >= 2, hi - lo, np.nan)
-
-
 def measures_lr(results):
     """The lr whose measures are drawn and summarised: report 003's 5e-4 where it ran, else the first lr."""
     lrs = [r["lr"] for res in results.values() for r in res["runs"]]
@@ -364,12 +368,12 @@ def summarize(result, lr):
     its measurements of the loss variation along g (loss_max - loss_min), the gradient predictiveness
     (max ||g - grad L(w_i)||), beta, Adam's step length and lr ||g|| (the probe unit of Santurkar et al.'s SGD)."""
     _, lo, hi = loss_band(result)
-    counts = np.isfinite(_stack([r["train_loss"] for r in result["runs"]])).sum(0)
+    counts = np.isfinite(_stack([r["train_loss"] for r in result["runs"]])).sum(0)  # a band over one lr says nothing
     split = "val" if any("val_acc" in r for r in result["runs"]) else "test"
     run = run_at(result, lr) or {"measure": {k: [] for k in ("step", "loss_min", "loss_max", *MEASURE_KEYS)}}
     m = run["measure"]
     acc = run.get(f"{split}_acc") or [float("nan")]
-    return {"lr": lr, "loss_band": _nanmean(_width(lo, hi, counts)),
+    return {"lr": lr, "loss_band": _nanmean(np.where(counts >= 2, hi - lo, np.nan)),
             "loss_var": _nanmean([b - a if a is not None and b is not None else None
                                   for a, b in zip(m["loss_min"], m["loss_max"])]),
             "grad_pred": _nanmean(m["grad_max"]), "beta": _nanmean(m["beta"]),
@@ -403,10 +407,6 @@ def summary_table(results):
 
 # ----------------------------------------------------------------------------- figures
 
-def _lrs_text(results):
-    return "; ".join(f"{VARIANTS[a]} lrs " + ", ".join(f"{r['lr']:g}" for r in res["runs"]) for a, res in results.items())
-
-
 def _band(ax, x, lo, hi, arch):
     ax.fill_between(x, lo, hi, color=COLORS[arch], alpha=0.35, lw=0, label=VARIANTS[arch])
     ax.plot(x, lo, color=COLORS[arch], lw=0.8)
@@ -430,12 +430,12 @@ def _save(fig, path):
 
 def plot_loss_landscape(results, path):
     """Report 003's figure: per-step training loss, band between min and max over the lrs."""
-    plt = runtime.pyplot()
-    fig, ax = plt.subplots(figsize=FIGSIZE["loss_landscape"])
+    fig, ax = runtime.pyplot().subplots(figsize=FIGSIZE["loss_landscape"])
     for arch, res in results.items():
         _band(ax, *loss_band(res), arch)
+    lrs = "; ".join(f"{VARIANTS[a]} lrs " + ", ".join(f"{r['lr']:g}" for r in v["runs"]) for a, v in results.items())
     _label(ax, "training step", "training loss (batch)",
-           f"Loss landscape: range of the training loss over learning rates\n{_lrs_text(results)}")
+           f"Loss landscape: range of the training loss over learning rates\n{lrs}")
     return _save(fig, path)
 
 
@@ -447,9 +447,8 @@ MEASURE_PANELS = [("loss_min", "loss_max", "loss L(w - d g/||g||)", "(a) loss la
 def plot_measures(results, path):
     """Santurkar et al. Fig. 4 at one lr (measures_lr): at each measured step, the range over the probe
     distances d of the loss (a) and of the gradient change (b) as a band, and beta (c) as a curve."""
-    plt = runtime.pyplot()
     lr = measures_lr(results)
-    fig, axes = plt.subplots(1, 3, figsize=FIGSIZE["measures"])
+    fig, axes = runtime.pyplot().subplots(1, 3, figsize=FIGSIZE["measures"])
     units = set()
     for ax, (lo_key, hi_key, ylabel, title, log) in zip(axes, MEASURE_PANELS):
         for arch, res in results.items():
@@ -475,8 +474,7 @@ def plot_measures(results, path):
 
 def plot_curves(results, lr, path):
     """At one lr: training loss per step and held-out accuracy per epoch, for each variant that ran it."""
-    plt = runtime.pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=FIGSIZE["curves"])
+    fig, (a1, a2) = runtime.pyplot().subplots(1, 2, figsize=FIGSIZE["curves"])
     split = "val"
     for arch, res in results.items():
         r = run_at(res, lr)
@@ -581,24 +579,18 @@ def get_parser():
 
 def check_args(ap, args):
     """Refuse bad values before anything is created; resolve the defaults that depend on others."""
-    for name in ("epochs", "batch_size", "probes", "surface_res", "surface_images"):
-        if getattr(args, name) <= 0:
-            ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.surface_res < 2:
-        ap.error(f"--surface-res must be at least 2, got {args.surface_res}")
+    for flag, least in (("--epochs", 1), ("--batch-size", 1), ("--probes", 1), ("--surface-images", 1),
+                        ("--subset", 1), ("--surface-res", 2), ("--measure-every", 0), ("--val", 0)):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and value < least:  # None: --subset not given
+            ap.error(f"{flag} must be {'positive' if least == 1 else f'>= {least}'}, got {value}")
     if any(not (lr > 0 and math.isfinite(lr)) for lr in args.lrs):
         ap.error(f"--lrs must be positive, got {' '.join(f'{lr:g}' for lr in args.lrs)}")
     if len(set(args.lrs)) != len(args.lrs):
         ap.error("--lrs has a repeated value")
-    if args.measure_every < 0:
-        ap.error(f"--measure-every must be >= 0, got {args.measure_every}")
     lo, hi = args.probe_range
     if not 0 < lo <= hi or not math.isfinite(hi):
         ap.error(f"--probe-range needs 0 < LO <= HI, got {lo:g} {hi:g}")
-    if args.subset is not None and args.subset <= 0:
-        ap.error(f"--subset must be positive, got {args.subset}")
-    if args.val < 0:
-        ap.error(f"--val must be >= 0, got {args.val}")
     args.crop_pad = (4 if args.augment else 0) if args.crop_pad is None else args.crop_pad
     args.no_flip = args.no_flip or not args.augment
     if args.surface_lr is None:
@@ -617,7 +609,10 @@ def train_variants(ap, args, asked, paths):
     """Train every asked variant into its JSON; returns 130 when interrupted, else None."""
     for a in asked:
         if os.path.exists(paths[a]) and not args.force:
-            ap.error(f"{paths[a]} exists; use --force to overwrite it, --plot-only to redraw, or another --out")
+            held = lrs_held(paths[a])  # a partial result says so: there is no resuming, --force trains every lr again
+            ap.error(f"{paths[a]} holds {held} lrs of an interrupted run; use --force to start over, --plot-only to "
+                     f"redraw them, or another --out" if held else
+                     f"{paths[a]} exists; use --force to overwrite it, --plot-only to redraw, or another --out")
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:
@@ -637,13 +632,18 @@ def train_variants(ap, args, asked, paths):
           f"{args.epochs} epochs, batch {args.batch_size}, {info['n_train']:,} train / "
           f"{info['n_val'] or info['n_test']:,} {split} | {args.init} init, {args.norm} normalisation | "
           f"{runtime.device_name(device)}, training {amp_dtype or 'fp32'}, measures fp32 | out {args.out}")
-    for a in asked:
+    for i, a in enumerate(asked):
+        before = os.stat(paths[a]) if os.path.exists(paths[a]) else None  # an earlier run's, never named as this run's
         try:
             run_variant(a, args, loaders, info, device, amp_dtype, paths[a])
-        except KeyboardInterrupt:
-            print(f"landscape.py: interrupted; what finished is in {paths[a]}", file=sys.stderr)
+        except KeyboardInterrupt:  # a save (os.replace) is a new file: a new mtime, maybe the earlier's inode
+            now = os.stat(paths[a]) if os.path.exists(paths[a]) else None
+            saved = now and (not before or (now.st_ino, now.st_mtime_ns) != (before.st_ino, before.st_mtime_ns))
+            said = [f"{VARIANTS[b]}: all lrs finished, saved in {paths[b]}" for b in asked[:i]] + [
+                f"{VARIANTS[a]}: {lrs_held(paths[a]) or 'all'} lrs finished, saved in {paths[a]}" if saved else
+                f"{VARIANTS[a]}: no lr finished, nothing written"]
+            print(f"landscape.py: interrupted; {'; '.join(said)}", file=sys.stderr)
             return 130
-    return None
 
 
 def check_plot_only(ap, args, asked, paths):
@@ -697,4 +697,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    runtime.run_main(main, "landscape.py")

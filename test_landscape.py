@@ -1,6 +1,7 @@
 """landscape.py: the three measures against hand values on a quadratic, exact restore of weights, BN
 statistics and gradient, the filter-normalised directions, the JSON round trip, the figures from saved
-JSON, bad input, and the command line end to end on a tiny subset (VGG-A and VGG-A + BN on the CPU).
+JSON, bad input, the command line end to end on a tiny subset (VGG-A and VGG-A + BN on the CPU), and what the
+one line after a Ctrl-C says against what is on disk.
 
 Uses the real CIFAR-10 copy when $CIFAR10_DIR is set, else synthetic pickles.
 """
@@ -335,3 +336,79 @@ def test_cli_tiny_subset_trains_both_variants_and_writes_everything(tmp_path, da
     # the results are never overwritten without --force
     err = exits_with_one_line(capsys, ["--bn", "--out", out, "--data", data_dir])
     assert "--force" in err
+
+
+# ----------------------------------------------------------------------------- Ctrl-C: what the one line says is on disk
+
+def interrupting_train_lr(monkeypatch, finish):
+    """landscape.train_lr that finishes `finish` lrs (instantly, a tiny run record) and then raises KeyboardInterrupt."""
+    calls = []
+
+    def train_lr(arch, lr, *rest):
+        calls.append(lr)
+        if len(calls) > finish:
+            raise KeyboardInterrupt
+        return {"lr": lr, "train_loss": [2.3, 2.2], "measure": {"step": []}}, None
+    monkeypatch.setattr(landscape, "train_lr", train_lr)
+
+
+def interrupted(capsys, argv):
+    """main(argv) as a Ctrl-C ends it: exit code 130 and one line on stderr, which is returned."""
+    assert landscape.main(argv) == 130
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    return err.strip()
+
+
+def tiny(data_dir, out, *more):
+    return ["--epochs", "1", "--subset", "60", "--batch-size", "16", "--lrs", "1e-3", "2e-3", "--data", data_dir,
+            "--out", out, *more]
+
+
+def test_ctrl_c_before_any_lr_finished_says_nothing_was_written(tmp_path, data_dir, capsys, monkeypatch):
+    out = str(tmp_path / "ls")
+    interrupting_train_lr(monkeypatch, finish=0)
+    err = interrupted(capsys, tiny(data_dir, out, "--bn"))
+    assert err == "landscape.py: interrupted; VGG-A + BatchNorm: no lr finished, nothing written"
+    assert os.listdir(out) == []
+
+
+def test_ctrl_c_names_this_runs_file_and_lrs_never_an_earlier_runs(tmp_path, data_dir, capsys, monkeypatch):
+    out = str(tmp_path / "ls")
+    path = os.path.join(out, "vgg_a_bn.json")
+    interrupting_train_lr(monkeypatch, finish=1)
+    err = interrupted(capsys, tiny(data_dir, out, "--bn"))
+    assert err == f"landscape.py: interrupted; VGG-A + BatchNorm: 1 of 2 lrs finished, saved in {path}"
+    saved = json.load(open(path))
+    assert saved["complete"] is False and [r["lr"] for r in saved["runs"]] == [1e-3]
+    # a rerun is refused, and says the file is an interrupted run's part and that --force starts over (no resuming)
+    err = exits_with_one_line(capsys, tiny(data_dir, out, "--bn"))
+    assert f"{path} holds 1 of 2 lrs of an interrupted run; use --force to start over" in err
+    # --force, Ctrl-C before this run's first lr finished: the earlier run's file is left, and not named as this run's
+    before = open(path).read()
+    interrupting_train_lr(monkeypatch, finish=0)
+    err = interrupted(capsys, tiny(data_dir, out, "--bn", "--force"))
+    assert err == "landscape.py: interrupted; VGG-A + BatchNorm: no lr finished, nothing written"
+    assert open(path).read() == before
+    # --force, Ctrl-C after two of this run's lrs: its saves replaced the earlier file, which is named. (The second
+    # save's file may get the earlier file's inode back, as ext4 does: the inode alone does not tell them apart.)
+    interrupting_train_lr(monkeypatch, finish=2)
+    err = interrupted(capsys, tiny(data_dir, out, "--bn", "--force", "--lrs", "5e-4", "1e-3", "2e-3"))
+    assert err == f"landscape.py: interrupted; VGG-A + BatchNorm: 2 of 3 lrs finished, saved in {path}"
+    assert [r["lr"] for r in json.load(open(path))["runs"]] == [5e-4, 1e-3]
+
+
+def test_ctrl_c_in_the_second_variant_names_the_finished_first(tmp_path, data_dir, capsys, monkeypatch):
+    out = str(tmp_path / "ls")
+    interrupting_train_lr(monkeypatch, finish=2)
+    err = interrupted(capsys, tiny(data_dir, out, "--both"))
+    assert err == (f"landscape.py: interrupted; VGG-A: all lrs finished, saved in {os.path.join(out, 'vgg_a.json')}; "
+                   f"VGG-A + BatchNorm: no lr finished, nothing written")
+    assert json.load(open(os.path.join(out, "vgg_a.json")))["complete"] and os.listdir(out) == ["vgg_a.json"]
+
+
+def test_measure_every_0_says_no_measures(tmp_path, data_dir, capsys, monkeypatch):
+    interrupting_train_lr(monkeypatch, finish=0)
+    assert landscape.main(tiny(data_dir, str(tmp_path / "ls"), "--measure-every", "0")) == 130
+    out = capsys.readouterr().out
+    assert "epochs x 4 steps, no measures (--measure-every 0)\n" in out and "never" not in out, out

@@ -1,0 +1,41 @@
+"""runtime.py's shared plumbing as the scripts meet it: the epoch line on a terminal, Ctrl-C outside a script's own
+handling. (Its run folders, checkpoints and devices are tested with the scripts that use them.)"""
+import ast
+import re
+
+import pytest
+
+import runtime
+from conftest import HERE
+
+SCRIPTS = ["train.py", "evaluate.py", "lr_finder.py", "landscape.py", "visualize.py", "bench.py"]
+
+
+def test_an_epochs_line_comes_whole_on_a_terminal_too(capsys, monkeypatch):
+    """The bar's suffix is cut to the terminal's width: the epoch's line must come as a line of its own."""
+    monkeypatch.setenv("COLUMNS", "60")  # tqdm's width where the output is no terminal
+    line = "epoch 1/2  loss 2.1445  acc 0.2000  test loss 2.0512  test acc 0.3120  lr 0.1  1.0s  100 img/s"
+    for tty in (True, False):
+        bar = runtime.Progress(4, 0, 2, enabled=tty)
+        bar.update(4, loss="2.145")
+        bar.close(line)
+        out = capsys.readouterr().out
+        assert re.search(rf"(^|[\r\n]){re.escape(line)}\n", out), out
+
+
+def test_ctrl_c_outside_a_scripts_own_handling_is_one_line_and_exit_130(capsys):
+    def main():
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as e:
+        runtime.run_main(main, "some.py")
+    assert e.value.code == 130 and capsys.readouterr().err == "some.py: interrupted\n"
+    with pytest.raises(SystemExit) as e:
+        runtime.run_main(lambda: 3, "some.py")
+    assert e.value.code == 3
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_runs_its_main_through_run_main(script):
+    tree = ast.parse(open(f"{HERE}/{script}").read())
+    guard = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
+    assert guard and "run_main(" in ast.unparse(guard[0]), f"{script}: a Ctrl-C while it loads would be a traceback"
