@@ -118,8 +118,9 @@ def least_sure(logits, frac):
 # ----------------------------------------------------------------------------- per class, confusion, speed
 
 def per_class(pred, labels, n):
-    correct = torch.bincount(labels[pred == labels], minlength=n).float()
-    return (correct / torch.bincount(labels, minlength=n).clamp(min=1).float()).tolist()
+    """Each class's accuracy; None for a class with no images among these (a small --subset)."""
+    correct, total = torch.bincount(labels[pred == labels], minlength=n), torch.bincount(labels, minlength=n)
+    return [c / t if t else None for c, t in zip(correct.tolist(), total.tolist())]
 
 
 def confusion(pred, labels, n):
@@ -245,7 +246,7 @@ def main(argv=None):
     print(f"{targs['arch']} ({args.checkpoint}, epoch {ckpt.get('epoch')}) on {len(y)} test images, {device}")
     print(f"Accuracy of the network on the {len(y)} test images: {100 * res['acc']:.2f} %")
     for name, acc in result["per_class_acc"].items():
-        print(f"Accuracy of {name:>10s} : {100 * acc:5.1f} %")
+        print(f"Accuracy of {name:>10s} : " + ("  n/a (no images)" if acc is None else f"{100 * acc:5.1f} %"))
     if args.tta:
         frac, mirror_frac = (targs.get(k, 1.0) if getattr(args, k) is None else getattr(args, k)
                              for k in ("tta_frac", "tta_mirror_frac"))

@@ -29,7 +29,7 @@ MAX_RUNS = 20  # plot_curves gives each run its own tab20 colour
 def read_metrics(ap, run):
     """A run folder's per-epoch rows (metrics.jsonl, else metrics.csv); a folder without any is a one-line exit 2."""
     if not os.path.isdir(run):
-        ap.error(f"{run}: no such run folder")
+        ap.error(f"{run}: {'a file, not a run folder' if os.path.exists(run) else 'no such run folder'}")
     run_config(ap, run)  # a foreign config.json too is refused here, before anything reads or writes
     found = [p for p in (os.path.join(run, n) for n in ("metrics.jsonl", "metrics.csv")) if os.path.exists(p)]
     if not found:
@@ -353,7 +353,8 @@ def cmd_report(ap, args):
     doc.h(2, "Per-class test accuracy")
     doc.p("Recomputed from " + "; ".join(f"{name}'s {ck} on {k:,} test images ({pct(a)})"
                                          for name, a, k, ck in tested) + ".")
-    rows = [[c] + [f"{100 * col[i]:.1f}%" for col in per_class_cols] for i, c in enumerate(classes)]
+    rows = [[c] + ["n/a" if col[i] is None else f"{100 * col[i]:.1f}%" for col in per_class_cols]
+            for i, c in enumerate(classes)]
     rows.append(["all"] + [pct(a) for _, a, _, _ in tested])
     doc.table(["class"] + names, rows, numeric=range(1, len(names) + 1))
     for run, name, cm in zip(runs, names, cms):

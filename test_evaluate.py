@@ -117,6 +117,11 @@ def test_tta_given_the_plain_logits_skips_that_pass_and_gives_the_same_figures_b
         evaluate.evaluate(evaluate.TTA(model, plain=plain[:30]), batches, cpu, bf16)
 
 
+def test_a_class_without_test_images_has_no_accuracy_rather_than_zero():
+    pred, labels = torch.tensor([0, 1, 1, 3]), torch.tensor([0, 1, 2, 2])  # class 3: none among the labels
+    assert evaluate.per_class(pred, labels, 4) == [1.0, 1.0, 0.0, None]
+
+
 def test_evaluate_with_a_criterion_gives_its_mean_over_every_image():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).train()

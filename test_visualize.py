@@ -322,6 +322,7 @@ def test_report_renders_in_headless_chromium(request, tmp_path):
     (["filters", "--arch", "resnet7"], "unknown --arch 'resnet7'; choose from: lenet"),
     (["curves", "{run}", "{tmp}/nothing"], "{tmp}/nothing: no such run folder"),
     (["curves", "{tmp}"], "{tmp} has no metrics.jsonl or metrics.csv"),
+    (["curves", "{tmp}/file"], "{tmp}/file: a file, not a run folder"),
     (["curves", "{tmp}/badjson"], "{tmp}/badjson/metrics.jsonl is not train.py's metrics (JSONDecodeError"),
     (["curves", "{tmp}/badrow"], "{tmp}/badrow/metrics.jsonl is not train.py's metrics (ValueError: a row that"),
     (["curves", "{tmp}/badcsv"], "{tmp}/badcsv/metrics.csv is not train.py's metrics (ValueError: could not"),
@@ -491,3 +492,8 @@ def test_runs_are_named_apart_by_the_folders_above_them():
     assert report.run_names(["runs/a", "runs/b"]) == ["a", "b"]
     assert report.run_names(["p1/runs/r", "p2/runs/r"]) == ["p1/runs/r", "p2/runs/r"]
     assert report.run_names(["x/r", "x/r"]) == ["r #1", "r #2"]  # one folder given twice
+
+
+def test_per_class_bars_say_n_a_for_a_class_without_test_images(monkeypatch):
+    monkeypatch.setattr(visualize, "save", lambda fig, path: [t.get_text() for t in fig.axes[0].texts])
+    assert visualize.plot_per_class([0.5, None, 1.0], ["a", "b", "c"], 0.6, "p.png", "t") == ["50.0%", "n/a", "100.0%"]

@@ -466,11 +466,12 @@ def plot_per_class(accs, classes, overall, path, title):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=PER_CLASS_SIZE)
     ypos = np.arange(len(classes))[::-1]
-    bars = ax.barh(ypos, accs, color=["firebrick" if a < overall else "steelblue" for a in accs])
+    shown = [a or 0 for a in accs]  # a class without test images (None): no bar, "n/a"
+    bars = ax.barh(ypos, shown, color=["firebrick" if a < overall else "steelblue" for a in shown])
     ax.axvline(overall, color="k", ls="--", lw=1, label=f"overall {pct(overall)}")
     for b, a in zip(bars, accs):
-        ax.text(min(a, 1) + 0.01, b.get_y() + b.get_height() / 2, f"{100 * a:.1f}%", va="center", fontsize=9,
-                bbox=dict(facecolor="white", edgecolor="none", pad=0.5), zorder=3)
+        ax.text(min(a or 0, 1) + 0.01, b.get_y() + b.get_height() / 2, "n/a" if a is None else f"{100 * a:.1f}%",
+                va="center", fontsize=9, bbox=dict(facecolor="white", edgecolor="none", pad=0.5), zorder=3)
     ax.set_yticks(ypos, classes)
     ax.set_xlim(0, 1.12)
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{100 * v:.0f}%"))
