@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+ALL_FILES = TRAIN_FILES + ["test_batch", "batches.meta"]  # what cifar-10-batches-py holds
 GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 
 
@@ -45,11 +46,11 @@ def _read(folder: str) -> dict:
         raise DataError(f"CIFAR-10 in {folder}: {what}; fetch the official files with --download, "
                         f"or {local} (README.md, section Data)")
 
-    missing = [f for f in TRAIN_FILES + ["test_batch", "batches.meta"] if not os.path.isfile(os.path.join(folder, f))]
+    missing = [f for f in ALL_FILES if not os.path.isfile(os.path.join(folder, f))]
     if missing:
         fail("folder not found" if not os.path.isdir(folder) else f"missing {', '.join(missing)}")
     raw = {}
-    for name in TRAIN_FILES + ["test_batch", "batches.meta"]:
+    for name in ALL_FILES:
         try:
             with open(os.path.join(folder, name), "rb") as f:
                 raw[name] = pickle.load(f, encoding="latin1")
@@ -83,9 +84,10 @@ def _read(folder: str) -> dict:
 
 def load_cifar10(root: str, download: bool = False) -> dict:
     """{"train": (x uint8 (N,3,32,32), y int64 (N,)), "test": (x, y), "classes": [10 names]}, on the CPU."""
-    if os.path.isfile(os.path.expanduser(root)):  # most likely the downloaded archive itself
-        raise DataError(f"--data {root} is a file, not a folder: unpack it (tar xzf {root} -C DIR) and give "
-                        "--data DIR (README.md, section Data)")
+    if os.path.isfile(os.path.expanduser(root)):  # the downloaded archive itself, or one of the batch files
+        raise DataError(f"--data {root} is a file, not a folder: " + (
+            f"give the folder that holds it, {os.path.dirname(root) or '.'}" if os.path.basename(root) in ALL_FILES
+            else f"unpack it (tar xzf {root} -C DIR) and give --data DIR (README.md, section Data)"))
     folder = _folder(root)
     try:
         return _read(folder)

@@ -375,7 +375,7 @@ def init_from_data(model, train_loader, n=5000):
 def main():
     from runtime import OneLineParser  # errors in one line, as every script's (imported here: models.py is a library)
     ap = OneLineParser(description="List the registered networks: parameters and forward FLOPs per 32x32 image.")
-    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (as in README.md)")
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (as in RESULTS.md)")
     args = ap.parse_args()
     rows = []
     for name in ARCHS:

@@ -110,6 +110,10 @@ def test_an_archive_given_as_data_is_told_to_be_unpacked(tmp_path, download):
         data.load_cifar10(str(archive), download=download)
     assert str(e.value) == (f"--data {archive} is a file, not a folder: unpack it (tar xzf {archive} -C DIR) and "
                             "give --data DIR (README.md, section Data)")
+    batch = tmp_path / "data_batch_1"  # one of the unpacked files: its folder is what --data wants
+    batch.write_bytes(b"")
+    with pytest.raises(data.DataError, match=f"is a file, not a folder: give the folder that holds it, {tmp_path}$"):
+        data.load_cifar10(str(batch), download=download)
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "garbage", "wrong_shape"])

@@ -264,7 +264,7 @@ def read_command_line(ap, argv):
         try:
             resume_ckpt = load_checkpoint(os.path.join(args.resume, "last.pt"))
         except ValueError as e:
-            ap.error(f"--resume {args.resume}: {e}")
+            ap.error(f"--resume {args.resume}: {e}" + ("; give its run folder" if os.path.isfile(args.resume) else ""))
         saved, given = dict(resume_ckpt["args"]), flags_given(argv)
         for k in sorted(given - RESUME_MAY_CHANGE):  # a flag newer than the run: the run had its default
             if vars(args)[k] != saved.get(k, ap.get_default(k)):
