@@ -183,7 +183,7 @@ def get_parser():
                          "(default: the run's own, so the figure matches its summary)")
     ap.add_argument("--tta-mirror-frac", type=float, default=None, metavar="M",
                     help="--tta: the mirror only for the share M of images least sure without it (default: the run's own)")
-    ap.add_argument("--subset", type=int, default=None, help="evaluate only the first N test images")
+    ap.add_argument("--subset", type=int, default=None, help="evaluate only the first N test images (default: as the run was tested)")
     ap.add_argument("--out", default=None, help="folder for confusion_matrix.png (default: the checkpoint's folder)")
     ap.add_argument("--json", default=None, metavar="PATH", help="write the numbers as JSON (a new file)")
     ap.add_argument("--force", action="store_true", help="let --json overwrite an existing file")
@@ -201,8 +201,9 @@ def load_run(ap, args):
     except data.DataError as e:
         ap.error(str(e))
     x, y = split["test"]
-    if args.subset:
-        x, y = x[:args.subset], y[:args.subset]
+    subset = args.subset or ckpt["args"].get("subset")  # the test images the run was tested on, unless told
+    if subset:
+        x, y = x[:subset], y[:subset]
     return ckpt, x, y, ckpt.get("classes") or split["classes"]
 
 

@@ -149,9 +149,9 @@ def fp32_run(tmp_path_factory, data_dir):
 def test_evaluate_py_uses_the_runs_precision_and_gives_its_figures(fp32_run, data_dir, tmp_path):
     """No --amp: the run's own (off), so the loss is the one train.py logged to the last digits (bf16 would move
     it in the third); --translate alone turns on TTA, at the run's --tta-frac and --tta-mirror-frac, whose figure
-    is the one in summary.json."""
+    is the one in summary.json; no --subset: the run's own test images (its first 200)."""
     js = str(tmp_path / "eval.json")
-    r = run_script("evaluate.py", fp32_run, "--data", data_dir, "--subset", "200", "--translate", "--json", js,
+    r = run_script("evaluate.py", fp32_run, "--data", data_dir, "--translate", "--json", js,
                    "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     res = json.load(open(js))
