@@ -151,8 +151,9 @@ def check_args(ap, args):
         ap.error(f"--val must be >= 0 and --subset positive, got {args.val} and {args.subset}")
     if len(args.gamma) not in (1, len(args.milestones)) or min(args.gamma) <= 0:  # each lr step multiplies by it
         ap.error(f"--gamma takes one positive value or one per milestone ({len(args.milestones)}), got {args.gamma}")
-    if min(args.save_every, args.skip_nonfinite, args.eval_every, args.warmup_epochs, *args.milestones) < 0:
-        ap.error("--save-every, --skip-nonfinite, --eval-every, --warmup-epochs and --milestones must be >= 0")
+    if min(args.save_every, args.skip_nonfinite, args.eval_every, args.warmup_epochs, *args.milestones) < 0 or \
+            args.warmup_epochs > args.epochs:  # a warm-up longer than the run never reaches --lr
+        ap.error("--save-every, --skip-nonfinite, --eval-every, --milestones, --warmup-epochs (<= --epochs) must be >= 0")
     side = min(args.image_sizes or [32])
     nets = [(args.arch, f"--arch {args.arch}")]
     nets += [("fastnet", "the --select-frac proxy (fastnet)")] if args.select_frac < 1 and args.select_by == "proxy" else []
