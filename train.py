@@ -151,9 +151,8 @@ def check_args(ap, args):
         ap.error(f"--val must be >= 0 and --subset positive, got {args.val} and {args.subset}")
     if len(args.gamma) not in (1, len(args.milestones)) or min(args.gamma) <= 0:  # each lr step multiplies by it
         ap.error(f"--gamma takes one positive value or one per milestone ({len(args.milestones)}), got {args.gamma}")
-    if min(args.save_every, args.skip_nonfinite, args.eval_every, args.warmup_epochs, *args.milestones) < 0 or \
-            args.warmup_epochs > args.epochs:  # a warm-up longer than the run never reaches --lr
-        ap.error("--save-every, --skip-nonfinite, --eval-every, --milestones, --warmup-epochs (<= --epochs) must be >= 0")
+    if min(args.save_every, args.skip_nonfinite, args.eval_every, args.warmup_epochs, *args.milestones) < 0:
+        ap.error("--save-every, --skip-nonfinite, --eval-every, --warmup-epochs and --milestones must be >= 0")
     side = min(args.image_sizes or [32])
     nets = [(args.arch, f"--arch {args.arch}")]
     nets += [("fastnet", "the --select-frac proxy (fastnet)")] if args.select_frac < 1 and args.select_by == "proxy" else []
@@ -518,7 +517,7 @@ def train_one_epoch(run, epoch):
             acc_loss += run.partial["loss"]
             acc_correct += run.partial["correct"]
             seen = run.partial["seen"]
-    seen_here, recent = seen, []  # the bar's images/s counts this invocation's images only; recent: the epoch's losses
+    seen_here, recent = seen, []  # the bar's images/s counts this invocation's images only; recent: losses since a read
     bar = Progress(len(loader), epoch, args.epochs, run.show_bar)
     t0 = time.time()
     for i, (x, y) in enumerate(loader):
@@ -552,6 +551,7 @@ def train_one_epoch(run, epoch):
             if not math.isfinite(loss_sum):  # checked before any save: a NaN model is never written
                 s, r, v = next((b for b in recent if not torch.isfinite(b[2])), recent[-1])  # the first bad step
                 raise diverged(run, epoch, v.item(), at=(s, r))
+            recent.clear()  # all finite so far: only the steps after this read can hold the first bad one
             bar.update(0, loss=f"{loss_sum / seen:.3f}", acc=f"{acc_correct.item() / seen:.3f}",
                        lr=f"{run.scheduler.get_last_lr()[0]:.3g}",
                        img_s=f"{(seen - seen_here) * run.world / (time.time() - t0):.0f}")
