@@ -354,7 +354,8 @@ def add_data_args(parser, helps=None, resize=False):
          **(helps or {})}
     g = parser.add_argument_group("data")
     # absolute: a run folder records where its data is, for a resume or evaluate.py from another working folder
-    g.add_argument("--data", default="./data", type=os.path.abspath, metavar="DIR", help=h["data"])
+    g.add_argument("--data", default="./data", type=lambda p: os.path.abspath(os.path.expanduser(p)), metavar="DIR",
+                   help=h["data"])
     g.add_argument("--download", action="store_true", help=h["download"])
     g.add_argument("--val", type=int, default=0, metavar="N", help=h["val"])
     g.add_argument("--crop-pad", type=int, default=4, metavar="P", help=h["crop_pad"])

@@ -183,7 +183,8 @@ def get_parser():
                          "(default: the run's own, so the figure matches its summary)")
     ap.add_argument("--tta-mirror-frac", type=float, default=None, metavar="M",
                     help="--tta: the mirror only for the share M of images least sure without it (default: the run's own)")
-    ap.add_argument("--subset", type=int, default=None, help="evaluate only the first N test images (default: as the run was tested)")
+    ap.add_argument("--subset", type=int, default=None,
+                    help="the first N test images (default: those the run was tested on; 10000: all of them)")
     ap.add_argument("--out", default=None, help="folder for confusion_matrix.png (default: the checkpoint's folder)")
     ap.add_argument("--json", default=None, metavar="PATH", help="write the numbers as JSON (a new file)")
     ap.add_argument("--force", action="store_true", help="let --json overwrite an existing file")

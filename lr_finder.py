@@ -487,7 +487,7 @@ def main(argv=None):
     try:
         code = report(args, curve, num_iter, out)
     except KeyboardInterrupt:  # a second Ctrl-C: each file is whole (written atomically), but some may be missing
-        print(f"lr_finder.py: interrupted while writing to {out}; some of its files may be missing", file=sys.stderr)
+        print(f"lr_finder.py: interrupted while writing to {out}; some of its files may be missing or left from an earlier run", file=sys.stderr)
         return 130
     if curve["stopped"] != "interrupted":
         return code

@@ -216,7 +216,6 @@ def test_step_quick(runs):
     assert len(table) == 4 and all(("PASS" in line) != ("FAIL" in line) for line in table)
 
 
-@pytest.mark.slow
 def test_a_timed_epoch_shows_its_steps_on_a_terminal_only(monkeypatch, capsys):
     class Loader:  # a stand-in for data.py's loader: three batches of 4
         num_samples = 12
@@ -239,6 +238,7 @@ def test_a_timed_epoch_shows_its_steps_on_a_terminal_only(monkeypatch, capsys):
         assert res["images"] == 12 and ("timed epoch" in out and "/3 " in out) == tty, out
 
 
+@pytest.mark.slow
 def test_epoch_quick(runs):
     res, procs = runs
     e = res["epoch"]

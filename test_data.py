@@ -453,3 +453,4 @@ def test_data_is_kept_as_an_absolute_path(tmp_path, monkeypatch):
     data.add_data_args(ap)
     assert ap.parse_args(["--data", "cifar"]).data == str(tmp_path / "cifar")
     assert ap.parse_args([]).data == str(tmp_path / "data")
+    assert ap.parse_args(["--data=~/cifar"]).data == os.path.expanduser("~/cifar")  # no shell expands it there
