@@ -434,7 +434,7 @@ def test_build_loaders_synthetic(synth):
 def test_add_data_args_defaults():
     a = args_for("./data")
     assert (a.data, a.download, a.val, a.crop_pad, a.pad_mode, a.no_flip, a.jitter, a.cutout, a.mix, a.mix_alpha,
-            a.mix_off_epochs) == ("./data", False, 0, 4, "zeros", False, 0.0, 0, "none", 1.0, 0)
+            a.mix_off_epochs) == (os.path.abspath("data"), False, 0, 4, "zeros", False, 0.0, 0, "none", 1.0, 0)
 
 
 @real_only
