@@ -457,7 +457,7 @@ def test_a_second_ctrl_c_while_writing_is_one_line_exit_130(tmp_path, data_dir, 
     code = lr_finder.main(["--arch", "lenet", "--subset", "500", "--num-iter", "20", "--data", data_dir,
                            "--out", str(out)])
     err = capsys.readouterr().err.strip()
-    assert code == 130 and err == f"lr_finder.py: interrupted while writing to {out}; some of its files may be missing"
+    assert code == 130 and err == f"lr_finder.py: interrupted while writing to {out}; some of its files may be missing or left from an earlier run"
     assert (out / "lr_finder.csv").exists() and not (out / "lr_finder.png").exists()
 
 
