@@ -252,8 +252,8 @@ def surface_batches(train_loader, n_images):
     return out
 
 
-def run_variant(arch, args, loaders, info, device, amp_dtype, path, log=print):
-    """Train `arch` at every lr, write `path` after each lr (atomically), return the result."""
+def run_variant(arch, args, loaders, info, device, amp_dtype, path, saved, log=print):
+    """Train `arch` at every lr, write `path` after each lr (atomically; `saved` gets each save's lrs), return it."""
     show_bar = sys.stdout.isatty() and not args.no_progress
     result = {"arch": arch, "label": VARIANTS[arch], "complete": False, "config": config_of(args, device, amp_dtype, info),
               "runs": [], "surface": None}
@@ -273,6 +273,7 @@ def run_variant(arch, args, loaders, info, device, amp_dtype, path, log=print):
             result["surface"]["time_s"] = time.time() - ts
         result["time_s"] = time.time() - t0
         save_results(result, path)
+        saved.append(len(result["runs"]))  # for a caller cut short by Ctrl-C: what this run wrote
     result.update(complete=True, finished=datetime.datetime.now().isoformat(timespec="seconds"))
     save_results(result, path)
     log(f"   wrote {path} ({result['time_s']:.0f}s)")
@@ -633,14 +634,13 @@ def train_variants(ap, args, asked, paths):
           f"{info['n_val'] or info['n_test']:,} {split} | {args.init} init, {args.norm} normalisation | "
           f"{runtime.device_name(device)}, training {amp_dtype or 'fp32'}, measures fp32 | out {args.out}")
     for i, a in enumerate(asked):
-        before = os.stat(paths[a]) if os.path.exists(paths[a]) else None  # an earlier run's, never named as this run's
+        saved = []  # what this run wrote: a file there before it is an earlier run's, never named as this run's
         try:
-            run_variant(a, args, loaders, info, device, amp_dtype, paths[a])
-        except KeyboardInterrupt:  # a save (os.replace) is a new file: a new mtime, maybe the earlier's inode
-            now = os.stat(paths[a]) if os.path.exists(paths[a]) else None
-            saved = now and (not before or (now.st_ino, now.st_mtime_ns) != (before.st_ino, before.st_mtime_ns))
+            run_variant(a, args, loaders, info, device, amp_dtype, paths[a], saved)
+        except KeyboardInterrupt:
+            done = f"{saved[-1]} of {len(args.lrs)}" if saved and saved[-1] < len(args.lrs) else "all"
             said = [f"{VARIANTS[b]}: all lrs finished, saved in {paths[b]}" for b in asked[:i]] + [
-                f"{VARIANTS[a]}: {lrs_held(paths[a]) or 'all'} lrs finished, saved in {paths[a]}" if saved else
+                f"{VARIANTS[a]}: {done} lrs finished, saved in {paths[a]}" if saved else
                 f"{VARIANTS[a]}: no lr finished, nothing written"]
             print(f"landscape.py: interrupted; {'; '.join(said)}", file=sys.stderr)
             return 130
