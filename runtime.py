@@ -40,9 +40,8 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line on stderr and exit code 2 (no usage dump), and which refuses a non-finite
     number: NaN passes every range check a script makes after, and inf is no lr, size or count."""
 
-    def error(self, message):  # under torchrun every rank finds the mistake: rank 0 alone says it
-        quiet = "TORCHELASTIC_RUN_ID" in os.environ and os.environ.get("RANK", "0") != "0"
-        self.exit(2, None if quiet else f"{self.prog}: error: {message} (see --help)\n")
+    def error(self, message):
+        self.exit(2, None if quiet_rank() else f"{self.prog}: error: {message} (see --help)\n")
 
     def parse_known_args(self, args=None, namespace=None):
         ns, rest = super().parse_known_args(args, namespace)
@@ -52,13 +51,18 @@ class OneLineParser(argparse.ArgumentParser):
         return ns, rest
 
 
+def quiet_rank():
+    """Under torchrun every rank meets the same mistake or Ctrl-C: rank 0 alone says it."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and os.environ.get("RANK", "0") != "0"
+
+
 def run_main(main, name):
     """sys.exit(main()): a Ctrl-C that the script does not handle itself (while it loads, tests, plots) ends in one
     line and exit code 130, not a traceback."""
     try:
         sys.exit(main())
     except KeyboardInterrupt:
-        if "TORCHELASTIC_RUN_ID" not in os.environ or os.environ.get("RANK", "0") == "0":
+        if not quiet_rank():
             print(f"{name}: interrupted", file=sys.stderr)
         sys.exit(130)
 
