@@ -415,8 +415,8 @@ def add_epoch_args(p):
     p.add_argument("--subset", type=int, default=None, metavar="N",
                    help="first N train and test images, as train.py --subset (default all; --quick 5000)")
     runtime.add_amp_arg(p, help="as train.py --amp")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory layout")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps (and one evaluation batch) before the epoch")
 
 
@@ -557,7 +557,7 @@ def save_section(path, name, section, environment):
 
 def main(argv=None):
     ap = runtime.OneLineParser(description=__doc__.splitlines()[0])  # errors: one line, exit code 2
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub = ap.add_subparsers(dest="cmd", required=True, help="what to measure (each has its --help)")
     for name, (add_args, _, help_) in SUBCOMMANDS.items():
         add_args(sub.add_parser(name, help=help_))
     args = ap.parse_args(argv)

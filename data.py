@@ -340,7 +340,7 @@ def add_data_args(parser, helps=None, resize=False):
          "download": "fetch the official files through torchvision if missing or damaged",
          "val": "hold out N training images (stratified) to pick the best epoch on",
          "crop_pad": "random crop with this padding (0 = off)",
-         "pad_mode": None,
+         "pad_mode": "what --crop-pad pads with",
          "no_flip": "no random horizontal flip",
          "alt_flip": "flip every image on every other epoch (random start per image) instead of a coin per epoch: "
                      "each image is seen both ways in any two epochs (airbench)",
@@ -376,12 +376,18 @@ def flip_mode(args):
     return False if args.no_flip else "alternate" if args.alt_flip else True
 
 
+def check_augment_args(args):
+    """DataError for augmentation flags that make no sense on a 32x32 image (NaN fails every comparison): a Cutout
+    square over 32 px blanks most of it, one of 63 all of it."""
+    if not (0 <= args.crop_pad < 32 and 0 <= args.cutout <= 32 and args.jitter >= 0 and args.mix_alpha > 0):
+        raise DataError("need 0 <= --crop-pad < 32, 0 <= --cutout <= 32, --jitter >= 0 and --mix-alpha > 0")
+
+
 def build_loaders(args, device, batch_size, *, dtype=torch.float32, channels_last=False, seed=0, epochs=None,
                   eval_batch_size=None, rank=0, world_size=1, subset=None, mean_std=None):
     """(train_loader, val_loader or None, test_loader, info) from the flags of add_data_args. Inputs are
     normalised with the training images' per-channel statistics, or with mean_std = (mean, std) if given."""
-    if not (0 <= args.crop_pad < 32 and args.cutout >= 0 and args.jitter >= 0 and args.mix_alpha > 0):  # NaN fails
-        raise DataError("need 0 <= --crop-pad < 32, --cutout >= 0, --jitter >= 0 and --mix-alpha > 0")
+    check_augment_args(args)
     if args.mix_off_epochs < 0 or (args.mix_off_epochs and epochs is None):
         raise DataError("--mix-off-epochs must be >= 0 (and needs a known number of epochs)")
     sizes = getattr(args, "image_sizes", None)

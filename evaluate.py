@@ -10,7 +10,6 @@ Checkpoints are read with torch.load(weights_only=True): a crafted file cannot r
 The evaluation loop, the accuracy count and test-time augmentation live here; train.py (its per-epoch
 evaluations and final report), lr_finder.py and landscape.py use them from this file.
 """
-import argparse
 import json
 import math
 import os
@@ -168,12 +167,11 @@ def images_per_s(model, loader, device, amp_dtype, repeats=1):
 # ----------------------------------------------------------------------------- command line
 
 def get_parser():
-    ap = OneLineParser(description="Test accuracy, per-class accuracy, confusion matrix and speed of a trained run.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = OneLineParser(description="Test accuracy, per-class accuracy, confusion matrix and speed of a trained run.")
     ap.add_argument("checkpoint", help="a run folder (uses best.pt) or a .pt file written by train.py")
     ap.add_argument("--data", default=None, help="CIFAR-10 folder (default: the one the run trained on)")
-    ap.add_argument("--download", action="store_true")
-    ap.add_argument("--batch-size", type=int, default=1000)
+    ap.add_argument("--download", action="store_true", help="fetch the official files through torchvision if missing")
+    ap.add_argument("--batch-size", type=int, default=1000, help="images per batch")
     add_amp_arg(ap, default=None, help="autocast (default: the run's own --amp, so the figure matches its summary)")
     ap.add_argument("--tta", action="store_true", help="also report flip test-time augmentation")
     ap.add_argument("--translate", action="store_true",

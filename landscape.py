@@ -20,7 +20,6 @@ step (probe_multiples says why). Results go to --out/<arch>.json and --out/summa
 
 Every figure shows whichever variants have results in --out, VGG-A green and VGG-A + BN red.
 """
-import argparse
 import datetime
 import json
 import math
@@ -386,7 +385,7 @@ def summarize(result, lr):
 def summary_table(results):
     lr = measures_lr(results)
     rows = [(VARIANTS[a], summarize(r, lr)) for a, r in results.items()]
-    head = ["variant", "loss band", f"loss var. along g", "max |dgrad|", "beta-smooth", "Adam step", "lr |g|",
+    head = ["variant", "loss band", "loss var. along g", "max |dgrad|", "beta-smooth", "Adam step", "lr |g|",
             "final acc", "n"]
     body = [[name, f"{s['loss_band']:.4f}", f"{s['loss_var']:.4g}", f"{s['grad_pred']:.4g}", f"{s['beta']:.4g}",
              f"{s['step_length']:.3g}", f"{s['lr_grad']:.3g}", f"{s['split']} {s['final_acc']:.3f}",
@@ -534,13 +533,12 @@ def plot_all(results, out):
 
 def get_parser():
     ap = runtime.OneLineParser(description="VGG-A with and without BatchNorm at several learning rates: the training "
-                                         "loss band and Santurkar et al.'s landscape measures (report 003).",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                         "loss band and Santurkar et al.'s landscape measures (report 003).")
     ap.add_argument("--bn", action="store_true", help="train VGG-A with BatchNorm (vgg_a_bn) instead of without")
     ap.add_argument("--both", action="store_true", help="train both variants")
     ap.add_argument("--lrs", type=float, nargs="+", default=DEFAULT_LRS, help="Adam learning rates, one run each")
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=20, help="epochs of each run (one per variant and lr)")
+    ap.add_argument("--batch-size", type=int, default=128, help="training images per step")
     ap.add_argument("--measure-every", type=int, default=10, metavar="K",
                     help="the three measures every K steps (0 = never); each costs probes + 1 fp32 forward/backward")
     ap.add_argument("--probes", type=int, default=4, help="probe distances per measurement")

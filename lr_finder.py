@@ -303,8 +303,7 @@ def train_command(args, lr):
 
 def get_parser():
     d = train.get_parser().get_default  # training flags keep train.py's defaults
-    ap = runtime.OneLineParser(description="LR range test: find a peak --lr for train.py.",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = runtime.OneLineParser(description="LR range test: find a peak --lr for train.py.")
     ap.add_argument("--recipe", default=None,
                     help="take the training flags below (batch size, optimizer, weight decay, data augmentation, ...) "
                          "from a train.py recipe (--list-recipes); flags given here still win")

@@ -80,8 +80,8 @@ class Muon(torch.optim.Optimizer):
 # ----------------------------------------------------------------------------- the optimizer and schedule of a run
 
 def check_optimizer_args(ap, args):
-    """Refuse (exit 2, one line) an unknown --optimizer and the values torch's optimizers would refuse with a
-    traceback, for the scripts' check_args, before anything is created."""
+    """Refuse (exit 2, one line) an unknown --optimizer, the values torch's optimizers would refuse with a traceback
+    and a schedule's flags lr_factor cannot follow, for the scripts' check_args, before anything is created."""
     if args.optimizer not in ("sgd", "adam", "adamw", "muon"):
         ap.error(f"unknown --optimizer {args.optimizer!r}; choose from: sgd, adam, adamw, muon")
     if not (0 <= args.momentum < 1 and 0 <= args.aux_momentum < 1):
@@ -90,6 +90,8 @@ def check_optimizer_args(ap, args):
         ap.error("--nesterov needs a --momentum above 0")
     if not all(0 <= b < 1 for b in args.betas):
         ap.error(f"--betas must be in [0, 1), got {' '.join(f'{b:g}' for b in args.betas)}")
+    if hasattr(args, "milestones"):  # a script with a schedule (train.py's): the flags lr_factor follows
+        check_schedule_args(ap, args)
 
 
 def build_optimizer(model, args, lr=None):
@@ -150,12 +152,35 @@ def lr_factor(step, total, warmup, schedule, milestones=(), gamma=(0.1,)):
     return 1.0
 
 
+def milestone_epochs(args):
+    """--milestones in epochs: fractions of --epochs if all are below 1, else epochs as given."""
+    return [m * args.epochs if all(x < 1 for x in args.milestones) else m for m in args.milestones]
+
+
+def check_schedule_args(ap, args):
+    """Refuse (exit 2, one line) schedule flags lr_factor cannot follow (check_optimizer_args calls it)."""
+    if len(args.gamma) not in (1, len(args.milestones)) or min(args.gamma) <= 0:  # each lr step multiplies by it
+        ap.error(f"--gamma takes one positive value or one per milestone ({len(args.milestones)}), got {args.gamma}")
+    if min(args.warmup_epochs, *args.milestones) < 0:
+        ap.error("--warmup-epochs and --milestones must be >= 0")
+
+
+def schedule_warnings(args):
+    """Schedule flags that never take effect in a run of --epochs: warned, not refused (a short trial of a long
+    recipe is meant, and a resumed run checks its saved flags again)."""
+    late = [f"{m:g}" for m in milestone_epochs(args) if m >= args.epochs]
+    lines = [f"--milestones {' '.join(late)} at or past the last epoch ({args.epochs}): the lr never steps there"
+             ] if args.schedule == "step" and late else []
+    if args.warmup_epochs >= args.epochs:
+        lines.append(f"--warmup-epochs {args.warmup_epochs:g} is not shorter than the run (--epochs {args.epochs}): "
+                     "the lr only rises")
+    return lines
+
+
 def build_scheduler(optimizer, args, steps_per_epoch):
     total = args.epochs * steps_per_epoch
     warmup = int(args.warmup_epochs * steps_per_epoch)
-    ms = args.milestones
-    ms = [m * args.epochs if all(x < 1 for x in ms) else m for m in ms]
-    ms = [int(m * steps_per_epoch) for m in ms]
+    ms = [int(m * steps_per_epoch) for m in milestone_epochs(args)]
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup, args.schedule, ms, args.gamma))
 

@@ -40,6 +40,9 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line on stderr and exit code 2 (no usage dump), and which refuses a non-finite
     number: NaN passes every range check a script makes after, and inf is no lr, size or count."""
 
+    def __init__(self, *a, **kw):  # every flag's help shows its default (a flag without help text shows nothing)
+        super().__init__(*a, **{"formatter_class": argparse.ArgumentDefaultsHelpFormatter, **kw})
+
     def error(self, message):
         self.exit(2, None if quiet_rank() else f"{self.prog}: error: {message} (see --help)\n")
 

@@ -426,7 +426,7 @@ def test_build_loaders_synthetic(synth):
     assert x.shape == (150, 3, 32, 32) and y.dtype == torch.int64
     tr.set_epoch(2)
     assert next(iter(tr))[1].ndim == 1
-    for flags in (["--val", "1000"], ["--cutout", "-1"], ["--crop-pad", "-2"]):
+    for flags in (["--val", "1000"], ["--cutout", "-1"], ["--cutout", "33"], ["--crop-pad", "-2"]):
         with pytest.raises(data.DataError):
             data.build_loaders(args_for(synth, *flags), "cpu", 100)
 

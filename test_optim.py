@@ -38,6 +38,19 @@ def test_scheduler_steps_per_iteration_and_milestones_in_fractions():
     assert lrs[19] == pytest.approx(0.1) and lrs[20] == pytest.approx(0.01) and lrs[30] == pytest.approx(0.001)
 
 
+def test_schedule_flags_that_never_take_effect_are_named():
+    """A milestone at or past the last epoch never steps the lr; a warm-up as long as the run never lets it fall."""
+    def warnings(*flags):
+        return optim.schedule_warnings(train.get_parser().parse_args(["--epochs", "10", *flags]))
+    assert warnings("--schedule", "step", "--milestones", "5", "10", "12") == [
+        "--milestones 10 12 at or past the last epoch (10): the lr never steps there"]
+    assert warnings("--schedule", "step", "--milestones", "0.5", "0.99") == []  # fractions of --epochs
+    assert warnings("--milestones", "12") == []  # a cosine schedule takes no milestones
+    assert warnings("--warmup-epochs", "10") == [
+        "--warmup-epochs 10 is not shorter than the run (--epochs 10): the lr only rises"]
+    assert warnings("--warmup-epochs", "9.5") == [] and warnings() == []
+
+
 def test_wd_exemption_for_bn_and_bias():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     args = train.get_parser().parse_args(["--no-wd-bn-bias"])

@@ -1,5 +1,6 @@
 """runtime.py's shared plumbing as the scripts meet it: the epoch line on a terminal, Ctrl-C outside a script's own
 handling. (Its run folders, checkpoints and devices are tested with the scripts that use them.)"""
+import argparse
 import ast
 import re
 
@@ -39,3 +40,31 @@ def test_every_script_runs_its_main_through_run_main(script):
     tree = ast.parse(open(f"{HERE}/{script}").read())
     guard = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
     assert guard and "run_main(" in ast.unparse(guard[0]), f"{script}: a Ctrl-C while it loads would be a traceback"
+
+
+def every_parser(ap):
+    yield ap
+    for action in ap._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from every_parser(sub)
+
+
+def test_every_flag_of_every_script_says_what_it_does_and_its_default(monkeypatch):
+    """argparse shows a flag's default only beside a help text: a flag without one leaves the user guessing."""
+    import bench, evaluate, landscape, lr_finder, train, visualize
+
+    class Built(Exception):
+        pass
+
+    def built(ap, *a, **k):
+        raise Built(ap)
+    parsers = [m.get_parser() for m in (train, evaluate, lr_finder, landscape, visualize)]
+    monkeypatch.setattr(runtime.OneLineParser, "parse_known_args", built)  # bench.py builds its parser in main
+    with pytest.raises(Built) as e:
+        bench.main([])
+    for ap in parsers + [e.value.args[0]]:
+        for p in every_parser(ap):
+            assert [a.dest for a in p._actions if not a.help] == [], p.prog
+            assert issubclass(p.formatter_class, argparse.ArgumentDefaultsHelpFormatter), p.prog
+    assert "passes over the training images (default: 200)" in " ".join(parsers[0].format_help().split())

@@ -71,11 +71,11 @@ def lenet_run(tmp_path_factory, data_dir):
      "the --select-frac proxy (fastnet) cannot take 8x8 images (--image-sizes)"),
     (["--select-every", "0"], "--select-every must be positive, got 0"),
     (["--select-frac", "0.5", "--select-by", "loss", "--select-every", "2"], "--select-by loss takes no --select-every"),
-    (["--subset", "0"], "--val must be >= 0 and --subset positive, got 0 and 0"),
+    (["--subset", "0"], "--subset must be positive, got 0"),
     (["--subset", "1"], "1 training image(s) for 1 process(es): each needs at least 2"),
-    (["--eval-every", "-1"], "--eval-every, --warmup-epochs and --milestones must be >= 0"),
-    (["--warmup-epochs", "-1"], "--eval-every, --warmup-epochs and --milestones must be >= 0"),
-    (["--schedule", "step", "--milestones", "-0.5"], "--eval-every, --warmup-epochs and --milestones must be >= 0"),
+    (["--eval-every", "-1"], "--val, --save-every, --skip-nonfinite and --eval-every must be >= 0"),
+    (["--warmup-epochs", "-1"], "--warmup-epochs and --milestones must be >= 0"),
+    (["--schedule", "step", "--milestones", "-0.5"], "--warmup-epochs and --milestones must be >= 0"),
     (["--schedule", "step", "--gamma", "-1"], "--gamma takes one positive value or one per milestone (2), got [-1.0]"),
     (["--lr", "nan"], "--lr must be a finite number, got nan"),
     (["--lr", "inf"], "--lr must be a finite number, got inf"),
@@ -97,8 +97,7 @@ def lenet_run(tmp_path_factory, data_dir):
     (["--data", "{tmp}/nowhere"], "CIFAR-10 in {tmp}/nowhere/cifar-10-batches-py: folder not found; fetch the "
                                   "official files with --download, or unpack a local copy"),
     (["--resume", "{tmp}/nothing"], "--resume {tmp}/nothing: checkpoint {tmp}/nothing/last.pt does not exist"),
-    (["--out", "{tmp}/file/run"], "cannot write to run folder {tmp}/file/run: Not a directory"),
-])
+    (["--out", "{tmp}/file/run"], "cannot write to run folder {tmp}/file/run: Not a directory")])
 def test_bad_input_is_one_line_exit_2_and_creates_nothing(capsys, tmp_path, monkeypatch, data_dir, flags, says):
     monkeypatch.chdir(tmp_path)  # the default runs/ folder would land here
     (tmp_path / "file").write_text("not a folder")
@@ -422,12 +421,13 @@ def test_unknown_recipe(capsys):
 
 @pytest.mark.parametrize("recipe", [pytest.param(r, marks=slow_if(train.RECIPES[r]["arch"] in BIG))
                                     for r in train.RECIPES])
-def test_every_recipe_runs_a_tiny_step(tmp_path, data_dir, recipe):
+def test_every_recipe_runs_a_tiny_step(tmp_path, data_dir, recipe, capsys):
     out = tmp_path / recipe
     assert train.main(["--recipe", recipe, "--epochs", "1", "--subset", "20", "--batch-size", "10",
                        "--eval-batch-size", "20", "--data", data_dir, "--out", str(out)]) == 0
     config = json.load(open(out / "config.json"))["args"]
     assert config["recipe"] == recipe and config["arch"] == train.RECIPES[recipe]["arch"]
+    assert ("warning: --warmup-epochs" in capsys.readouterr().out) == (config["warmup_epochs"] >= 1)  # said, not refused
 
 
 # ----------------------------------------------------------------------------- the fast recipe's parts

@@ -339,6 +339,7 @@ def test_report_renders_in_headless_chromium(request, tmp_path):
     (["augment", "{tmp}/foreign"], "{tmp}/foreign: no train.py config.json"),
     (["augment", "{tmp}/listcfg"], "{tmp}/listcfg: no train.py config.json"),
     (["augment", "--count", "65"], "--count must be from 2 to 64, got 65"),
+    (["augment", "--cutout", "40"], "need 0 <= --crop-pad < 32, 0 <= --cutout <= 32, --jitter >= 0 and --mix-alpha > 0"),
     (["filters", "--arch", "lenet", "--seed", "18446744073709551616"], "argument --seed: must be from -2**63 to 2**63"),
     (["features", "{run}", "--data", "{tmp}/nowhere"], "CIFAR-10 in {tmp}/nowhere/cifar-10-batches-py: folder not"),
     (["errors", "--arch", "lenet"], "unrecognized arguments: --arch"),

@@ -28,7 +28,7 @@ import torch.nn as nn
 import data
 from evaluate import TTA, evaluate, n_correct
 from models import ARCHS, build_model, check_arch, check_image_size, count_flops, count_params, init_from_data
-from optim import Lookahead, check_optimizer_args, ema_warmup, set_schedule, training_parts
+from optim import Lookahead, check_optimizer_args, ema_warmup, schedule_warnings, set_schedule, training_parts
 from recipes import NOT_FLAGS, RECIPES, list_recipes
 from runtime import (GraphedStep, MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast,
                      clear_run, device_name, eval_weights, git_commit, load_checkpoint, make_run_dir, pick_device,
@@ -40,19 +40,18 @@ from selection import make_selector
 # ----------------------------------------------------------------------------- command line
 
 def get_parser():
-    ap = OneLineParser(description="Train a CIFAR-10 network. Every flag has a default; see README.md.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = OneLineParser(description="Train a CIFAR-10 network. Every flag has a default; see README.md.")
     ap.add_argument("--recipe", default=None, help="take every default from a named recipe (--list-recipes)")
     ap.add_argument("--list-recipes", action="store_true", help="print the recipes: source, report figure, assumptions")
     ap.add_argument("--arch", default="resnet18", help=f"network: {', '.join(ARCHS)}")
-    ap.add_argument("--epochs", type=int, default=200)
+    ap.add_argument("--epochs", type=int, default=200, help="passes over the training images")
     ap.add_argument("--batch-size", type=int, default=128, help="per process (per GPU under torchrun)")
     ap.add_argument("--lr", type=float, default=0.1, help="peak learning rate")
     ap.add_argument("--optimizer", default="sgd",
                     help="sgd, adam, adamw, or muon (Muon for conv filters at --lr, Nesterov SGD for the rest)")
-    ap.add_argument("--momentum", type=float, default=0.9)
+    ap.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum (muon: the conv filters')")
     ap.add_argument("--betas", type=float, nargs=2, default=[0.9, 0.999], help="Adam/AdamW betas")
-    ap.add_argument("--nesterov", action="store_true")
+    ap.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")
     ap.add_argument("--aux-lr", type=float, default=0.01, help="muon: peak lr of the parameters that are not conv filters")
     ap.add_argument("--aux-momentum", type=float, default=0.9, help="muon: their (Nesterov) momentum")
     ap.add_argument("--bias-lr-scale", type=float, default=1.0, metavar="S",
@@ -66,13 +65,13 @@ def get_parser():
                     help="step schedule: epochs (or fractions of --epochs if all < 1) where lr *= --gamma")
     ap.add_argument("--gamma", type=float, nargs="+", default=[0.1],
                     help="step schedule: lr *= GAMMA at every milestone; or one value per milestone: lr = --lr x that value")
-    ap.add_argument("--label-smoothing", type=float, default=0.0)
+    ap.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (0 = off)")
     ap.add_argument("--zero-init-residual", action="store_true", help="last BN of every residual branch starts at 0")
     data.add_data_args(ap, resize=True)
     ap.add_argument("--subset", type=int, default=None, help="use only the first N train and test images (quick runs)")
-    ap.add_argument("--seed", type=seed_arg, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0, help="seeds the initial weights, data order and augmentation")
     add_amp_arg(ap)
-    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--channels-last", action="store_true", help="NHWC memory layout (faster convs on recent GPUs)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="replay each step as one CUDA graph (muon, one process; a CPU runs the same path uncaptured)")
@@ -84,7 +83,7 @@ def get_parser():
                     help="lookahead as airbench94: every K steps the weights restart from a slow average that keeps "
                          "ALPHA**K * (progress)**3 of itself (e.g. 0.95); 0 = off")
     ap.add_argument("--lookahead-k", type=int, default=5, metavar="K", help="lookahead: steps between syncs")
-    ap.add_argument("--eval-batch-size", type=int, default=1000)
+    ap.add_argument("--eval-batch-size", type=int, default=1000, help="images per batch when testing")
     ap.add_argument("--eval-every", type=int, default=1, metavar="K",
                     help="evaluate (and pick the best epoch) every K epochs and after the last (0: after the last "
                          "only); a test pass costs about a fifteenth of an epoch")
@@ -147,12 +146,10 @@ def check_args(ap, args):
                  "select_every"):
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.val < 0 or (args.subset is not None and args.subset <= 0):
-        ap.error(f"--val must be >= 0 and --subset positive, got {args.val} and {args.subset}")
-    if len(args.gamma) not in (1, len(args.milestones)) or min(args.gamma) <= 0:  # each lr step multiplies by it
-        ap.error(f"--gamma takes one positive value or one per milestone ({len(args.milestones)}), got {args.gamma}")
-    if min(args.save_every, args.skip_nonfinite, args.eval_every, args.warmup_epochs, *args.milestones) < 0:
-        ap.error("--save-every, --skip-nonfinite, --eval-every, --warmup-epochs and --milestones must be >= 0")
+    if args.subset is not None and args.subset <= 0:
+        ap.error(f"--subset must be positive, got {args.subset}")
+    if min(args.val, args.save_every, args.skip_nonfinite, args.eval_every) < 0:
+        ap.error("--val, --save-every, --skip-nonfinite and --eval-every must be >= 0")
     side = min(args.image_sizes or [32])
     nets = [(args.arch, f"--arch {args.arch}")]
     nets += [("fastnet", "the --select-frac proxy (fastnet)")] if args.select_frac < 1 and args.select_by == "proxy" else []
@@ -292,6 +289,8 @@ def set_up(ap, args):
     if world > 1 and args.select_frac < 1 and args.select_by == "loss":
         ap.error("--select-by loss works in a single process only (a process sees only its shard of the images)")
     log = print if rank == 0 else (lambda *a, **k: None)
+    for w in schedule_warnings(args):
+        log(f"warning: {w}")
     out = prepare_run_dir(args, ap)
     device = pick_device(log)
     torch.set_float32_matmul_precision("high")  # TF32 for what stays fp32 on Ampere+ (a no-op elsewhere)
@@ -463,8 +462,7 @@ def stopped(run, where):
 def out_of_memory(run):
     used = f" ({torch.cuda.memory_allocated(run.device) / 2**30:.1f} GiB in use)" if run.device.type == "cuda" else ""
     print(f"train.py: out of memory at --batch-size {run.args.batch_size} (evaluation: --eval-batch-size "
-          f"{run.args.eval_batch_size}){used}; try a smaller batch size; {kept(run)}",
-          file=sys.stderr)
+          f"{run.args.eval_batch_size}){used}; try a smaller batch size; {kept(run)}", file=sys.stderr)
     return 1
 
 
@@ -495,8 +493,7 @@ def train(run):
 
 def epoch_sums(run, acc_loss, acc_correct, seen):
     """Loss sum, correct and images of this epoch so far, over all ranks (float64, on the device)."""
-    return all_sum(torch.stack([acc_loss, acc_correct.double(),
-                                torch.tensor(float(seen), device=run.device, dtype=torch.float64)]))
+    return all_sum(torch.stack([acc_loss, acc_correct.double(), acc_loss.new_tensor(float(seen))]))
 
 
 def train_one_epoch(run, epoch):

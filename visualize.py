@@ -15,7 +15,6 @@ Figures go to --out: by default the run folder for a subcommand given one run, e
 overwritten; every path written is printed. Everything works through forward hooks on named modules, so no network
 needs code of its own here.
 """
-import argparse
 import functools
 import json
 import math
@@ -510,8 +509,10 @@ def cmd_augment(ap, args):
     all from one Loader draw (same seed and epoch), so every row holds the same images in the same order."""
     if not 2 <= args.count <= 64:  # mixing pairs images of the batch; one column per image
         ap.error(f"--count must be from 2 to 64, got {args.count}")
-    if not 0 <= args.crop_pad < 32 or args.cutout < 0 or args.jitter < 0 or args.mix_alpha <= 0:
-        ap.error("need 0 <= --crop-pad < 32, --cutout >= 0, --jitter >= 0 and --mix-alpha > 0")
+    try:
+        data.check_augment_args(args)
+    except data.DataError as e:
+        ap.error(str(e))
     d = load_data(ap, args.data or "./data")
     x, y = d["train"]
     # normalised as train.py does, then shown un-normalised by the same statistics, whatever they are
@@ -594,14 +595,13 @@ def cmd_cam(ap, args):
 def get_parser():
     ap = OneLineParser(description="Figures of what a CIFAR-10 network sees and how its training went (PNG), "
                                    "and a Markdown/HTML report.")
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True, help="what to draw (each has its --help)")
 
     ap.commands = {}
 
     def add(name, help_, source=None, out_default="figures/"):
         """source: None, "run" (a checkpoint is needed) or "any" (a checkpoint, or an untrained --arch)."""
-        p = ap.commands[name] = sub.add_parser(name, help=help_, description=help_, formatter_class=fmt)
+        p = ap.commands[name] = sub.add_parser(name, help=help_, description=help_)
         if source:
             p.add_argument("source", nargs="?" if source == "any" else None,
                            help="a run folder (uses best.pt) or a .pt checkpoint")
@@ -630,7 +630,7 @@ def get_parser():
 
     p = add("curves", "loss, accuracy and learning rate against epoch, several runs overlaid",
             out_default="the run folder for one run, else figures/")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, overlaid")
 
     p = add("errors", "misclassified test images, the confusion matrix and per-class accuracy bars", "run",
             "the run folder")
@@ -645,7 +645,7 @@ def get_parser():
     data.add_data_args(p)
     p.set_defaults(data=None, jitter=0.4, mix="both")  # show every augmentation unless told otherwise
     p.add_argument("--count", type=int, default=8, help="images in the batch")
-    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0, help="seeds the batch's draws")
 
     p = add("cam", "Grad-CAM heat map of the predicted class over the input image", "any",
             "the run folder, else figures/")
@@ -656,7 +656,7 @@ def get_parser():
     p = add("report", "report.md and a self-contained report.html: configuration, results, curves, "
                       "confusion matrix and per-class table; several runs become one comparison",
             out_default="the run folder for one run, else figures/")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (several: one comparison)")
     p.add_argument("--data", default=None, help="CIFAR-10 folder (default: each run's)")
 
     add("layers", "print every module's name, type and output shape (the names --layers takes)", "any", None)
