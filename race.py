@@ -21,7 +21,6 @@ test on the same images (a copy there that no race wrote is refused, not replace
 This module is bench.py's (add_race_args, bench_race) and, run as a script, the airbench94 worker
 process the race starts; it is not meant to be called by hand.
 """
-import argparse
 import importlib.metadata
 import itertools
 import json
@@ -120,7 +119,8 @@ def airbench_on_cpu(airbench):
 
 def airbench_worker(argv):
     """Train airbench94 once in this process; write its figures as JSON."""
-    ap = argparse.ArgumentParser()
+    ap = runtime.OneLineParser(prog="race.py", description="the airbench94 worker that `python bench.py race` starts; "
+                               "not meant to be run by hand")
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--device", required=True)
     ap.add_argument("--out", required=True)
@@ -501,4 +501,8 @@ def print_race(s):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 1:  # by hand
+        print("race.py is the worker that bench.py's race starts, not a script of its own: python bench.py race",
+              file=sys.stderr)
+        sys.exit(2)
     airbench_worker(sys.argv[1:])

@@ -16,7 +16,7 @@ import optim
 import race
 import runtime
 import train
-from conftest import run_script
+from conftest import HERE, run_script
 from models import build_model
 
 
@@ -483,6 +483,11 @@ def test_a_run_that_refuses_its_settings_stops_the_race_with_its_own_line(tmp_pa
     with pytest.raises(race.RaceError) as e:
         race.launch([sys.executable, "-c", say], str(tmp_path / "x.log"), None, None)
     assert e.value.code == 1 and str(e.value).startswith("a run exited with 2 (train.py: error: --val 60000 is too big)")
+
+
+def test_race_py_run_by_hand_says_what_to_run_instead():
+    r = subprocess.run([sys.executable, os.path.join(HERE, "race.py")], capture_output=True, text=True)
+    assert (r.returncode, r.stdout) == (2, "") and r.stderr.endswith("not a script of its own: python bench.py race\n")
 
 
 def test_race_without_airbench_says_how_to_install_it(tmp_path, monkeypatch, capsys, data_dir):
