@@ -43,7 +43,6 @@ import time
 import torch
 import torchvision
 from torchvision.transforms import v2
-from tqdm import tqdm
 
 import data
 import evaluate
@@ -381,6 +380,7 @@ def timed_epoch(loader, step, device, epoch, split):
     seen = 0
     batches = iter(loader)
     # a bar on a terminal only (an epoch of a big network on a CPU takes many minutes); gone once the epoch ends
+    from tqdm import tqdm  # here, as the scripts import it: runtime.run_main says first if it is missing
     bar = tqdm(total=len(loader), desc="timed epoch" + ("" if split else " without syncs"), unit="step",
                leave=False, file=sys.stdout, disable=not sys.stdout.isatty(), dynamic_ncols=True)
     runtime.sync(device)

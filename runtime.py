@@ -10,6 +10,7 @@ import csv
 import ctypes
 import datetime
 import errno
+import importlib.util
 import io
 import itertools
 import json
@@ -59,9 +60,17 @@ def quiet_rank():
     return "TORCHELASTIC_RUN_ID" in os.environ and os.environ.get("RANK", "0") != "0"
 
 
+LATE_IMPORTS = ("tqdm", "matplotlib")  # of requirements.txt, imported where first used: late in a long run
+
+
 def run_main(main, name):
     """sys.exit(main()): a Ctrl-C that the script does not handle itself (while it loads, tests, plots) ends in one
-    line and exit code 130, not a traceback."""
+    line and exit code 130, not a traceback; a package of LATE_IMPORTS missing is said before any work."""
+    missing = [m for m in LATE_IMPORTS if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"{name}: {' and '.join(missing)} not installed; install every requirement: pip install -r "
+              "requirements.txt", file=sys.stderr)
+        sys.exit(1)
     try:
         sys.exit(main())
     except KeyboardInterrupt:

@@ -35,6 +35,17 @@ def test_ctrl_c_outside_a_scripts_own_handling_is_one_line_and_exit_130(capsys):
     assert e.value.code == 3
 
 
+def test_a_missing_requirement_imported_late_is_said_before_any_work(capsys, monkeypatch):
+    """tqdm and matplotlib are imported where first used: missing, they would end a long run in a traceback."""
+    real, ran = runtime.importlib.util.find_spec, []
+    monkeypatch.setattr(runtime.importlib.util, "find_spec", lambda name, *a: None if name == "tqdm" else real(name, *a))
+    with pytest.raises(SystemExit) as e:
+        runtime.run_main(lambda: ran.append(1), "some.py")
+    assert (e.value.code, ran) == (1, []) and capsys.readouterr().err == (
+        "some.py: tqdm not installed; install every requirement: pip install -r requirements.txt\n")
+    assert set(runtime.LATE_IMPORTS) < set(open(f"{HERE}/requirements.txt").read().split())
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_script_runs_its_main_through_run_main(script):
     tree = ast.parse(open(f"{HERE}/{script}").read())
