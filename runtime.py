@@ -10,6 +10,7 @@ import csv
 import ctypes
 import datetime
 import errno
+import glob
 import importlib.util
 import io
 import itertools
@@ -496,6 +497,11 @@ def set_rng_state(s):
 RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "summary.json")
 
 
+# what evaluate.py and visualize.py draw from a run into its folder: a run replaced with --force takes them along
+DRAWN_FILES = ("confusion_matrix.png", "errors.png", "errors-confusion.png", "per_class.png", "augment.png",
+               "curves.png", "report.md", "report.html", "features_*.png", "filters_*.png", "cam_*.png", "confusion_*.png")
+
+
 def run_files_in(folder):
     """The run files (RUN_FILES) that folder holds."""
     return [n for n in RUN_FILES if os.path.exists(os.path.join(folder, n))]
@@ -544,12 +550,19 @@ def claim_run_dir(arch, parent="runs"):
 
 def clear_run(folder):
     """The files of a run that a new one replaces (--force), removed as the new one starts writing, so that no summary,
-    checkpoint or TensorBoard event of the old run sits beside it; other files in the folder are left as they are."""
+    checkpoint, TensorBoard event or figure of the old run sits beside it; other files in the folder are left as they
+    are. Returns the names of the figures and reports removed (DRAWN_FILES)."""
     for name in RUN_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(folder, name))
     shutil.rmtree(os.path.join(folder, "tb"), ignore_errors=True)
     remove_stale_temps(folder)
+    drawn = sorted({os.path.basename(p) for pattern in DRAWN_FILES
+                    for p in glob.glob(os.path.join(glob.escape(folder), pattern))})
+    for name in drawn:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, name))
+    return drawn
 
 
 def remove_if_empty(folder):

@@ -53,8 +53,7 @@ def lenet_run(tmp_path_factory, data_dir):
 @pytest.mark.parametrize("flags, says", [
     (["--arch", "resnet7"], "unknown --arch 'resnet7'; choose from: lenet, rescnn6"),
     (["--optimizer", "rmsprop"], "unknown --optimizer 'rmsprop'; choose from: sgd, adam, adamw"),
-    (["--epochs", "0"], "--epochs must be positive, got 0"),
-    (["--lr", "-0.1"], "--lr must be positive, got -0.1"),
+    (["--epochs", "0"], "--epochs must be positive, got 0"), (["--lr", "-0.1"], "--lr must be positive, got -0.1"),
     (["--batch-size", "0"], "--batch-size must be positive, got 0"),
     (["--epochs", "ten"], "argument --epochs: invalid int value: 'ten'"),
     (["--seed", "18446744073709551616"], "argument --seed: must be from -2**63 to 2**63 - 1, got 1844674407370955"),
@@ -168,15 +167,16 @@ def test_ctrl_c_in_the_final_evaluation_is_one_line_exit_130(capsys, tmp_path, d
 
 def test_force_leaves_nothing_of_the_run_it_replaces(capsys, lenet_run, data_dir, tmp_path):
     """A --force run that diverges at once: the folder holds its own config and none of the old run's summary,
-    checkpoints, metrics or TensorBoard events; a file of the user's stays."""
-    out = str(tmp_path / "run")
+    checkpoints, metrics, TensorBoard events or figures; a file of the user's stays."""
+    out = str(tmp_path / "run [1]")  # (a glob's special characters)
     shutil.copytree(lenet_run, out)
     os.makedirs(os.path.join(out, "tb"), exist_ok=True)
-    for name in ("tb/events.old", "notes.txt", "last.pt.tmp123"):
+    for name in ("tb/events.old", "notes.txt", "last.pt.tmp123", "report.md", "cam_lenet_0.png", "my.png"):
         open(os.path.join(out, name), "w").close()
     assert train.main([*QUICK, "--data", data_dir, "--out", out, "--force", "--lr", "1e12"]) == 1  # diverges
-    left = sorted(os.listdir(out))
-    assert "notes.txt" in left and not {"summary.json", "best.pt", "last.pt", "last.pt.tmp123"} & set(left), left
+    gone, left = {"summary.json", "best.pt", "last.pt", "last.pt.tmp123", "report.md", "cam_lenet_0.png"}, os.listdir(out)
+    assert {"notes.txt", "my.png"} < set(left) and not gone & set(left), left
+    assert "--force: removed what was drawn from the run replaced: cam_lenet_0.png, report.md\n" in capsys.readouterr().out
     assert not os.path.exists(os.path.join(out, "tb", "events.old"))
     assert json.load(open(os.path.join(out, "config.json")))["args"]["lr"] == 1e12
 

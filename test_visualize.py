@@ -380,6 +380,23 @@ def test_the_default_out_is_checked_before_the_work(runs, tmp_path, monkeypatch,
     assert f"the default --out figures: {tmp_path / 'figures'} is a file, not a folder" in err
 
 
+def test_train_force_removes_every_figure_drawn_into_a_run_folder(runs, tmp_path):
+    """What evaluate.py and every subcommand draw into a run folder is in runtime.DRAWN_FILES, which a run replacing
+    it with train.py --force removes: no figure of the old run stays beside the new one."""
+    import evaluate
+    import runtime
+    run = str(tmp_path / "run")
+    shutil.copytree(runs[0], run)
+    before = set(os.listdir(run))
+    for argv in (["features", run], ["filters", run], ["errors", run, "--count", 4], ["cam", run], ["curves", run],
+                 ["report", run], ["augment", run, "--count", 2]):
+        vis(*argv)
+    assert evaluate.main([run]) in (0, None)
+    drawn = set(os.listdir(run)) - before
+    assert len(drawn) >= 12 and runtime.clear_run(run) == sorted(drawn), drawn
+    assert os.listdir(run) == []
+
+
 def test_as_a_script(runs, tmp_path):
     from conftest import run_script
     r = run_script("visualize.py", "filters", runs[1], "--out", tmp_path)

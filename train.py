@@ -400,7 +400,9 @@ def resume(ap, run, ckpt):
 def write_config(run):
     """config.json: the run's settings (and which differ from train.py's defaults), versions, device and data."""
     args, info = run.args, run.info
-    clear_run(run.out)  # --force: nothing of the run this one replaces stays beside it
+    drawn = clear_run(run.out)  # --force: nothing of the run this one replaces stays beside it
+    if drawn:
+        run.log(f"--force: removed what was drawn from the run replaced: {', '.join(drawn)}")
     plain = vars(get_parser().parse_args([]))
     config = {"args": vars(args), "git_commit": git_commit(), "torch": torch.__version__,
               "torchvision": __import__("torchvision").__version__, "python": platform.python_version(),
