@@ -551,7 +551,7 @@ def save_section(path, name, section, environment):
         print(f"warning: {e}; writing {path}.new instead", file=sys.stderr)
         path, old = path + ".new", {}
     merged = {**old, **environment, name: section}  # the top reflects the latest run; sections carry their own
-    runtime.write_text(path, json.dumps(merged, indent=2))
+    runtime.write_text(path, runtime.json_text(merged, indent=2))
     return merged
 
 

@@ -10,7 +10,6 @@ Checkpoints are read with torch.load(weights_only=True): a crafted file cannot r
 The evaluation loop, the accuracy count and test-time augmentation live here; train.py (its per-epoch
 evaluations and final report), lr_finder.py and landscape.py use them from this file.
 """
-import json
 import math
 import os
 import sys
@@ -23,7 +22,8 @@ import torch.nn.functional as F
 import data
 from models import build_model
 from runtime import (OneLineParser, add_amp_arg, autocast, check_output_file, check_output_folder, eval_weights,
-                     load_checkpoint, pick_device, pyplot, resolve_amp, run_folder, run_main, sync, write_text)
+                     json_text, load_checkpoint, pick_device, pyplot, resolve_amp, run_folder, run_main, sync,
+                     write_text)
 
 
 # ----------------------------------------------------------------------------- evaluation loop and TTA
@@ -266,7 +266,7 @@ def main(argv=None):
                    f"{targs['arch']}: test accuracy {100 * res['acc']:.2f}%")
     print(f"wrote {png}")
     if args.json:
-        write_text(args.json, json.dumps(result, indent=2))
+        write_text(args.json, json_text(result, indent=2))
         print(f"wrote {args.json}")
     return 0
 

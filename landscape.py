@@ -292,19 +292,8 @@ def config_of(args, device, amp_dtype, info):
 
 # ----------------------------------------------------------------------------- results on disk
 
-def _clean(v):
-    """JSON-safe: non-finite floats become null (json would write NaN, which is not JSON)."""
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
-
-
 def save_results(result, path):
-    runtime.write_text(path, json.dumps(_clean(result)))
+    runtime.write_text(path, runtime.json_text(result))
 
 
 def lrs_held(path):
@@ -675,7 +664,7 @@ def report(ap, args, paths):
     print(("comparison" if len(results) == 2 else f"{VARIANTS[next(iter(results))]} only") + " figures:")
     print("\n".join(f"  {p}" for p in written))
     lr, summary_path = measures_lr(results), os.path.join(args.out, "summary.json")
-    runtime.write_text(summary_path, json.dumps(_clean({a: summarize(r, lr) for a, r in results.items()}), indent=1))
+    runtime.write_text(summary_path, runtime.json_text({a: summarize(r, lr) for a, r in results.items()}, indent=1))
     print(summary_table(results))
     print(f"summary: {summary_path}")
     return 0

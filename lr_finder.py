@@ -19,7 +19,6 @@ As a library:
 """
 import argparse
 import copy
-import json
 import math
 import os
 import shlex
@@ -404,14 +403,14 @@ def report(args, curve, num_iter, out):
         suggestions = suggest_lr(curve)
     except NoDescent as e:
         plot_curve(curve, {}, png_path, title=title + " (no usable descent)")
-        runtime.write_text(json_path, json.dumps({**summary, "suggestions": {}, "no_suggestion": str(e)}, indent=2))
+        runtime.write_text(json_path, runtime.json_text({**summary, "suggestions": {}, "no_suggestion": str(e)}, indent=2))
         print(f"wrote {csv_path}, {png_path} and {json_path}")
         print(f"no suggestion: {e}")
         return 1
     plot_curve(curve, suggestions, png_path, chosen=args.suggest, title=title)
     lr = suggestions[args.suggest]
     command = train_command(args, lr)
-    runtime.write_text(json_path, json.dumps({**summary, "suggestions": suggestions, "suggest": args.suggest,
+    runtime.write_text(json_path, runtime.json_text({**summary, "suggestions": suggestions, "suggest": args.suggest,
                                               "chosen_lr": lr, "train_command": command}, indent=2))
     print(f"wrote {csv_path}, {png_path} and {json_path}")
     print(f"suggestions (smoothed {curve['kind']} loss, first {usable_window(curve)[0]} steps and the part "

@@ -327,6 +327,18 @@ def write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def json_text(obj, **kw):
+    """json.dumps with every non-finite float as null: json would write NaN or Infinity, which no JSON reader takes
+    (a diverged run's loss)."""
+    def clean(v):
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return [clean(x) for x in v] if isinstance(v, (list, tuple)) else v
+    return json.dumps(clean(obj), allow_nan=False, **kw)
+
+
 def seed_arg(text):
     """argparse type of --seed: a signed 64-bit integer (torch takes no other; numpy gets it modulo 2**32)."""
     try:
@@ -596,7 +608,7 @@ class MetricsLog:
 
     def add(self, row):
         self.rows.append(row)
-        write_text(os.path.join(self.out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.rows))
+        write_text(os.path.join(self.out, "metrics.jsonl"), "".join(json_text(r) + "\n" for r in self.rows))
         keys = list(dict.fromkeys(k for r in self.rows for k in r))
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=keys)

@@ -190,3 +190,18 @@ def test_divergence_names_the_step_and_lr_where_the_loss_first_went_bad(capsys, 
         assert train.main([*argv, "--out", str(tmp_path / f"every{every}")]) == 1
         said.append(capsys.readouterr().err.strip().splitlines()[-1].split(": training diverged")[0])
     assert said[0] == said[1] and int(said[0].split("step ")[1].split(",")[0]) % sync_every, said
+
+
+def test_a_diverged_run_writes_json_and_an_epoch_of_skipped_steps_stops_in_one_line(capsys, tmp_path, data_dir):
+    """--skip-nonfinite on a run whose loss is never finite again: epoch 1 ends with a NaN test loss (written as null:
+    NaN is no JSON), epoch 2 skips every step and stops in one line (it divided by the images it trained on: none)."""
+    argv = ["--arch", "lenet", "--subset", "500", "--batch-size", "100", "--lr", "1e6", "--skip-nonfinite", "100",
+            "--data", data_dir, "--no-progress"]
+    assert train.main([*argv, "--epochs", "1", "--out", str(tmp_path / "one")]) == 0
+    strict = dict(parse_constant=lambda c: pytest.fail(f"{c} in a JSON file"))
+    summary = json.load(open(tmp_path / "one" / "summary.json"), **strict)
+    rows = [json.loads(line, **strict) for line in open(tmp_path / "one" / "metrics.jsonl")]
+    assert summary["final"]["test_loss"] is None and rows[0]["test_loss"] is None
+    assert train.main([*argv, "--epochs", "2", "--out", str(tmp_path / "two")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "at epoch 2" in err and "every step of the epoch skipped (" in err, err

@@ -79,3 +79,8 @@ def test_every_flag_of_every_script_says_what_it_does_and_its_default(monkeypatc
             assert [a.dest for a in p._actions if not a.help] == [], p.prog
             assert issubclass(p.formatter_class, argparse.ArgumentDefaultsHelpFormatter), p.prog
     assert "passes over the training images (default: 200)" in " ".join(parsers[0].format_help().split())
+
+
+def test_json_text_writes_null_for_what_json_would_write_as_nan():
+    text = runtime.json_text({"loss": float("nan"), "rows": [1.5, float("inf"), (float("-inf"), "a")], "n": 2})
+    assert text == '{"loss": null, "rows": [1.5, null, [null, "a"]], "n": 2}'

@@ -10,7 +10,6 @@ A run folder holds config.json, metrics.jsonl/.csv, last.pt, best.pt and summary
 """
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
@@ -31,9 +30,9 @@ from models import ARCHS, build_model, check_arch, check_image_size, count_flops
 from optim import Lookahead, check_optimizer_args, ema_warmup, schedule_warnings, set_schedule, training_parts
 from recipes import NOT_FLAGS, RECIPES, list_recipes
 from runtime import (GraphedStep, MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast,
-                     clear_run, device_name, eval_weights, git_commit, load_checkpoint, make_run_dir, pick_device,
-                     prepare_run_dir, ranks_agree, remove_stale_temps, resolve_amp, rng_state, rss_mib, run_main,
-                     save_checkpoint, seed_arg, set_rng_state, setup_distributed, sync, write_text)
+                     clear_run, device_name, eval_weights, git_commit, json_text, load_checkpoint, make_run_dir,
+                     pick_device, prepare_run_dir, ranks_agree, remove_stale_temps, resolve_amp, rng_state, rss_mib,
+                     run_main, save_checkpoint, seed_arg, set_rng_state, setup_distributed, sync, write_text)
 from selection import make_selector
 
 
@@ -410,7 +409,7 @@ def write_config(run):
               "params": run.n_params, "flops": run.flops, "data": {k: v for k, v in info.items() if k != "classes"},
               "classes": info["classes"], "started": datetime.datetime.now().isoformat(timespec="seconds"),
               "changed_args": [k for k, v in vars(args).items() if k in plain and v != plain[k]]}
-    write_text(os.path.join(run.out, "config.json"), json.dumps(config, indent=2))
+    write_text(os.path.join(run.out, "config.json"), json_text(config, indent=2))
 
 
 def announce(run):
@@ -566,6 +565,8 @@ def train_one_epoch(run, epoch):
     sums = epoch_sums(run, acc_loss, acc_correct, seen)
     run.epoch_time = before + time.time() - t0
     run.train_time += run.epoch_time
+    if not sums[2].item():  # --skip-nonfinite skipped every step: no loss to report, the weights never moved
+        raise diverged(run, epoch, "nan", f"every step of the epoch skipped ({run.bad_steps} in all)")
     row = {"epoch": epoch + 1, "step": run.step, "lr": run.scheduler.get_last_lr()[0],
            "train_loss": sums[0].item() / sums[2].item(), "train_acc": sums[1].item() / sums[2].item()}
     if not math.isfinite(row["train_loss"]):  # another rank diverged
@@ -651,7 +652,7 @@ def final_report(run):
     summary.update(figures, final_test_acc=final_test, best_test_acc=best_test, epoch_time_s=run.train_time / args.epochs,
                    images_per_s=sum(r["images_per_s"] for r in rows) / max(1, len(rows)),
                    peak_gpu_mem_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None)
-    write_text(os.path.join(run.out, "summary.json"), json.dumps(summary, indent=2))
+    write_text(os.path.join(run.out, "summary.json"), json_text(summary, indent=2))
     note = "" if select == "val" else "  (best epoch picked on test: flattering, use --val N for an honest pick)"
     print("\n".join([
         "=" * 72, f"{args.arch} on CIFAR-10, {args.epochs} epochs, {device_name(device)}",
