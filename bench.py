@@ -104,7 +104,7 @@ def add_common_args(p, batch_size, batch_help):
     p.add_argument("--quick", action="store_true", help="fewer images and repeats (under 2 minutes on a laptop CPU)")
     p.add_argument("--batch-size", type=int, default=batch_size, help=batch_help)
     p.add_argument("--device", default="auto", help="auto = cuda, else mps, else cpu")
-    p.add_argument("--out", default="bench.json", help="JSON file the figures are added to")
+    p.add_argument("--out", type=runtime.path_arg, default="bench.json", help="JSON file the figures are added to")
 
 
 def train_args(arch, batch_size, *flags):
@@ -159,7 +159,8 @@ def bench_images(root, n):
 
 def add_data_args(p):
     add_common_args(p, 512, "images per batch (default 512)")
-    p.add_argument("--data", default=None, metavar="DIR", help="CIFAR-10 folder (default: synthetic images in memory)")
+    p.add_argument("--data", type=runtime.path_arg, default=None, metavar="DIR",
+                   help="CIFAR-10 folder (default: synthetic images in memory)")
     p.add_argument("--images", type=int, default=None, help=argparse.SUPPRESS)   # images per pass
     p.add_argument("--repeats", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
@@ -410,7 +411,8 @@ def timed_epoch(loader, step, device, epoch, split):
 def add_epoch_args(p):
     add_common_args(p, 128, "images per step (default 128, as train.py)")
     p.add_argument("--arch", default="resnet18", choices=ARCHS, metavar="NAME", help=f"network: {', '.join(ARCHS)}")
-    p.add_argument("--data", default=None, metavar="DIR", help="CIFAR-10 folder (default: synthetic pickles)")
+    p.add_argument("--data", type=runtime.path_arg, default=None, metavar="DIR",
+                   help="CIFAR-10 folder (default: synthetic pickles)")
     p.add_argument("--download", action="store_true", help="as train.py --download")
     p.add_argument("--subset", type=int, default=None, metavar="N",
                    help="first N train and test images, as train.py --subset (default all; --quick 5000)")

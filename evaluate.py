@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import data
 from models import build_model
-from runtime import (OneLineParser, add_amp_arg, autocast, check_output_file, check_output_folder, eval_weights,
+from runtime import (OneLineParser, path_arg, add_amp_arg, autocast, check_output_file, check_output_folder, eval_weights,
                      json_text, load_checkpoint, pick_device, pyplot, resolve_amp, run_folder, run_main, sync,
                      write_text)
 
@@ -168,8 +168,8 @@ def images_per_s(model, loader, device, amp_dtype, repeats=1):
 
 def get_parser():
     ap = OneLineParser(description="Test accuracy, per-class accuracy, confusion matrix and speed of a trained run.")
-    ap.add_argument("checkpoint", help="a run folder (uses best.pt) or a .pt file written by train.py")
-    ap.add_argument("--data", default=None, help="CIFAR-10 folder (default: the one the run trained on)")
+    ap.add_argument("checkpoint", type=path_arg, help="a run folder (uses best.pt) or a .pt file written by train.py")
+    ap.add_argument("--data", type=path_arg, default=None, help="CIFAR-10 folder (default: the one the run trained on)")
     ap.add_argument("--download", action="store_true", help="fetch the official files through torchvision if missing")
     ap.add_argument("--batch-size", type=int, default=1000, help="images per batch")
     add_amp_arg(ap, default=None, help="autocast (default: the run's own --amp, so the figure matches its summary)")
@@ -183,8 +183,9 @@ def get_parser():
                     help="--tta: the mirror only for the share M of images least sure without it (default: the run's own)")
     ap.add_argument("--subset", type=int, default=None,
                     help="the first N test images (default: those the run was tested on; 10000: all of them)")
-    ap.add_argument("--out", default=None, help="folder for confusion_matrix.png (default: the checkpoint's folder)")
-    ap.add_argument("--json", default=None, metavar="PATH", help="write the numbers as JSON (a new file)")
+    ap.add_argument("--out", type=path_arg, default=None,
+                    help="folder for confusion_matrix.png (default: the checkpoint's folder)")
+    ap.add_argument("--json", type=path_arg, default=None, metavar="PATH", help="write the numbers as JSON (a new file)")
     ap.add_argument("--force", action="store_true", help="let --json overwrite an existing file")
     return ap
 

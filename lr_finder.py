@@ -348,7 +348,7 @@ def get_parser():
     ap.add_argument("--seed", type=runtime.seed_arg, default=d("seed"), help="initial weights and batch order")
     runtime.add_amp_arg(ap, default=d("amp"))
     ap.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    ap.add_argument("--out", default=None, help="output folder (default lr_finder/<arch>-<timestamp>)")
+    ap.add_argument("--out", type=runtime.path_arg, default=None, help="output folder (default lr_finder/<arch>-<timestamp>)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing lr_finder.csv in --out")
     ap.set_defaults(lr=d("lr"))  # no flag: the train.py --lr that --aux-lr goes with (a recipe sets it)
     return ap

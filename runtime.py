@@ -38,12 +38,22 @@ AMP_CHOICES = ["auto", "bf16", "fp16", "off"]
 
 # ----------------------------------------------------------------------------- command line
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each flag's default after its text, unless the text tells it in words or there is none to tell
+    (None; False for a switch)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line on stderr and exit code 2 (no usage dump), and which refuses a non-finite
     number: NaN passes every range check a script makes after, and inf is no lr, size or count."""
 
     def __init__(self, *a, **kw):  # every flag's help shows its default (a flag without help text shows nothing)
-        super().__init__(*a, **{"formatter_class": argparse.ArgumentDefaultsHelpFormatter, **kw})
+        super().__init__(*a, **{"formatter_class": DefaultsFormatter, **kw})
 
     def error(self, message):
         self.exit(2, None if quiet_rank() else f"{self.prog}: error: {message} (see --help)\n")
@@ -337,6 +347,11 @@ def json_text(obj, **kw):
             return {k: clean(x) for k, x in v.items()}
         return [clean(x) for x in v] if isinstance(v, (list, tuple)) else v
     return json.dumps(clean(obj), allow_nan=False, **kw)
+
+
+def path_arg(text):
+    """argparse type of a path: ~ expanded, which a shell leaves alone in --out=~/x."""
+    return os.path.expanduser(text)
 
 
 def seed_arg(text):

@@ -2,6 +2,7 @@
 handling. (Its run folders, checkpoints and devices are tested with the scripts that use them.)"""
 import argparse
 import ast
+import os
 import re
 
 import pytest
@@ -61,8 +62,8 @@ def every_parser(ap):
                 yield from every_parser(sub)
 
 
-def test_every_flag_of_every_script_says_what_it_does_and_its_default(monkeypatch):
-    """argparse shows a flag's default only beside a help text: a flag without one leaves the user guessing."""
+def every_scripts_parser(monkeypatch):
+    """Each script's parser with its subcommands' (bench.py builds its parser in main: caught as it parses)."""
     import bench, evaluate, landscape, lr_finder, train, visualize
 
     class Built(Exception):
@@ -71,16 +72,34 @@ def test_every_flag_of_every_script_says_what_it_does_and_its_default(monkeypatc
     def built(ap, *a, **k):
         raise Built(ap)
     parsers = [m.get_parser() for m in (train, evaluate, lr_finder, landscape, visualize)]
-    monkeypatch.setattr(runtime.OneLineParser, "parse_known_args", built)  # bench.py builds its parser in main
-    with pytest.raises(Built) as e:
-        bench.main([])
-    for ap in parsers + [e.value.args[0]]:
-        for p in every_parser(ap):
-            assert [a.dest for a in p._actions if not a.help] == [], p.prog
-            assert issubclass(p.formatter_class, argparse.ArgumentDefaultsHelpFormatter), p.prog
+    with monkeypatch.context() as m:
+        m.setattr(runtime.OneLineParser, "parse_known_args", built)
+        with pytest.raises(Built) as e:
+            bench.main([])
+    return [p for ap in parsers + [e.value.args[0]] for p in every_parser(ap)]
+
+
+def test_every_flag_of_every_script_says_what_it_does_and_its_default(monkeypatch):
+    """argparse shows a flag's default only beside a help text: a flag without one leaves the user guessing."""
+    parsers = every_scripts_parser(monkeypatch)
+    for p in parsers:
+        assert [a.dest for a in p._actions if not a.help] == [], p.prog
+        assert issubclass(p.formatter_class, argparse.ArgumentDefaultsHelpFormatter), p.prog
+        text = " ".join(p.format_help().split())
+        assert not re.search(r"\(default: (None|False)\)|default[^()]*\) \(default", text), (p.prog, text)
     assert "passes over the training images (default: 200)" in " ".join(parsers[0].format_help().split())
 
 
 def test_json_text_writes_null_for_what_json_would_write_as_nan():
     text = runtime.json_text({"loss": float("nan"), "rows": [1.5, float("inf"), (float("-inf"), "a")], "n": 2})
     assert text == '{"loss": null, "rows": [1.5, null, [null, "a"]], "n": 2}'
+
+
+PATHS = {"out", "resume", "data", "checkpoint", "source", "runs", "run", "json", "work"}
+
+
+def test_every_path_of_every_script_expands_a_tilde(monkeypatch):
+    """A shell expands ~ in a word of its own, not in --out=~/x: each script expands it (else a folder named ~)."""
+    paths = [(p.prog, a.dest, a.type) for p in every_scripts_parser(monkeypatch) for a in p._actions if a.dest in PATHS]
+    assert len(paths) >= 30 and all(t is not None and t("~/x").startswith(os.path.expanduser("~/")) for _, _, t in paths), \
+        [(prog, dest) for prog, dest, t in paths if t is None or t("~/x").startswith("~")]

@@ -393,7 +393,7 @@ def test_train_force_removes_every_figure_drawn_into_a_run_folder(runs, tmp_path
         vis(*argv)
     assert evaluate.main([run]) in (0, None)
     drawn = set(os.listdir(run)) - before
-    assert len(drawn) >= 12 and runtime.clear_run(run) == sorted(drawn), drawn
+    assert len(drawn) >= 12 and drawn <= set(runtime.clear_run(run)), drawn  # (and what earlier tests drew there)
     assert os.listdir(run) == []
 
 

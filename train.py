@@ -31,8 +31,8 @@ from optim import Lookahead, check_optimizer_args, ema_warmup, schedule_warnings
 from recipes import NOT_FLAGS, RECIPES, list_recipes
 from runtime import (GraphedStep, MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast,
                      clear_run, device_name, eval_weights, git_commit, json_text, load_checkpoint, make_run_dir,
-                     pick_device, prepare_run_dir, ranks_agree, remove_stale_temps, resolve_amp, rng_state, rss_mib,
-                     run_main, save_checkpoint, seed_arg, set_rng_state, setup_distributed, sync, write_text)
+                     path_arg, pick_device, prepare_run_dir, ranks_agree, remove_stale_temps, resolve_amp, rng_state,
+                     rss_mib, run_main, save_checkpoint, seed_arg, set_rng_state, setup_distributed, sync, write_text)
 from selection import make_selector
 
 
@@ -103,9 +103,9 @@ def get_parser():
                     help="under torchrun: linear = --lr times the number of processes (--batch-size is per process)")
     ap.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm statistics over all processes")
     ap.add_argument("--skip-nonfinite", type=int, default=0, metavar="N", help="skip up to N steps with NaN/Inf loss instead of stopping")
-    ap.add_argument("--out", default=None, help="run folder (default runs/<arch>-<timestamp>)")
+    ap.add_argument("--out", type=path_arg, default=None, help="run folder (default runs/<arch>-<timestamp>)")
     ap.add_argument("--force", action="store_true", help="allow writing into a folder that holds another run")
-    ap.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    ap.add_argument("--resume", type=path_arg, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     ap.add_argument("--no-progress", action="store_true", help="plain lines even on a terminal")
     return ap
 

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 import data
 from evaluate import confusion, evaluate, per_class, plot_confusion
 from models import ARCHS, build_model, check_arch
-from runtime import (OneLineParser, check_output_folder, eval_weights, load_checkpoint, pick_device, pyplot, resolve_amp,
-                     run_folder, run_main, seed_arg)
+from runtime import (OneLineParser, check_output_folder, eval_weights, load_checkpoint, path_arg, pick_device, pyplot,
+                     resolve_amp, run_folder, run_main, seed_arg)
 
 DPI = 100
 # figure sizes in inches; at DPI these give the pixel sizes the tests check
@@ -603,17 +603,17 @@ def get_parser():
         """source: None, "run" (a checkpoint is needed) or "any" (a checkpoint, or an untrained --arch)."""
         p = ap.commands[name] = sub.add_parser(name, help=help_, description=help_)
         if source:
-            p.add_argument("source", nargs="?" if source == "any" else None,
+            p.add_argument("source", type=path_arg, nargs="?" if source == "any" else None,
                            help="a run folder (uses best.pt) or a .pt checkpoint")
         if source == "any":
             p.add_argument("--arch", default=None, help=f"an untrained network instead: {', '.join(ARCHS)}")
             p.add_argument("--seed", type=seed_arg, default=0, help="initialisation seed of an untrained --arch")
         if out_default:
-            p.add_argument("--out", default=None, help=f"output folder (default: {out_default})")
+            p.add_argument("--out", type=path_arg, default=None, help=f"output folder (default: {out_default})")
         return p
 
     def pick_args(p, several=False):
-        p.add_argument("--data", default=None, help="CIFAR-10 folder (default: the run's, else ./data)")
+        p.add_argument("--data", type=path_arg, default=None, help="CIFAR-10 folder (default: the run's, else ./data)")
         p.add_argument("--index", type=int, nargs="+" if several else None, default=[0] if several else 0,
                        help="test image(s) by position (with --class: position among that class's images)")
         p.add_argument("--class", dest="cls", default=None, metavar="NAME", help="pick the test image from this class")
@@ -630,17 +630,17 @@ def get_parser():
 
     p = add("curves", "loss, accuracy and learning rate against epoch, several runs overlaid",
             out_default="the run folder for one run, else figures/")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, overlaid")
+    p.add_argument("runs", type=path_arg, nargs="+", metavar="RUN_DIR", help="run folders, overlaid")
 
     p = add("errors", "misclassified test images, the confusion matrix and per-class accuracy bars", "run",
             "the run folder")
-    p.add_argument("--data", default=None, help="CIFAR-10 folder (default: the run's)")
+    p.add_argument("--data", type=path_arg, default=None, help="CIFAR-10 folder (default: the run's)")
     p.add_argument("--count", type=int, default=36, help="how many mistakes to show (most confident first)")
     p.add_argument("--subset", type=int, default=None, help="first N test images (default: as the run was tested)")
 
     p = add("augment", "one training batch after crop/flip/jitter/cutout, CutMix and MixUp, labels under each image",
             out_default="RUN_DIR if given, else figures/")
-    p.add_argument("run", nargs="?", default=None, metavar="RUN_DIR",
+    p.add_argument("run", type=path_arg, nargs="?", default=None, metavar="RUN_DIR",
                    help="take the data flags from this run's config.json (flags given here still win)")
     data.add_data_args(p)
     p.set_defaults(data=None, jitter=0.4, mix="both")  # show every augmentation unless told otherwise
@@ -656,8 +656,8 @@ def get_parser():
     p = add("report", "report.md and a self-contained report.html: configuration, results, curves, "
                       "confusion matrix and per-class table; several runs become one comparison",
             out_default="the run folder for one run, else figures/")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (several: one comparison)")
-    p.add_argument("--data", default=None, help="CIFAR-10 folder (default: each run's)")
+    p.add_argument("runs", type=path_arg, nargs="+", metavar="RUN_DIR", help="run folders (several: one comparison)")
+    p.add_argument("--data", type=path_arg, default=None, help="CIFAR-10 folder (default: each run's)")
 
     add("layers", "print every module's name, type and output shape (the names --layers takes)", "any", None)
     return ap
