@@ -563,12 +563,8 @@ def main(argv=None):
     for name, (add_args, _, help_) in SUBCOMMANDS.items():
         add_args(sub.add_parser(name, help=help_))
     args = ap.parse_args(argv)
-    for flag in ("batch_size", "repeats", "subset", "images"):
-        value = getattr(args, flag, None)
-        if value is not None and value <= 0:
-            ap.error(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    if getattr(args, "workers", 0) < 0:
-        ap.error(f"--workers must be >= 0, got {args.workers}")
+    runtime.check_ranges(ap, args, positive=[f for f in ("batch_size", "repeats", "subset", "images") if f in vars(args)],
+                         nonnegative=[f for f in ("workers",) if f in vars(args)])
     if getattr(args, "warmup", 1) < (1 if args.cmd == "step" else 0):
         ap.error(f"--warmup must be at least {1 if args.cmd == 'step' else 0}, got {args.warmup}")
     check_out(ap, args.out, args.cmd, getattr(args, "force", False))  # --force: race's alone

@@ -360,19 +360,15 @@ def check_args(ap, args):
     optim.check_optimizer_args(ap, args)
     if not 0 < args.start_lr < args.end_lr:
         ap.error(f"need 0 < --start-lr < --end-lr, got {args.start_lr:g} and {args.end_lr:g}")
-    for name in ("num_iter", "steps_per_decade", "batch_size", "subset", "aux_lr"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    runtime.check_ranges(ap, args, positive=("num_iter", "steps_per_decade", "batch_size", "subset", "aux_lr",
+                                             "bias_lr_scale"),
+                         nonnegative=("val", "wd"), below_one=("label_smoothing",), fraction=("smooth",))
     steps = args.num_iter or planned_steps(args.start_lr, args.end_lr, args.steps_per_decade)
     if steps < MIN_STEPS:
         ap.error(f"{steps} steps can never give a suggestion (it takes at least {MIN_STEPS}): raise "
                  + ("--num-iter" if args.num_iter else "--steps-per-decade"))
-    if not 0 < args.smooth <= 1:
-        ap.error(f"--smooth must be in (0, 1], got {args.smooth:g}")
     if args.diverge <= 1:
         ap.error(f"--diverge must be > 1, got {args.diverge:g}")
-    if args.val < 0 or args.wd < 0 or not 0 <= args.label_smoothing < 1 or args.bias_lr_scale <= 0:
-        ap.error("--val and --wd must be >= 0, --bias-lr-scale > 0, --label-smoothing in [0, 1)")
 
 
 OUTPUTS = ("lr_finder.csv", "lr_finder.png", "suggestions.json")  # what report() writes in --out

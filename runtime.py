@@ -349,6 +349,21 @@ def json_text(obj, **kw):
     return json.dumps(clean(obj), allow_nan=False, **kw)
 
 
+RANGES = {"positive": (lambda v: v > 0, "positive"), "nonnegative": (lambda v: v >= 0, ">= 0"),
+          "below_one": (lambda v: 0 <= v < 1, "in [0, 1)"), "fraction": (lambda v: 0 < v <= 1, "in (0, 1]")}
+
+
+def check_ranges(ap, args, **rules):
+    """Refuse (one line, exit 2) the first flag outside its range, naming it and its value. rules: a range of RANGES
+    = the dests it holds for (a flag left at None is not checked)."""
+    for rule, names in rules.items():
+        holds, words = RANGES[rule]
+        for name in names:
+            value = getattr(args, name)
+            if value is not None and not holds(value):
+                ap.error(f"--{name.replace('_', '-')} must be {words}, got {value}")
+
+
 def path_arg(text):
     """argparse type of a path: ~ expanded, which a shell leaves alone in --out=~/x."""
     return os.path.expanduser(text)

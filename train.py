@@ -30,9 +30,10 @@ from models import ARCHS, build_model, check_arch, check_image_size, count_flops
 from optim import Lookahead, check_optimizer_args, ema_warmup, schedule_warnings, set_schedule, training_parts
 from recipes import NOT_FLAGS, RECIPES, list_recipes
 from runtime import (GraphedStep, MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast,
-                     clear_run, device_name, eval_weights, git_commit, json_text, load_checkpoint, make_run_dir,
-                     path_arg, pick_device, prepare_run_dir, ranks_agree, remove_stale_temps, resolve_amp, rng_state,
-                     rss_mib, run_main, save_checkpoint, seed_arg, set_rng_state, setup_distributed, sync, write_text)
+                     check_ranges, clear_run, device_name, eval_weights, git_commit, json_text, load_checkpoint,
+                     make_run_dir, path_arg, pick_device, prepare_run_dir, ranks_agree, remove_stale_temps, resolve_amp,
+                     rng_state, rss_mib, run_main, save_checkpoint, seed_arg, set_rng_state, setup_distributed, sync,
+                     write_text)
 from selection import make_selector
 
 
@@ -141,14 +142,11 @@ def check_args(ap, args):
     """Refuse bad values before anything is created."""
     check_arch(ap, args.arch)
     check_optimizer_args(ap, args)
-    for name in ("epochs", "batch_size", "lr", "eval_batch_size", "aux_lr", "bias_lr_scale", "ema_every", "lookahead_k",
-                 "select_every"):
-        if getattr(args, name) <= 0:
-            ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.subset is not None and args.subset <= 0:
-        ap.error(f"--subset must be positive, got {args.subset}")
-    if min(args.val, args.save_every, args.skip_nonfinite, args.eval_every) < 0:
-        ap.error("--val, --save-every, --skip-nonfinite and --eval-every must be >= 0")
+    check_ranges(ap, args, positive=("epochs", "batch_size", "lr", "eval_batch_size", "aux_lr", "bias_lr_scale",
+                                     "ema_every", "lookahead_k", "select_every", "subset"),
+                 nonnegative=("val", "save_every", "skip_nonfinite", "eval_every", "wd"),
+                 below_one=("label_smoothing", "ema", "lookahead"),
+                 fraction=("tta_frac", "tta_mirror_frac", "select_frac"))
     side = min(args.image_sizes or [32])
     nets = [(args.arch, f"--arch {args.arch}")]
     nets += [("fastnet", "the --select-frac proxy (fastnet)")] if args.select_frac < 1 and args.select_by == "proxy" else []
@@ -156,13 +154,8 @@ def check_args(ap, args):
         check_image_size(ap, arch, side, name)
     if args.select_by == "loss" and args.select_every != ap.get_default("select_every"):  # (--select-frac 1: no selection)
         ap.error("--select-by loss takes no --select-every (the proxy's)")
-    for name in ("tta_frac", "tta_mirror_frac", "select_frac"):
-        if not 0 < getattr(args, name) <= 1:
-            ap.error(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")
     if args.cuda_graph and (args.optimizer != "muon" or args.compile or args.skip_nonfinite or args.amp == "fp16"):
         ap.error("--cuda-graph needs --optimizer muon, and takes no --compile, --skip-nonfinite or --amp fp16")
-    if args.wd < 0 or not 0 <= args.label_smoothing < 1 or not 0 <= args.ema < 1 or not 0 <= args.lookahead < 1:
-        ap.error("--wd must be >= 0, --label-smoothing, --ema and --lookahead in [0, 1)")
 
 
 # ----------------------------------------------------------------------------- one training step
