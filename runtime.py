@@ -20,6 +20,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -569,7 +570,7 @@ def prepare_run_dir(args, ap):
         ap.error(f"--out {out} exists and is not a folder")
     taken = run_files_in(out)
     if taken and not args.force:
-        again = (f"use --resume {out} to continue it, --force to overwrite it" if "last.pt" in taken else
+        again = (f"use --resume {shlex.quote(out)} to continue it, --force to overwrite it" if "last.pt" in taken else
                  "it has no checkpoint (last.pt) to resume: use --force to start it again")
         ap.error(f"{out} already holds a run ({taken[0]}); {again}, or another --out")
     return out

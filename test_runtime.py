@@ -103,3 +103,12 @@ def test_every_path_of_every_script_expands_a_tilde(monkeypatch):
     paths = [(p.prog, a.dest, a.type) for p in every_scripts_parser(monkeypatch) for a in p._actions if a.dest in PATHS]
     assert len(paths) >= 30 and all(t is not None and t("~/x").startswith(os.path.expanduser("~/")) for _, _, t in paths), \
         [(prog, dest) for prog, dest, t in paths if t is None or t("~/x").startswith("~")]
+
+
+def test_a_run_folder_refused_is_named_in_a_command_that_pastes_whole(tmp_path, capsys):
+    out = tmp_path / "my run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"")
+    with pytest.raises(SystemExit):
+        runtime.prepare_run_dir(argparse.Namespace(resume=None, out=str(out), force=False), runtime.OneLineParser())
+    assert f"use --resume '{out}' to continue it, --force to overwrite it" in capsys.readouterr().err

@@ -317,14 +317,14 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir)
 
 
 def test_divergence_before_any_checkpoint_says_how_to_start_again(capsys, tmp_path, data_dir):
-    """No last.pt yet: the message must not promise checkpoints, and the command it gives must run."""
-    out = str(tmp_path / "run")
+    """No last.pt yet: the message must not promise checkpoints, and the command it gives must run, pasted whole."""
+    out = str(tmp_path / "my run")
     argv = [*QUICK, "--data", data_dir, "--out", out]
     assert train.main([*argv, "--lr", "1e8"]) == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "training diverged" in line and "kept" not in line and not os.path.exists(os.path.join(out, "last.pt"))
-    assert line.endswith(f"no checkpoint was written yet: start again with --force --out {out}")
-    assert train.main([*argv, "--force"]) == 0
+    assert line.endswith(f"no checkpoint was written yet: start again with --force --out '{out}'")
+    assert train.main([*argv, "--force"]) == 0 and f"evaluate: python evaluate.py '{out}'\n" in capsys.readouterr().out
 
 
 def test_skip_nonfinite_leaves_the_weights_untouched():

@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import random
+import shlex
 import signal
 import sys
 import time
@@ -437,7 +438,7 @@ def checkpoint(run, name, epoch, batch, partial=None, acc=None):
 def kept(run):
     """What a run stopped by an error leaves to go on from."""
     return (f"the last good checkpoints are kept in {run.out}" if os.path.exists(os.path.join(run.out, "last.pt"))
-            else f"no checkpoint was written yet: start again with --force --out {run.out}")
+            else f"no checkpoint was written yet: start again with --force --out {shlex.quote(run.out)}")
 
 
 def diverged(run, epoch, value, why="", at=None):  # at: (step, lr) of the first non-finite loss, else those now
@@ -450,7 +451,7 @@ def diverged(run, epoch, value, why="", at=None):  # at: (step, lr) of the first
 def stopped(run, where):
     signum = run.stop_signal[0] if run.stop_signal else signal.SIGTERM  # (under torchrun another rank was signalled)
     return Stop(128 + signum, f"stopped by signal {signal.Signals(signum).name} {where}; "
-                              f"resume with: python train.py --resume {run.out}")
+                              f"resume with: python train.py --resume {shlex.quote(run.out)}")
 
 
 def out_of_memory(run):
@@ -657,7 +658,8 @@ def final_report(run):
         f"{summary['images_per_s']:.0f} train images/s",
         f"{run.n_params:,} parameters, {run.flops / 1e6:,.1f} MFLOPs/image"
         + (f", peak GPU memory {summary['peak_gpu_mem_gib']:.2f} GiB" if device.type == "cuda" else ""),
-        f"run folder {run.out} (summary.json, metrics.csv, best.pt, last.pt); evaluate: python evaluate.py {run.out}",
+        f"run folder {run.out} (summary.json, metrics.csv, best.pt, last.pt); evaluate: python evaluate.py "
+        f"{shlex.quote(run.out)}",
         "=" * 72]))
     return 0
 
