@@ -383,6 +383,15 @@ def check_augment_args(args):
         raise DataError("need 0 <= --crop-pad < 32, 0 <= --cutout <= 32, --jitter >= 0 and --mix-alpha > 0")
 
 
+def augment_warnings(args, epochs):
+    """Augmentation flags that never take effect in a run of `epochs`: warned, not refused (a short trial of a long
+    recipe is meant)."""
+    if args.mix != "none" and args.mix_off_epochs >= epochs:
+        return [f"--mix-off-epochs {args.mix_off_epochs} covers every epoch (--epochs {epochs}): --mix {args.mix} "
+                "never mixes"]
+    return []
+
+
 def build_loaders(args, device, batch_size, *, dtype=torch.float32, channels_last=False, seed=0, epochs=None,
                   eval_batch_size=None, rank=0, world_size=1, subset=None, mean_std=None):
     """(train_loader, val_loader or None, test_loader, info) from the flags of add_data_args. Inputs are

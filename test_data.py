@@ -454,3 +454,10 @@ def test_data_is_kept_as_an_absolute_path(tmp_path, monkeypatch):
     assert ap.parse_args(["--data", "cifar"]).data == str(tmp_path / "cifar")
     assert ap.parse_args([]).data == str(tmp_path / "data")
     assert ap.parse_args(["--data=~/cifar"]).data == os.path.expanduser("~/cifar")  # no shell expands it there
+
+
+def test_mixing_switched_off_for_every_epoch_is_named():
+    assert data.augment_warnings(args_for("d", "--mix", "cutmix", "--mix-off-epochs", "5"), 5) == [
+        "--mix-off-epochs 5 covers every epoch (--epochs 5): --mix cutmix never mixes"]
+    assert data.augment_warnings(args_for("d", "--mix", "cutmix", "--mix-off-epochs", "4"), 5) == []
+    assert data.augment_warnings(args_for("d", "--mix-off-epochs", "9"), 5) == []  # no mixing asked for

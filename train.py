@@ -282,7 +282,7 @@ def set_up(ap, args):
     if world > 1 and args.select_frac < 1 and args.select_by == "loss":
         ap.error("--select-by loss works in a single process only (a process sees only its shard of the images)")
     log = print if rank == 0 else (lambda *a, **k: None)
-    for w in schedule_warnings(args):
+    for w in schedule_warnings(args) + data.augment_warnings(args, args.epochs):
         log(f"warning: {w}")
     out = prepare_run_dir(args, ap)
     device = pick_device(log)
