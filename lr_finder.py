@@ -343,7 +343,8 @@ def get_parser():
                     help="biases and BN parameters at S x the swept lr, with weight decay / S")
     ap.add_argument("--label-smoothing", type=float, default=d("label_smoothing"), help="of the cross-entropy loss")
     ap.add_argument("--zero-init-residual", action="store_true", help="last BN of every residual branch starts at 0")
-    data.add_data_args(ap)
+    data.add_data_args(ap, helps={"val": "hold out N training images (stratified): the sweep trains on the rest, "
+                                         "--val-loss reads the loss on them"})
     ap.add_argument("--subset", type=int, default=None, help="use only the first N train and test images")
     ap.add_argument("--seed", type=runtime.seed_arg, default=d("seed"), help="initial weights and batch order")
     runtime.add_amp_arg(ap, default=d("amp"))
