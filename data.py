@@ -345,7 +345,7 @@ def add_data_args(parser, helps=None, resize=False):
          "alt_flip": "flip every image on every other epoch (random start per image) instead of a coin per epoch: "
                      "each image is seen both ways in any two epochs (airbench)",
          "jitter": "colour jitter: brightness/contrast/saturation factors in [1-S, 1+S] (0 = off)",
-         "cutout": "Cutout square side in pixels (0 = off)",
+         "cutout": "Cutout square side in pixels, up to 32 (0 = off)",
          "mix": "CutMix/MixUp with soft targets; both = a random one of the two per batch",
          "mix_alpha": "mixing ratio ~ Beta(A, A)",
          "mix_off_epochs": "no mixing in the last K epochs",
