@@ -655,6 +655,16 @@ class MetricsLog:
 
 # ----------------------------------------------------------------------------- progress
 
+def eta(started, done, left):
+    """'  eta 1h02m' for `left` more units at the mean pace of the `done` since `started` (time.time()); '' at the end.
+    For a log read without the bar (nohup, a file), where a long run's end is otherwise anyone's guess."""
+    if not left or not done:
+        return ""
+    s = round((time.time() - started) / done * left)
+    return f"  eta {s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"  eta {s // 60}m{s % 60:02d}s" if s >= 60 \
+        else f"  eta {s}s"
+
+
 class Progress:
     """One plain line per epoch, and on a terminal a tqdm bar while the epoch runs (gone when its line comes: as the
     bar's suffix the line would be cut to the terminal's width)."""

@@ -112,3 +112,9 @@ def test_a_run_folder_refused_is_named_in_a_command_that_pastes_whole(tmp_path, 
     with pytest.raises(SystemExit):
         runtime.prepare_run_dir(argparse.Namespace(resume=None, out=str(out), force=False), runtime.OneLineParser())
     assert f"use --resume '{out}' to continue it, --force to overwrite it" in capsys.readouterr().err
+
+
+def test_eta_at_the_mean_pace_so_far(monkeypatch):
+    monkeypatch.setattr(runtime.time, "time", lambda: 1000.0)
+    assert runtime.eta(900.0, 2, 3) == "  eta 2m30s" and runtime.eta(0.0, 1, 8) == "  eta 2h13m"
+    assert runtime.eta(990.0, 5, 2) == "  eta 4s" and runtime.eta(900.0, 2, 0) == "" and runtime.eta(1000.0, 0, 5) == ""

@@ -31,7 +31,7 @@ from models import ARCHS, build_model, check_arch, check_image_size, count_flops
 from optim import Lookahead, check_optimizer_args, ema_warmup, schedule_warnings, set_schedule, training_parts
 from recipes import NOT_FLAGS, RECIPES, list_recipes
 from runtime import (GraphedStep, MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast,
-                     check_ranges, clear_run, device_name, eval_weights, git_commit, json_text, load_checkpoint,
+                     check_ranges, clear_run, device_name, eta, eval_weights, git_commit, json_text, load_checkpoint,
                      make_run_dir, path_arg, pick_device, prepare_run_dir, ranks_agree, remove_stale_temps, resolve_amp,
                      rng_state, rss_mib, run_main, save_checkpoint, seed_arg, set_rng_state, setup_distributed, sync,
                      write_text)
@@ -591,7 +591,8 @@ def end_epoch(run, epoch, row, bar, images):
         checkpoint(run, "last.pt", epoch + 1, 0)
         scores = f"{sel} loss {row[sel + '_loss']:.4f}  {sel} acc {row[sel + '_acc']:.4f}  " if sel + "_acc" in row else ""
         bar.close(f"epoch {epoch + 1}/{run.args.epochs}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  "
-                  f"{scores}lr {row['lr']:.3g}  {row['epoch_time']:.1f}s  {row['images_per_s']:.0f} img/s")
+                  f"{scores}lr {row['lr']:.3g}  {row['epoch_time']:.1f}s  {row['images_per_s']:.0f} img/s"
+                  + eta(run.t_run, epoch + 1 - run.start_epoch, run.args.epochs - epoch - 1))
     if any_rank(run.stop_signal, run.device):  # a signal during evaluation
         raise stopped(run, f"after epoch {epoch + 1}")
 
