@@ -4,14 +4,17 @@
     python evaluate.py runs/.../last.pt --tta --json result.json
 
 Prints test accuracy and per-class accuracy (the layout of report 002), writes a
-confusion-matrix PNG beside the checkpoint, and measures inference images/s.
-Checkpoints are read with torch.load(weights_only=True): a crafted file cannot run code.
+confusion-matrix PNG beside the checkpoint (or into --out), and measures inference images/s. The PNG is
+confusion_matrix.png for a run's best.pt and confusion_matrix_<name>.png for any other checkpoint (..._last.png for
+last.pt), so evaluating last.pt does not replace the figure of best.pt; evaluating the same checkpoint again
+refreshes its own. Checkpoints are read with torch.load(weights_only=True): a crafted file cannot run code.
 
 The evaluation loop, the accuracy count and test-time augmentation live here; train.py (its per-epoch
 evaluations and final report), lr_finder.py and landscape.py use them from this file.
 """
 import math
 import os
+import re
 import sys
 import time
 
@@ -21,9 +24,9 @@ import torch.nn.functional as F
 
 import data
 from models import build_model
-from runtime import (OneLineParser, path_arg, add_amp_arg, autocast, check_output_file, check_output_folder, eval_weights,
-                     json_text, load_checkpoint, pick_device, pyplot, resolve_amp, run_folder, run_main, sync,
-                     write_text)
+from runtime import (OneLineParser, path_arg, add_amp_arg, autocast, check_output_file, check_output_folder,
+                     checkpoint_file, eval_weights, json_text, load_checkpoint, pick_device, pyplot, resolve_amp,
+                     run_folder, run_main, sync, write_text)
 
 
 # ----------------------------------------------------------------------------- evaluation loop and TTA
@@ -164,6 +167,29 @@ def images_per_s(model, loader, device, amp_dtype, repeats=1):
     return n / (time.perf_counter() - t0)
 
 
+# ----------------------------------------------------------------------------- checkpoints and figure names
+
+def read_checkpoint(ap, path):
+    """runtime.load_checkpoint of a run folder or .pt, a ValueError becoming a one-line exit 2."""
+    try:
+        return load_checkpoint(path)
+    except ValueError as e:
+        ap.error(str(e))
+
+
+def safe_name(text):
+    """text fit for a file name: every run of characters other than letters, digits, _ . - becomes one _."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def checkpoint_tag(path):
+    """What a figure's file name adds for the checkpoint it was drawn from: nothing for a run's best.pt (a run
+    folder names it), else _ and the file's stem (_last): figures of one run's different checkpoints keep apart,
+    and drawing one again from the same checkpoint refreshes it."""
+    stem = os.path.splitext(os.path.basename(checkpoint_file(path)))[0]
+    return "" if stem == "best" else "_" + safe_name(stem)
+
+
 # ----------------------------------------------------------------------------- command line
 
 def get_parser():
@@ -180,22 +206,22 @@ def get_parser():
                     help="--translate: the shifted copies only for the share F of images least sure after the mirror "
                          "(default: the run's own, so the figure matches its summary)")
     ap.add_argument("--tta-mirror-frac", type=float, default=None, metavar="M",
-                    help="--tta: the mirror only for the share M of images least sure without it (default: the run's own)")
+                    help="--tta: the mirror only for the share M of images least sure without it "
+                         "(default: the run's own)")
     ap.add_argument("--subset", type=int, default=None,
                     help="the first N test images (default: those the run was tested on; 10000: all of them)")
     ap.add_argument("--out", type=path_arg, default=None,
-                    help="folder for confusion_matrix.png (default: the checkpoint's folder)")
-    ap.add_argument("--json", type=path_arg, default=None, metavar="PATH", help="write the numbers as JSON (a new file)")
+                    help="folder for confusion_matrix.png (confusion_matrix_<name>.png for a checkpoint other than "
+                         "best.pt; default: the checkpoint's folder)")
+    ap.add_argument("--json", type=path_arg, default=None, metavar="PATH",
+                    help="write the numbers as JSON (a new file)")
     ap.add_argument("--force", action="store_true", help="let --json overwrite an existing file")
     return ap
 
 
 def load_run(ap, args):
     """(checkpoint, test images, test labels, class names) of the run to evaluate; bad input is a one-line exit 2."""
-    try:
-        ckpt = load_checkpoint(args.checkpoint)
-    except ValueError as e:
-        ap.error(str(e))
+    ckpt = read_checkpoint(ap, args.checkpoint)
     try:
         split = data.load_cifar10(args.data or ckpt["args"]["data"], download=args.download)
     except data.DataError as e:
@@ -255,14 +281,14 @@ def main(argv=None):
         kind = "flip+translate" if args.translate else "flip"
         print(f"testing with {kind} TTA, then timing it ...", file=sys.stderr, flush=True)
         r = evaluate(tta, loader, device, amp_dtype)
-        result.update(tta=kind, tta_frac=frac, tta_mirror_frac=mirror_frac, tta_test_acc=r["acc"], tta_test_loss=r["loss"],
-                      tta_images_per_s=images_per_s(tta, loader, device, amp_dtype))
+        result.update(tta=kind, tta_frac=frac, tta_mirror_frac=mirror_frac, tta_test_acc=r["acc"],
+                      tta_test_loss=r["loss"], tta_images_per_s=images_per_s(tta, loader, device, amp_dtype))
         print(f"With {kind} TTA: {100 * r['acc']:.2f} % (without: {100 * res['acc']:.2f} %)")
     print(f"Inference: {result['images_per_s']:.0f} images/s at batch size {args.batch_size}"
           + (f" ({result['tta_images_per_s']:.0f} with TTA)" if args.tta else ""))
 
     os.makedirs(out, exist_ok=True)
-    png = os.path.join(out, "confusion_matrix.png")
+    png = os.path.join(out, f"confusion_matrix{checkpoint_tag(args.checkpoint)}.png")
     plot_confusion(torch.tensor(result["confusion_matrix"]), classes, png,
                    f"{targs['arch']}: test accuracy {100 * res['acc']:.2f}%")
     print(f"wrote {png}")

@@ -601,10 +601,6 @@ def train_variants(ap, args, asked, paths):
             ap.error(f"{paths[a]} holds {held} lrs of an interrupted run; use --force to start over, --plot-only to "
                      f"redraw them, or another --out" if held else
                      f"{paths[a]} exists; use --force to overwrite it, --plot-only to redraw, or another --out")
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as e:
-        ap.error(f"cannot create --out {args.out}: {e.strerror}")
     device = runtime.pick_device()
     amp_dtype = runtime.resolve_amp(args.amp, device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 on purpose: no TF32
@@ -614,6 +610,10 @@ def train_variants(ap, args, asked, paths):
             mean_std=COURSE_NORM if args.norm == "half" else None)
     except data.DataError as e:
         ap.error(str(e))
+    try:  # only once the data is found: a refused run leaves no empty --out behind
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        ap.error(f"cannot create --out {args.out}: {e.strerror}")
     split = "val" if val_loader is not None else "test"
     loaders = (train_loader, val_loader or test_loader, split, len(info["classes"]))
     print(f"{' and '.join(VARIANTS[a] for a in asked)} | Adam at lr {', '.join(f'{lr:g}' for lr in args.lrs)} | "

@@ -4,19 +4,23 @@ settings, curves, per-class test accuracy and confusion matrices.
 
 visualize.py runs both subcommands and imports this module only then: the page builds on visualize.py's figures and
 on its opening of a checkpoint, so this module imports visualize.py, not the other way round.
+
+Given one run, both write into its folder; given several, into figures/<their names joined by +> (runs_folder), so a
+comparison of other runs never replaces this one's page, curves or confusion matrices, while drawing the same runs
+again refreshes them in place.
 """
 import argparse
 import base64
 import csv
 import datetime
+import hashlib
 import html
 import json
 import os
-import re
 
-from evaluate import per_class
+from evaluate import per_class, safe_name
 from runtime import check_no_folders_at, checkpoint_file, pyplot, write_text
-from visualize import open_source, pct, predict_test_set, read_json, save, save_confusion
+from visualize import open_source, pct, predict_test_set, save, save_confusion
 
 CURVES_W, CURVES_H, LEGEND_ROW = 15, 4.4, 0.3  # inches; at visualize.DPI these give the pixel sizes the tests check
 # train.py flags that say where a run went, not how it trained: left out of labels, comparisons and settings
@@ -48,6 +52,33 @@ def read_metrics(ap, run):
     return rows
 
 
+def read_json(run, name):
+    """A run folder's JSON file (config.json, summary.json), or None where it is missing or unreadable."""
+    try:
+        with open(os.path.join(run, name)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def train_args(ap, run):
+    """The train.py flags of a run folder's config.json (augment takes its data flags from them); a config.json that
+    is missing, unreadable, not JSON or not train.py's is a one-line exit 2 that says which."""
+    path = os.path.join(run, "config.json")
+    if not os.path.isfile(path):
+        ap.error(f"{run}: no train.py config.json (not a train.py run folder)")
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except OSError as e:
+        ap.error(f"{path} is unreadable ({e.strerror})")
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        ap.error(f"{path} is not JSON ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:80]}); damaged?")
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("args"), dict):
+        ap.error(f"{path} is not train.py's config (not a JSON object of its flags)")
+    return cfg["args"]
+
+
 def run_config(ap, run):
     """A run folder's config.json ({} where there is none or it is unreadable); one that is not a JSON object with an
     "args" object is a one-line exit 2."""
@@ -68,6 +99,16 @@ def run_names(runs):
             break
         names = [os.path.join(*p[-depth:]) for p in parts]
     return names if len(set(names)) == len(names) else [f"{n} #{k + 1}" for k, n in enumerate(names)]
+
+
+def runs_folder(runs):
+    """figures/<the runs' names joined by +>: the default --out of curves and report given several runs, one folder per
+    set of runs (a name too long for a folder is cut, and a hash of the runs' paths keeps it apart)."""
+    name = "+".join(safe_name(n) for n in run_names(runs))
+    if len(name) > 100:
+        digest = hashlib.sha1("\0".join(os.path.abspath(r) for r in runs).encode()).hexdigest()[:8]
+        name = f"{name[:80]}+{len(runs)}runs-{digest}"
+    return os.path.join("figures", name)
 
 
 def differing_args(runs):
@@ -150,7 +191,7 @@ def check_runs(ap, runs, out, files):
 
 
 def confusion_file(name):
-    return f"confusion_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"
+    return f"confusion_{safe_name(name)}.png"
 
 
 def cmd_curves(ap, args):

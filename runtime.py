@@ -493,10 +493,11 @@ def load_checkpoint(path):
         why = (str(e).splitlines() or [type(e).__name__])[0][:200]  # an empty file's EOFError has no message
         if isinstance(e, OSError) and e.errno != errno.EINVAL:  # unreadable: the OS says why
             why = e.strerror or why  # (torch reads a cut-off zip as EINVAL: the zip check below names that)
+        elif not zipfile.is_zipfile(path):  # torch.save writes a zip archive (a text file is no unsafe pickle)
+            raise ValueError(f"{path} is not a checkpoint (a .pt written by train.py): not a whole torch.save "
+                             "archive (another kind of file, or one cut off or empty)") from None
         elif "Weights only load failed" in why:  # torch's advice (weights_only=False) is the unsafe way
             why = "it holds objects other than tensors and plain values; refused, as loading them could run code"
-        elif not zipfile.is_zipfile(path):  # torch.save writes a zip archive
-            why = "not a whole file written by torch.save (cut off, empty or another format)"
         raise ValueError(f"cannot read checkpoint {path}: {why}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
         raise ValueError(f"{path} is not a checkpoint written by train.py")
@@ -541,8 +542,8 @@ RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt"
 
 
 # what evaluate.py and visualize.py draw from a run into its folder: a run replaced with --force takes them along
-DRAWN_FILES = ("confusion_matrix.png", "errors.png", "errors-confusion.png", "per_class.png", "augment.png",
-               "curves.png", "report.md", "report.html", "features_*.png", "filters_*.png", "cam_*.png", "confusion_*.png")
+DRAWN_FILES = ("confusion_matrix*.png", "errors*.png", "per_class*.png", "augment.png", "curves.png", "report.md",
+               "report.html", "features_*.png", "filters_*.png", "cam_*.png", "confusion_*.png")
 
 
 def run_files_in(folder):

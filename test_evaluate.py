@@ -189,3 +189,19 @@ def test_evaluate_py_json_replaces_an_existing_file_only_with_force(fp32_run, da
                    "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert json.loads(js.read_text())["test_acc"] >= 0
+
+
+def test_evaluate_py_names_the_figure_of_another_checkpoint_apart(fp32_run, data_dir, tmp_path):
+    """best.pt draws confusion_matrix.png, last.pt confusion_matrix_last.png: neither replaces the other; best.pt
+    again refreshes its own."""
+    for ck in (fp32_run, os.path.join(fp32_run, "last.pt"), fp32_run):
+        assert evaluate.main([ck, "--data", data_dir, "--subset", "50", "--out", str(tmp_path)]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["confusion_matrix.png", "confusion_matrix_last.png"]
+
+
+def test_evaluate_py_calls_a_file_that_is_no_checkpoint_so(fp32_run, tmp_path):
+    """A config.json (any file that is no torch.save archive) is not a checkpoint, not a pickle refused as unsafe."""
+    r = run_script("evaluate.py", os.path.join(fp32_run, "config.json"), "--out", str(tmp_path), timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "config.json is not a checkpoint (a .pt written by train.py)" in r.stderr
+    assert "could run code" not in r.stderr and os.listdir(tmp_path) == []

@@ -292,6 +292,15 @@ def test_bad_input_is_one_line_and_exit_2(argv, says, capsys, tmp_path):
     assert says.replace("{tmp}", str(tmp_path)) in exits_with_one_line(capsys, argv + out)
 
 
+@pytest.mark.parametrize("data, says", [("nodata", "folder not found"), ("file", "is a file, not a folder")])
+def test_missing_data_is_refused_before_out_is_made(data, says, capsys, tmp_path):
+    """The data is found before --out is created: a refused run leaves no empty folder behind."""
+    (tmp_path / "file").write_text("not CIFAR-10")
+    argv = ["--lrs", "1e-3", "--epochs", "1", "--data", str(tmp_path / data), "--out", str(tmp_path / "o")]
+    assert says in exits_with_one_line(capsys, argv)
+    assert not (tmp_path / "o").exists()
+
+
 def test_plot_only_without_results_exits_2_with_one_line(tmp_path):
     r = run_script("landscape.py", "--plot-only", "--out", tmp_path)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "no results" in r.stderr, r.stderr

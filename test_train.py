@@ -268,7 +268,7 @@ def test_corrupt_checkpoint_is_refused(capsys, tmp_path, lenet_run, keep):
     good = open(os.path.join(lenet_run, "last.pt"), "rb").read()
     (run / "last.pt").write_bytes(good[:int(keep if keep > 1 else len(good) * keep)])
     err = refused(capsys, ["--resume", str(run)])
-    assert f"--resume {run}: cannot read checkpoint {run}/last.pt: not a whole file written by torch.save" in err
+    assert f"--resume {run}: {run}/last.pt is not a checkpoint (a .pt written by train.py): not a whole torch.save" in err
 
 
 class Exploit:
@@ -291,8 +291,8 @@ def test_crafted_pickle_is_refused_without_running_code(capsys, tmp_path):
     err = refused(capsys, ["--resume", str(run)])
     assert "cannot read checkpoint" in err and "refused, as loading them could run code" in err
     assert "weights_only" not in err and not marker.exists()  # torch's advice is the unsafe way
-    with pytest.raises(ValueError, match="cannot read checkpoint .*refused, as loading them could run code"):
-        runtime.load_checkpoint(str(run / "plain.pkl"))
+    with pytest.raises(ValueError, match="plain.pkl is not a checkpoint .*: not a whole torch.save archive"):
+        runtime.load_checkpoint(str(run / "plain.pkl"))  # (no zip: never unpickled)
     assert not marker.exists()
 
 

@@ -211,6 +211,75 @@ def test_cam(runs, tmp_path):
     png(tmp_path / "cam_lenet_0_1.png", (790, 990))
 
 
+def test_errors_grid_has_rows_for_the_mistakes_shown_not_for_count(runs, tmp_path):
+    """--count is an upper bound: 12 test images hold at most 12 mistakes, at most two rows of six (not 50 rows)."""
+    vis("errors", runs[0], "--subset", 12, "--count", 300, "--out", tmp_path)
+    assert mpimg.imread(tmp_path / "errors.png").shape[:2] in ((290, 1200), (530, 1200))  # one row, or two
+
+
+def test_figures_from_another_source_keep_their_own_file(runs, tmp_path, capsys):
+    """Drawn into one folder from another checkpoint, --target, --layer or --seed, a figure gets a name of its own
+    and the first stays; the same figure from the same source again (cam at lenet's default layer) refreshes it."""
+    last = os.path.join(runs[0], "last.pt")
+    for argv in (["errors", runs[0], "--count", 6], ["errors", last, "--count", 6], ["cam", runs[0], "--index", 5],
+                 ["cam", runs[0], "--index", 5, "--target", "dog"], ["cam", runs[0], "--index", 5, "--layer", "conv1"],
+                 ["cam", runs[0], "--index", 5, "--layer", "conv2"], ["filters", "--arch", "lenet"],
+                 ["filters", "--arch", "lenet", "--seed", 3], ["filters", last],
+                 ["features", last, "--layers", "conv1"]):
+        vis(*argv, "--out", tmp_path)
+    written = re.findall(r"wrote (\S+)", capsys.readouterr().out)
+    assert len(written) == len(set(written)) + 1
+    assert sorted(os.listdir(tmp_path)) == sorted([
+        "errors.png", "errors-confusion.png", "per_class.png", "errors_last.png", "errors-confusion_last.png",
+        "per_class_last.png", "cam_lenet_5.png", "cam_lenet_5_dog.png", "cam_lenet_5_conv1.png", "filters_lenet.png",
+        "filters_lenet_seed3.png", "filters_lenet_last.png", "features_lenet_last_0_conv1.png"])
+
+
+def test_several_runs_default_to_a_folder_of_their_own(runs, tmp_path, monkeypatch, capsys):
+    """curves and report of several runs go to figures/<their names joined by +>: another set of runs never replaces
+    them (nor orphans their confusion matrices); the same set again refreshes them in place."""
+    monkeypatch.chdir(tmp_path)
+    vis("report", *runs)
+    vis("curves", runs[1], runs[0])
+    vis("curves", *runs)
+    first, second = tmp_path / "figures" / "bs50+bs100", tmp_path / "figures" / "bs100+bs50"
+    assert sorted(os.listdir(first)) == ["confusion_bs100.png", "confusion_bs50.png", "curves.png", "report.html",
+                                         "report.md"]
+    assert os.listdir(second) == ["curves.png"] and "report: bs50, bs100" in (first / "report.md").read_text()
+    assert re.findall(r"wrote (\S+)", capsys.readouterr().out).count("figures/bs50+bs100/curves.png") == 2
+
+
+def test_a_long_set_of_run_names_is_cut_and_kept_apart_by_a_hash():
+    a = [f"/r/{'a' * 50}{k}" for k in range(3)]
+    fa, fb = report.runs_folder(a), report.runs_folder(a[:2] + [f"/r/{'a' * 50}9"])
+    assert fa != fb and len(os.path.basename(fa)) <= 100 and fa.startswith(os.path.join("figures", "a" * 50 + "0+"))
+
+
+def test_help_texts_say_what_each_flag_does_there(capsys):
+    helps = {}
+    for cmd in ("augment", "features", "cam"):
+        with pytest.raises(SystemExit):
+            vis(cmd, "--help")
+        helps[cmd] = " ".join(capsys.readouterr().out.split())
+    assert "--data DIR folder holding cifar-10-batches-py, or that folder (default: RUN_DIR's, else ./data)" in \
+        helps["augment"]
+    assert "epoch on" not in helps["augment"] and "last K epochs" not in helps["augment"]  # one batch has no epochs
+    assert "--index INDEX the test image by position" in helps["features"]
+    assert "--index INDEX [INDEX ...] test images by position" in helps["cam"]
+
+
+def test_augment_download_reaches_the_data_loader(tmp_path, data_dir, monkeypatch):
+    seen, real = [], visualize.data.load_cifar10
+    monkeypatch.setattr(visualize.data, "load_cifar10",
+                        lambda root, download=False: seen.append(download) or real(root))
+    visualize._cifar.cache_clear()
+    try:
+        vis("augment", "--data", data_dir, "--download", "--count", 2, "--out", tmp_path)
+    finally:
+        visualize._cifar.cache_clear()
+    assert seen == [True]
+
+
 class Addresses(HTMLParser):
     """The addresses a page fetches or links to, as (tag, attribute, value), and the text of its <style> blocks."""
     ATTRS = {"src", "href", "srcset", "action", "formaction", "poster", "data", "background", "xlink:href"}
@@ -336,8 +405,11 @@ def test_report_renders_in_headless_chromium(request, tmp_path):
     (["errors", "{tmp}/nothing"], "checkpoint {tmp}/nothing does not exist"),
     (["report", "{run}", "{tmp}/nothing"], "{tmp}/nothing: no such run folder"),
     (["augment", "{tmp}"], "{tmp}: no train.py config.json"),
-    (["augment", "{tmp}/foreign"], "{tmp}/foreign: no train.py config.json"),
-    (["augment", "{tmp}/listcfg"], "{tmp}/listcfg: no train.py config.json"),
+    (["augment", "{tmp}/foreign"], "{tmp}/foreign/config.json is not train.py's config"),
+    (["augment", "{tmp}/listcfg"], "{tmp}/listcfg/config.json is not train.py's config"),
+    (["augment", "{tmp}/badcfg"], "{tmp}/badcfg/config.json is not JSON (JSONDecodeError: Expecting"),
+    (["errors", "{run}/config.json"], "{run}/config.json is not a checkpoint (a .pt written by train.py)"),
+    (["errors", "{run}", "--count", "301"], "--count 301: at most 300 mistakes fit one figure"),
     (["augment", "--count", "65"], "--count must be from 2 to 64, got 65"),
     (["augment", "--cutout", "40"], "need 0 <= --crop-pad < 32, 0 <= --cutout <= 32, --jitter >= 0 and --mix-alpha > 0"),
     (["filters", "--arch", "lenet", "--seed", "18446744073709551616"], "argument --seed: must be from -2**63 to 2**63"),
@@ -350,12 +422,14 @@ def test_report_renders_in_headless_chromium(request, tmp_path):
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys, argv, says):
     argv = [a.replace("{run}", runs[0]).replace("{tmp}", str(tmp_path)) for a in argv]
+    says = says.replace("{run}", runs[0])
     (tmp_path / "file").write_text("not a folder")
     os.makedirs(tmp_path / "nockpt")  # a run folder whose checkpoints were deleted
     for name, file, text in [("badjson", "metrics.jsonl", '{"epoch": 1}\nnot json\n'), ("badrow", "metrics.jsonl", "3\n"),
                              ("badcsv", "metrics.csv", "epoch,test_acc\n1,high\n"),  # hand-edited metrics
                              ("noepoch", "metrics.jsonl", '{"epoch": 1}\n{"train_loss": 2.0}\n'),
                              ("foreign", "config.json", '{"model_type": "bert"}'), ("listcfg", "config.json", "[]"),
+                             ("badcfg", "config.json", '{"args": {"crop_pad": 4'),  # cut off
                              ("listrun", "config.json", '["--arch", "lenet"]')]:
         os.makedirs(tmp_path / name)
         (tmp_path / name / file).write_text(text)
@@ -371,13 +445,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys,
     assert not (tmp_path / "out").exists() and set(os.listdir(runs[0])) == before
 
 
-@pytest.mark.parametrize("argv", [["filters", "--arch", "lenet"], ["curves", "{run}", "{run}"], ["augment"]])
-def test_the_default_out_is_checked_before_the_work(runs, tmp_path, monkeypatch, capsys, argv):
-    """Without --out, figures/ in the working folder (the run's own folder is checked the same way)."""
+@pytest.mark.parametrize("argv, out", [(["filters", "--arch", "lenet"], "figures"), (["augment"], "figures"),
+                                       (["curves", "{run}", "{run}"], "figures/bs50_1+bs50_2")])
+def test_the_default_out_is_checked_before_the_work(runs, tmp_path, monkeypatch, capsys, argv, out):
+    """Without --out, figures/ in the working folder, or a folder in it for several runs (the run's own folder is
+    checked the same way)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "figures").write_text("not a folder")
     err = refused(capsys, *[a.replace("{run}", runs[0]) for a in argv])
-    assert f"the default --out figures: {tmp_path / 'figures'} is a file, not a folder" in err
+    assert f"the default --out {out}: {tmp_path / 'figures'} is a file, not a folder" in err
 
 
 def test_train_force_removes_every_figure_drawn_into_a_run_folder(runs, tmp_path):
@@ -388,12 +464,14 @@ def test_train_force_removes_every_figure_drawn_into_a_run_folder(runs, tmp_path
     run = str(tmp_path / "run")
     shutil.copytree(runs[0], run)
     before = set(os.listdir(run))
+    last = os.path.join(run, "last.pt")  # figures drawn from another checkpoint, class or layer: names of their own
     for argv in (["features", run], ["filters", run], ["errors", run, "--count", 4], ["cam", run], ["curves", run],
-                 ["report", run], ["augment", run, "--count", 2]):
+                 ["report", run], ["augment", run, "--count", 2], ["errors", last, "--count", 4], ["filters", last],
+                 ["cam", last, "--target", "cat", "--layer", "conv1"]):
         vis(*argv)
-    assert evaluate.main([run]) in (0, None)
+    assert evaluate.main([run]) in (0, None) and evaluate.main([last]) in (0, None)
     drawn = set(os.listdir(run)) - before
-    assert len(drawn) >= 12 and drawn <= set(runtime.clear_run(run)), drawn  # (and what earlier tests drew there)
+    assert len(drawn) >= 18 and drawn <= set(runtime.clear_run(run)), drawn  # (and what earlier tests drew there)
     assert os.listdir(run) == []
 
 

@@ -11,12 +11,14 @@ of models.py and any run folder of train.py.
     python visualize.py report runs/a runs/b                        # report.md and a self-contained report.html
     python visualize.py layers --arch resnet18                      # module names and output shapes, for --layers
 
-Figures go to --out: by default the run folder for a subcommand given one run, else figures/. Existing figures are
-overwritten; every path written is printed. Everything works through forward hooks on named modules, so no network
-needs code of its own here.
+Figures go to --out: by default the run folder for a subcommand given one run, figures/<their names joined by +> for
+several (curves, report: one folder per set of runs), else figures/. A file name says what the figure was drawn
+from where that can differ in one folder: the checkpoint when it is not the run's best.pt (errors_last.png), an
+untrained network's --seed when not 0, cam's --target and --layer when given. Drawing the same figure from the same
+source again overwrites it in place; every path written is printed. Everything works through forward hooks on named
+modules, so no network needs code of its own here.
 """
 import functools
-import json
 import math
 import os
 
@@ -26,10 +28,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from evaluate import confusion, evaluate, per_class, plot_confusion
+from evaluate import checkpoint_tag, confusion, evaluate, per_class, plot_confusion, read_checkpoint, safe_name
 from models import ARCHS, build_model, check_arch
-from runtime import (OneLineParser, check_output_folder, eval_weights, load_checkpoint, path_arg, pick_device, pyplot,
-                     resolve_amp, run_folder, run_main, seed_arg)
+from runtime import (OneLineParser, check_output_folder, eval_weights, path_arg, pick_device, pyplot, resolve_amp,
+                     run_folder, run_main, seed_arg)
 
 DPI = 100
 # figure sizes in inches; at DPI these give the pixel sizes the tests check
@@ -37,7 +39,7 @@ FEATURES_SIZE = (12, 6)
 FILTERS_SIZE = (8, 8.5)
 PER_CLASS_SIZE = (8, 5)
 # image grids, in inches: (cell, (gap across, gap down), (left, right, top, bottom) margins)
-ERR_COLS, ERR_GRID = 6, (1.8, (0.2, 0.6), (0.1, 0.1, 1.0, 0.1))
+ERR_COLS, ERR_GRID, MAX_ERRORS = 6, (1.8, (0.2, 0.6), (0.1, 0.1, 1.0, 0.1)), 300  # 300: 12,050 px tall
 AUG_GRID = (1.4, (0.1, 0.55), (0.6, 0.1, 0.6, 0.5))
 CAM_GRID = (3.0, (0.3, 0.75), (0.15, 0.15, 1.0, 0.15))
 
@@ -183,9 +185,9 @@ def grad_cam(model, x, layer, target=None):
 class Src:
     """What a subcommand looks at: a trained checkpoint or an untrained network, with its data and display stats."""
 
-    def __init__(self, model, arch, classes, mean, std, root, out, name, ckpt=None):
+    def __init__(self, model, arch, classes, mean, std, root, out, name, ckpt=None, tag=""):
         self.model, self.arch, self.classes, self.mean, self.std = model, arch, classes, mean, std
-        self.root, self.out, self.name, self.ckpt = root, out, name, ckpt
+        self.root, self.out, self.name, self.ckpt, self.tag = root, out, name, ckpt, tag  # tag: for file names
 
     @property
     def trained(self):
@@ -197,35 +199,30 @@ class Src:
 
 
 @functools.lru_cache(maxsize=2)
-def _cifar(root):
-    return data.load_cifar10(root)
+def _cifar(root, download):
+    return data.load_cifar10(root, download)
 
 
-def load_data(ap, root):
+def load_data(ap, root, download=False):
     """load_cifar10 (cached: read once per process), a DataError becoming a one-line exit 2."""
     try:
-        return _cifar(os.path.abspath(os.path.expanduser(root)))
+        return _cifar(os.path.abspath(os.path.expanduser(root)), download)
     except data.DataError as e:
         ap.error(str(e))
 
 
 def default_out(args):
-    """Where a subcommand writes without --out: the folder of the run it was given one of, else figures/."""
+    """Where a subcommand writes without --out: the folder of the run it was given one of, a folder of figures/ for
+    several (report.runs_folder), else figures/."""
     runs = getattr(args, "runs", None) or [r for r in (getattr(args, "source", None), getattr(args, "run", None)) if r]
-    return run_folder(runs[0]) if len(runs) == 1 else "figures"
+    if len(runs) > 1:
+        import report  # it imports this module: imported when needed (see in_report)
+        return report.runs_folder(runs)
+    return run_folder(runs[0]) if runs else "figures"
 
 
 def run_name(path):
     return os.path.basename(os.path.normpath(path)) or path
-
-
-def read_json(run, name):
-    """A run folder's JSON file (config.json, summary.json), or None where it is missing or unreadable."""
-    try:
-        with open(os.path.join(run, name)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def open_source(ap, args, need_data=True):
@@ -234,10 +231,7 @@ def open_source(ap, args, need_data=True):
     if args.source and arch:
         ap.error("give a run folder or checkpoint, or --arch, not both")
     if args.source:
-        try:
-            ckpt = load_checkpoint(args.source)
-        except ValueError as e:
-            ap.error(str(e))
+        ckpt = read_checkpoint(ap, args.source)
         targs = ckpt["args"]
         root = getattr(args, "data", None) or targs.get("data", "./data")
         classes = ckpt.get("classes") or (load_data(ap, root)["classes"] if need_data else [str(i) for i in range(10)])
@@ -245,7 +239,7 @@ def open_source(ap, args, need_data=True):
         model.load_state_dict(eval_weights(ckpt))
         folder = run_folder(args.source)
         return Src(model.eval(), targs["arch"], classes, ckpt["mean"], ckpt["std"], root,
-                   getattr(args, "out", None) or folder, run_name(folder), ckpt)
+                   getattr(args, "out", None) or folder, run_name(folder), ckpt, checkpoint_tag(args.source))
     if not arch:
         ap.error(f"give a run folder or checkpoint, or an untrained network with --arch ({', '.join(ARCHS)})")
     check_arch(ap, arch)
@@ -257,7 +251,8 @@ def open_source(ap, args, need_data=True):
         d = load_data(ap, root)
         mean, std = (t.tolist() for t in data.channel_stats(d["train"][0]))
         classes = d["classes"]
-    return Src(model, arch, classes, mean, std, root, getattr(args, "out", None) or "figures", f"{arch}-untrained")
+    return Src(model, arch, classes, mean, std, root, getattr(args, "out", None) or "figures", f"{arch}-untrained",
+               tag=f"_seed{args.seed}" if args.seed else "")
 
 
 def pick_test_images(ap, args, src):
@@ -362,7 +357,7 @@ def cmd_features(ap, args):
                      f"{c}×{h}×{w}", fontsize=14, y=0.975)
         fig.text(0.5, 0.895, f"{shown} by mean activation, each scaled to its own range (dark = low, yellow = high)",
                  ha="center", fontsize=10, color="0.3")
-        paths.append(save(fig, os.path.join(src.out, f"features_{src.arch}_{i}_{layer}.png")))
+        paths.append(save(fig, os.path.join(src.out, f"features_{src.arch}{src.tag}_{i}_{layer}.png")))
     return paths
 
 
@@ -392,7 +387,7 @@ def cmd_filters(ap, args):
                  fontsize=14, y=0.975)
     fig.text(0.5, 0.905, ("as RGB" if cin == 3 else "mean over input channels, gray")
              + ", each kernel scaled to its own range", ha="center", fontsize=10, color="0.3")
-    return [save(fig, os.path.join(src.out, f"filters_{src.arch}.png"))]
+    return [save(fig, os.path.join(src.out, f"filters_{src.arch}{src.tag}.png"))]
 
 
 def cmd_layers(ap, args):
@@ -430,13 +425,15 @@ def predict_test_set(ap, src, subset=None, batch_size=500):
 def cmd_errors(ap, args):
     if args.count <= 0 or (args.subset is not None and args.subset <= 0):
         ap.error(f"--count and --subset must be positive, got {args.count} and {args.subset}")
+    if args.count > MAX_ERRORS:
+        ap.error(f"--count {args.count}: at most {MAX_ERRORS} mistakes fit one figure")
     src = open_source(ap, args)
     x, y, probs, acc = predict_test_set(ap, src, args.subset)
     conf, pred = probs.max(1)
     wrong = (pred != y).nonzero().flatten()
     wrong = wrong[conf[wrong].argsort(descending=True)][:args.count]  # most confident mistakes first
     n_wrong = int((pred != y).sum())
-    fig, axes = image_grid(-(-args.count // ERR_COLS), ERR_COLS, ERR_GRID,
+    fig, axes = image_grid(max(1, -(-len(wrong) // ERR_COLS)), ERR_COLS, ERR_GRID,  # rows for the mistakes shown
                            f"{src.name} ({src.arch}): {n_wrong} of {len(y)} test images misclassified "
                            f"(accuracy {pct(acc)});\nthe {len(wrong)} most confident mistakes")
     imgs = to_rgb(data.normalise(x[wrong], src.mean, src.std), src.mean, src.std)
@@ -447,10 +444,11 @@ def cmd_errors(ap, args):
             ax.imshow(imgs[k], interpolation="nearest")
             ax.set_title(f"#{i} true: {src.classes[int(y[i])]}\npredicted: {src.classes[int(pred[i])]} "
                          f"{100 * float(conf[i]):.0f}%", fontsize=9, color="firebrick")
-    paths = [save(fig, os.path.join(src.out, "errors.png")),  # not confusion_matrix.png, which is evaluate.py's
-             save_confusion(pred, y, src.classes, acc, src.name, os.path.join(src.out, "errors-confusion.png"))]
-    paths.append(plot_per_class(per_class(pred, y, len(src.classes)), src.classes, acc,
-                                os.path.join(src.out, "per_class.png"), f"{src.name}: per-class test accuracy"))
+    at = lambda name: os.path.join(src.out, f"{name}{src.tag}.png")  # noqa: E731
+    paths = [save(fig, at("errors")),  # not confusion_matrix.png, which is evaluate.py's
+             save_confusion(pred, y, src.classes, acc, src.name, at("errors-confusion"))]
+    paths.append(plot_per_class(per_class(pred, y, len(src.classes)), src.classes, acc, at("per_class"),
+                                f"{src.name}: per-class test accuracy"))
     return paths
 
 
@@ -513,7 +511,7 @@ def cmd_augment(ap, args):
         data.check_augment_args(args)
     except data.DataError as e:
         ap.error(str(e))
-    d = load_data(ap, args.data or "./data")
+    d = load_data(ap, args.data or "./data", args.download)
     x, y = d["train"]
     # normalised as train.py does, then shown un-normalised by the same statistics, whatever they are
     mean, std = (t.tolist() for t in data.channel_stats(x))
@@ -557,12 +555,8 @@ def cmd_cam(ap, args):
     src = open_source(ap, args)
     picked = pick_test_images(ap, args, src)
     info = trace(src.model, torch.zeros(1, 3, 32, 32))
-    layer = args.layer
-    if layer is None:
-        ends = stages(src.model, info)
-        if not ends:
-            ap.error(f"{src.arch} has no module with a spatial output for Grad-CAM")
-        layer = ends[-1]
+    ends = stages(src.model, info)  # its last: the default layer (none: no default, exit 2 unless --layer)
+    layer = args.layer or (ends[-1:] or ap.error(f"{src.arch} has no module with a spatial output for Grad-CAM"))[0]
     valid_layers(ap, src, info, [layer])
     target = None
     if args.target is not None:
@@ -586,7 +580,10 @@ def cmd_cam(ap, args):
         row[2].set_title(f"upsampled {up.shape[0]}×{up.shape[1]}, overlaid", fontsize=10)
         for ax in row:
             ax.axis("off")
-    name = f"cam_{src.arch}_{'_'.join(str(i) for i, _, _ in picked[:8])}{'_etc' if len(picked) > 8 else ''}.png"
+    # what differs from the default drawing is in the name: a figure of another class or layer keeps its own file
+    name = (f"cam_{src.arch}{src.tag}_{'_'.join(str(i) for i, _, _ in picked[:8])}{'_etc' if len(picked) > 8 else ''}"
+            + (f"_{safe_name(args.target)}" if target is not None else "")
+            + (f"_{safe_name(layer)}" if ends[-1:] != [layer] else "") + ".png")
     return [save(fig, os.path.join(src.out, name))]
 
 
@@ -615,47 +612,53 @@ def get_parser():
     def pick_args(p, several=False):
         p.add_argument("--data", type=path_arg, default=None, help="CIFAR-10 folder (default: the run's, else ./data)")
         p.add_argument("--index", type=int, nargs="+" if several else None, default=[0] if several else 0,
-                       help="test image(s) by position (with --class: position among that class's images)")
+                       help=f"{'test images' if several else 'the test image'} by position (with --class: among "
+                            "that class's images)")
         p.add_argument("--class", dest="cls", default=None, metavar="NAME", help="pick the test image from this class")
 
-    p = add("features", "feature maps of one test image after chosen layers, one grid per layer", "any",
-            "the run folder, else figures/")
+    own = "the run folder, else figures/"
+    p = add("features", "feature maps of one test image after chosen layers, one grid per layer", "any", own)
     pick_args(p)
     p.add_argument("--layers", nargs="+", default=None, metavar="NAME",
                    help="module names as in model.named_modules() (see the `layers` subcommand); "
                         "default: the first conv and the end of every stage")
     p.add_argument("--channels", type=int, default=64, help="show at most this many channels per layer (strongest)")
 
-    add("filters", "the first conv layer's kernels as a grid of RGB tiles", "any", "the run folder, else figures/")
+    add("filters", "the first conv layer's kernels as a grid of RGB tiles", "any", own)
 
-    p = add("curves", "loss, accuracy and learning rate against epoch, several runs overlaid",
-            out_default="the run folder for one run, else figures/")
+    several = "the run folder for one run, else figures/<the runs' names joined by +>"
+    p = add("curves", "loss, accuracy and learning rate against epoch, several runs overlaid", out_default=several)
     p.add_argument("runs", type=path_arg, nargs="+", metavar="RUN_DIR", help="run folders, overlaid")
 
     p = add("errors", "misclassified test images, the confusion matrix and per-class accuracy bars", "run",
             "the run folder")
     p.add_argument("--data", type=path_arg, default=None, help="CIFAR-10 folder (default: the run's)")
-    p.add_argument("--count", type=int, default=36, help="how many mistakes to show (most confident first)")
+    p.add_argument("--count", type=int, default=36, help=f"mistakes shown, most confident first (at most {MAX_ERRORS})")
     p.add_argument("--subset", type=int, default=None, help="first N test images (default: as the run was tested)")
 
     p = add("augment", "one training batch after crop/flip/jitter/cutout, CutMix and MixUp, labels under each image",
             out_default="RUN_DIR if given, else figures/")
     p.add_argument("run", type=path_arg, nargs="?", default=None, metavar="RUN_DIR",
                    help="take the data flags from this run's config.json (flags given here still win)")
-    data.add_data_args(p)
+    data.add_data_args(p, helps={"data": "folder holding cifar-10-batches-py, or that folder (default: RUN_DIR's, "
+                                         "else ./data)",
+                                 "val": "taken with a run's flags, not used: the batch is drawn from every training "
+                                        "image",
+                                 "mix_off_epochs": "taken with a run's flags, not used: one batch has no last epochs"})
     p.set_defaults(data=None, jitter=0.4, mix="both")  # show every augmentation unless told otherwise
     p.add_argument("--count", type=int, default=8, help="images in the batch")
     p.add_argument("--seed", type=seed_arg, default=0, help="seeds the batch's draws")
 
-    p = add("cam", "Grad-CAM heat map of the predicted class over the input image", "any",
-            "the run folder, else figures/")
+    p = add("cam", "Grad-CAM heat map of the predicted class over the input image", "any", own)
     pick_args(p, several=True)
-    p.add_argument("--layer", default=None, help="module to explain (default: the end of the last stage)")
-    p.add_argument("--target", default=None, metavar="CLASS", help="explain this class instead of the predicted one")
+    p.add_argument("--layer", default=None,
+                   help="module to explain (default: the end of the last stage; another adds _LAYER to the file name)")
+    p.add_argument("--target", default=None, metavar="CLASS",
+                   help="explain this class instead of the predicted one (adds _CLASS to the file name)")
 
     p = add("report", "report.md and a self-contained report.html: configuration, results, curves, "
                       "confusion matrix and per-class table; several runs become one comparison",
-            out_default="the run folder for one run, else figures/")
+            out_default=several)
     p.add_argument("runs", type=path_arg, nargs="+", metavar="RUN_DIR", help="run folders (several: one comparison)")
     p.add_argument("--data", type=path_arg, default=None, help="CIFAR-10 folder (default: each run's)")
 
@@ -679,12 +682,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.command == "augment" and args.run:
         # the run's data flags become the defaults, so flags given on the command line still win
-        cfg = read_json(args.run, "config.json")
-        if not isinstance(cfg, dict) or not isinstance(cfg.get("args"), dict):
-            ap.error(f"{args.run}: no train.py config.json (not a train.py run folder)")
-        sub = ap.commands["augment"]
-        dest = set(vars(args))
-        sub.set_defaults(**{k: v for k, v in cfg["args"].items() if k in dest and k not in ("out", "seed", "run")})
+        import report  # see in_report
+        sub, dest = ap.commands["augment"], set(vars(args))
+        sub.set_defaults(**{k: v for k, v in report.train_args(sub, args.run).items()
+                            if k in dest and k not in ("out", "seed", "run")})
         args = ap.parse_args(argv)
     if "out" in vars(args):  # figures are written after the work: a place that cannot take them is found now
         given, args.out = args.out is not None, args.out or default_out(args)
