@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import data
 from models import build_model
 from runtime import (OneLineParser, path_arg, add_amp_arg, autocast, check_output_file, check_output_folder,
-                     checkpoint_file, eval_weights, json_text, load_checkpoint, pick_device, pyplot, resolve_amp,
+                     check_ranges, checkpoint_file, eval_weights, json_text, load_checkpoint, pick_device, pyplot, resolve_amp,
                      run_folder, run_main, sync, write_text)
 
 
@@ -236,16 +236,11 @@ def load_run(ap, args):
 def main(argv=None):
     ap = get_parser()
     args = ap.parse_args(argv)
-    for name in ("batch_size", "subset"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    check_ranges(ap, args, positive=("batch_size", "subset"), fraction=("tta_frac", "tta_mirror_frac"))
     if args.json:
         check_output_file(ap, "--json", args.json, overwrite=args.force)
     out = args.out or run_folder(args.checkpoint)
     check_output_folder(ap, "--out" if args.out else "--out (the run's folder)", out)
-    for name in ("tta_frac", "tta_mirror_frac"):
-        if getattr(args, name) is not None and not 0 < getattr(args, name) <= 1:
-            ap.error(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")
     args.tta = args.tta or args.translate
     ckpt, x, y, classes = load_run(ap, args)
     targs = ckpt["args"]

@@ -567,11 +567,10 @@ def get_parser():
 
 def check_args(ap, args):
     """Refuse bad values before anything is created; resolve the defaults that depend on others."""
-    for flag, least in (("--epochs", 1), ("--batch-size", 1), ("--probes", 1), ("--surface-images", 1),
-                        ("--subset", 1), ("--surface-res", 2), ("--measure-every", 0), ("--val", 0)):
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None and value < least:  # None: --subset not given
-            ap.error(f"{flag} must be {'positive' if least == 1 else f'>= {least}'}, got {value}")
+    runtime.check_ranges(ap, args, positive=("epochs", "batch_size", "probes", "surface_images", "subset"),
+                         nonnegative=("measure_every", "val"))
+    if args.surface_res < 2:
+        ap.error(f"--surface-res must be >= 2, got {args.surface_res}")
     if any(not (lr > 0 and math.isfinite(lr)) for lr in args.lrs):
         ap.error(f"--lrs must be positive, got {' '.join(f'{lr:g}' for lr in args.lrs)}")
     if len(set(args.lrs)) != len(args.lrs):

@@ -415,7 +415,7 @@ def test_report_renders_in_headless_chromium(request, tmp_path):
     (["filters", "--arch", "lenet", "--seed", "18446744073709551616"], "argument --seed: must be from -2**63 to 2**63"),
     (["features", "{run}", "--data", "{tmp}/nowhere"], "CIFAR-10 in {tmp}/nowhere/cifar-10-batches-py: folder not"),
     (["errors", "--arch", "lenet"], "unrecognized arguments: --arch"),
-    (["errors", "{run}", "--subset", "0"], "--count and --subset must be positive"),
+    (["errors", "{run}", "--subset", "0"], "--subset must be positive, got 0"),
     (["sketch"], "argument COMMAND: invalid choice: 'sketch'"),
     (["curves", "{run}", "--out", "{tmp}/file/figs"], "--out {tmp}/file/figs: {tmp}/file is a file, not a folder"),
     (["report", "{run}", "{tmp}/nockpt"], "no best.pt or last.pt in {tmp}/nockpt"),

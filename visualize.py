@@ -30,8 +30,8 @@ import torch.nn.functional as F
 import data
 from evaluate import checkpoint_tag, confusion, evaluate, per_class, plot_confusion, read_checkpoint, safe_name
 from models import ARCHS, build_model, check_arch
-from runtime import (OneLineParser, check_output_folder, eval_weights, path_arg, pick_device, pyplot, resolve_amp,
-                     run_folder, run_main, seed_arg)
+from runtime import (OneLineParser, check_output_folder, check_ranges, eval_weights, path_arg, pick_device, pyplot,
+                     resolve_amp, run_folder, run_main, seed_arg)
 
 DPI = 100
 # figure sizes in inches; at DPI these give the pixel sizes the tests check
@@ -323,8 +323,7 @@ def cmd_features(ap, args):
     info = trace(src.model, x)
     layers = args.layers or stages(src.model, info)
     valid_layers(ap, src, info, layers)
-    if args.channels <= 0:
-        ap.error(f"--channels must be positive, got {args.channels}")
+    check_ranges(ap, args, positive=("channels",))
     info = trace(src.model, x, keep=set(layers))
     caption = f"test #{i}: {true}"
     if src.trained:
@@ -423,8 +422,7 @@ def predict_test_set(ap, src, subset=None, batch_size=500):
 
 
 def cmd_errors(ap, args):
-    if args.count <= 0 or (args.subset is not None and args.subset <= 0):
-        ap.error(f"--count and --subset must be positive, got {args.count} and {args.subset}")
+    check_ranges(ap, args, positive=("count", "subset"))
     if args.count > MAX_ERRORS:
         ap.error(f"--count {args.count}: at most {MAX_ERRORS} mistakes fit one figure")
     src = open_source(ap, args)
