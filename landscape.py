@@ -234,7 +234,8 @@ def train_lr(arch, lr, loaders, args, device, amp_dtype, show_bar):
         run[f"{eval_split}_acc"].append(r["acc"])
         run[f"{eval_split}_loss"].append(r["loss"])
         bar.close(f"{arch} lr {lr:g} epoch {epoch + 1}/{args.epochs}  train loss {np.mean(epoch_losses):.4f}  "
-                  f"{eval_split} acc {r['acc']:.4f}  {time.time() - t0:.0f}s")
+                  f"{eval_split} acc {r['acc']:.4f}  {time.time() - t0:.0f}s"
+                  + runtime.eta(t0, epoch + 1, args.epochs - epoch - 1))  # of this lr's run
     run.update(time_s=time.time() - t0, measure_time_s=t_measure)
     return run, model
 
@@ -258,9 +259,10 @@ def run_variant(arch, args, loaders, info, device, amp_dtype, path, saved, log=p
               "runs": [], "surface": None}
     probes, t0 = ", ".join(f"{m:.3g}" for m in probe_multiples(*args.probe_range, args.probes)), time.time()
     for i, lr in enumerate(args.lrs):
+        left = runtime.eta(t0, i, len(args.lrs) - i)  # at the mean pace of the lrs done
         log(f"== {VARIANTS[arch]}: lr {lr:g} ({i + 1}/{len(args.lrs)}), {args.epochs} epochs x {len(loaders[0])} steps"
             + (f", measures every {args.measure_every} steps at {probes} x Adam's step" if args.measure_every else
-               ", no measures (--measure-every 0)"))
+               ", no measures (--measure-every 0)") + (f"; {left.strip()} for this lr and the rest" if left else ""))
         run, model = train_lr(arch, lr, loaders, args, device, amp_dtype, show_bar)
         result["runs"].append(run)
         if args.surface and lr == args.surface_lr:
