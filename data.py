@@ -379,8 +379,11 @@ def flip_mode(args):
 def check_augment_args(args):
     """DataError for augmentation flags that make no sense on a 32x32 image (NaN fails every comparison): a Cutout
     square over 32 px blanks most of it, one of 63 all of it."""
-    if not (0 <= args.crop_pad < 32 and 0 <= args.cutout <= 32 and args.jitter >= 0 and args.mix_alpha > 0):
-        raise DataError("need 0 <= --crop-pad < 32, 0 <= --cutout <= 32, --jitter >= 0 and --mix-alpha > 0")
+    for flag, holds, words in (("crop_pad", 0 <= args.crop_pad < 32, "in [0, 32)"), ("cutout", 0 <= args.cutout <= 32,
+                               "in [0, 32]"), ("jitter", args.jitter >= 0, ">= 0"), ("mix_alpha", args.mix_alpha > 0,
+                               "positive")):
+        if not holds:
+            raise DataError(f"--{flag.replace('_', '-')} must be {words}, got {getattr(args, flag)}")
 
 
 def augment_warnings(args, epochs):

@@ -262,7 +262,7 @@ def run_variant(arch, args, loaders, info, device, amp_dtype, path, saved, log=p
         left = runtime.eta(t0, i, len(args.lrs) - i)  # at the mean pace of the lrs done
         log(f"== {VARIANTS[arch]}: lr {lr:g} ({i + 1}/{len(args.lrs)}), {args.epochs} epochs x {len(loaders[0])} steps"
             + (f", measures every {args.measure_every} steps at {probes} x Adam's step" if args.measure_every else
-               ", no measures (--measure-every 0)") + (f"; {left.strip()} for this lr and the rest" if left else ""))
+               ", no measures (--measure-every 0)") + (f"; {left.strip()} for this variant's lrs left" if left else ""))
         run, model = train_lr(arch, lr, loaders, args, device, amp_dtype, show_bar)
         result["runs"].append(run)
         if args.surface and lr == args.surface_lr:

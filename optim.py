@@ -161,8 +161,9 @@ def check_schedule_args(ap, args):
     """Refuse (exit 2, one line) schedule flags lr_factor cannot follow (check_optimizer_args calls it)."""
     if len(args.gamma) not in (1, len(args.milestones)) or min(args.gamma) <= 0:  # each lr step multiplies by it
         ap.error(f"--gamma takes one positive value or one per milestone ({len(args.milestones)}), got {args.gamma}")
-    if min(args.warmup_epochs, *args.milestones) < 0:
-        ap.error("--warmup-epochs and --milestones must be >= 0")
+    if args.warmup_epochs < 0 or min(args.milestones) < 0:
+        ap.error(f"--warmup-epochs and --milestones must be >= 0, got {args.warmup_epochs:g} and "
+                 f"{' '.join(f'{m:g}' for m in args.milestones)}")
 
 
 def schedule_warnings(args):

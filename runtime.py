@@ -80,8 +80,9 @@ def run_main(main, name):
     line and exit code 130, not a traceback; a package of LATE_IMPORTS missing is said before any work."""
     missing = [m for m in LATE_IMPORTS if importlib.util.find_spec(m) is None]
     if missing:
-        print(f"{name}: {' and '.join(missing)} not installed; install every requirement: pip install -r "
-              "requirements.txt", file=sys.stderr)
+        if not quiet_rank():
+            print(f"{name}: {' and '.join(missing)} not installed; install every requirement: pip install -r "
+                  "requirements.txt", file=sys.stderr)
         sys.exit(1)
     try:
         sys.exit(main())
@@ -494,8 +495,7 @@ def load_checkpoint(path):
         if isinstance(e, OSError) and e.errno != errno.EINVAL:  # unreadable: the OS says why
             why = e.strerror or why  # (torch reads a cut-off zip as EINVAL: the zip check below names that)
         elif not zipfile.is_zipfile(path):  # torch.save writes a zip archive (a text file is no unsafe pickle)
-            raise ValueError(f"{path} is not a checkpoint (a .pt written by train.py): not a whole torch.save "
-                             "archive (another kind of file, or one cut off or empty)") from None
+            why = "not a whole torch.save archive (cut off, empty, or another kind of file than a train.py .pt)"
         elif "Weights only load failed" in why:  # torch's advice (weights_only=False) is the unsafe way
             why = "it holds objects other than tensors and plain values; refused, as loading them could run code"
         raise ValueError(f"cannot read checkpoint {path}: {why}") from None
@@ -542,8 +542,9 @@ RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt"
 
 
 # what evaluate.py and visualize.py draw from a run into its folder: a run replaced with --force takes them along
-DRAWN_FILES = ("confusion_matrix*.png", "errors*.png", "per_class*.png", "augment.png", "curves.png", "report.md",
-               "report.html", "features_*.png", "filters_*.png", "cam_*.png", "confusion_*.png")
+DRAWN_FILES = ("confusion_matrix.png", "confusion_matrix_*.png", "errors.png", "errors_*.png", "errors-confusion.png",
+               "errors-confusion_*.png", "per_class.png", "per_class_*.png", "augment.png", "curves.png", "report.md",
+               "report.html", "features_*_*.png", "filters_*.png", "cam_*_*.png", "confusion_*.png")
 
 
 def run_files_in(folder):
@@ -595,13 +596,14 @@ def claim_run_dir(arch, parent="runs"):
 def clear_run(folder):
     """The files of a run that a new one replaces (--force), removed as the new one starts writing, so that no summary,
     checkpoint, TensorBoard event or figure of the old run sits beside it; other files in the folder are left as they
-    are. Returns the names of the figures and reports removed (DRAWN_FILES)."""
+    are, and so are figures in a folder that held no run. Returns the names of the figures and reports removed."""
+    replaced = bool(run_files_in(folder))
     for name in RUN_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(folder, name))
     shutil.rmtree(os.path.join(folder, "tb"), ignore_errors=True)
     remove_stale_temps(folder)
-    drawn = sorted({os.path.basename(p) for pattern in DRAWN_FILES
+    drawn = sorted({os.path.basename(p) for pattern in DRAWN_FILES if replaced
                     for p in glob.glob(os.path.join(glob.escape(folder), pattern))})
     for name in drawn:
         with contextlib.suppress(FileNotFoundError):

@@ -203,5 +203,6 @@ def test_evaluate_py_calls_a_file_that_is_no_checkpoint_so(fp32_run, tmp_path):
     """A config.json (any file that is no torch.save archive) is not a checkpoint, not a pickle refused as unsafe."""
     r = run_script("evaluate.py", os.path.join(fp32_run, "config.json"), "--out", str(tmp_path), timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "config.json is not a checkpoint (a .pt written by train.py)" in r.stderr
+    assert "config.json: not a whole torch.save archive (cut off, empty, or another kind of file than a train.py .pt)" \
+        in r.stderr
     assert "could run code" not in r.stderr and os.listdir(tmp_path) == []

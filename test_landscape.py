@@ -425,9 +425,10 @@ def test_measure_every_0_says_no_measures(tmp_path, data_dir, capsys, monkeypatc
 
 
 def test_long_work_says_when_it_ends(tmp_path, data_dir, capsys):
-    """An eta after each epoch but a run's last (for that lr), and on each lr's line after the first (for the rest)."""
+    """An eta after each epoch but a run's last (for that lr), and on each lr's line after the first (for the variant's
+    lrs left: with --both the other variant's come after)."""
     assert landscape.main(tiny(data_dir, str(tmp_path / "ls"), "--measure-every", "0", "--epochs", "2")) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "epoch" in line and " lr " in line]
     assert [bool(re.search(r"  eta \d+s$", line)) for line in lines if line.startswith("vgg_a")] == [True, False] * 2
-    assert [bool(re.search(r"; eta \d+s for this lr and the rest$", line)) for line in lines if line.startswith("==")] \
+    assert [bool(re.search(r"; eta \d+s for this variant's lrs left$", line)) for line in lines if line.startswith("==")] \
         == [False, True], lines

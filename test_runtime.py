@@ -118,3 +118,13 @@ def test_eta_at_the_mean_pace_so_far(monkeypatch):
     monkeypatch.setattr(runtime.time, "time", lambda: 1000.0)
     assert runtime.eta(900.0, 2, 3) == "  eta 2m30s" and runtime.eta(0.0, 1, 8) == "  eta 2h13m"
     assert runtime.eta(990.0, 5, 2) == "  eta 4s" and runtime.eta(900.0, 2, 0) == "" and runtime.eta(1000.0, 0, 5) == ""
+
+
+def test_clear_run_removes_figures_only_where_a_run_is_replaced(tmp_path):
+    """train.py clears every new run's folder: one that held no run keeps a report.md or errors_x.png of the user's."""
+    for name in ("report.md", "errors_by_hand.png", "notes.txt"):
+        (tmp_path / name).write_text("mine")
+    assert runtime.clear_run(str(tmp_path)) == [] and len(os.listdir(tmp_path)) == 3
+    (tmp_path / "summary.json").write_text("{}")  # a run's: --force replaces it, with what was drawn from it
+    assert runtime.clear_run(str(tmp_path)) == ["errors_by_hand.png", "report.md"]
+    assert os.listdir(tmp_path) == ["notes.txt"]

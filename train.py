@@ -560,7 +560,8 @@ def train_one_epoch(run, epoch):
     run.epoch_time = before + time.time() - t0
     run.train_time += run.epoch_time
     if not sums[2].item():  # --skip-nonfinite skipped every step: no loss to report, the weights never moved
-        raise diverged(run, epoch, "nan", f"every step of the epoch skipped ({run.bad_steps} in all)")
+        raise Stop(1, f"every step of epoch {epoch + 1} had a non-finite loss and was skipped ({run.bad_steps} skipped "
+                      f"in all): training diverged (try a lower --lr); {kept(run)}")
     row = {"epoch": epoch + 1, "step": run.step, "lr": run.scheduler.get_last_lr()[0],
            "train_loss": sums[0].item() / sums[2].item(), "train_acc": sums[1].item() / sums[2].item()}
     if not math.isfinite(row["train_loss"]):  # another rank diverged

@@ -442,7 +442,9 @@ def cmd_errors(ap, args):
             ax.imshow(imgs[k], interpolation="nearest")
             ax.set_title(f"#{i} true: {src.classes[int(y[i])]}\npredicted: {src.classes[int(pred[i])]} "
                          f"{100 * float(conf[i]):.0f}%", fontsize=9, color="firebrick")
-    at = lambda name: os.path.join(src.out, f"{name}{src.tag}.png")  # noqa: E731
+
+    def at(name):  # the figure's file, named for the checkpoint it was drawn from
+        return os.path.join(src.out, f"{name}{src.tag}.png")
     paths = [save(fig, at("errors")),  # not confusion_matrix.png, which is evaluate.py's
              save_confusion(pred, y, src.classes, acc, src.name, at("errors-confusion"))]
     paths.append(plot_per_class(per_class(pred, y, len(src.classes)), src.classes, acc, at("per_class"),
@@ -553,8 +555,10 @@ def cmd_cam(ap, args):
     src = open_source(ap, args)
     picked = pick_test_images(ap, args, src)
     info = trace(src.model, torch.zeros(1, 3, 32, 32))
-    ends = stages(src.model, info)  # its last: the default layer (none: no default, exit 2 unless --layer)
-    layer = args.layer or (ends[-1:] or ap.error(f"{src.arch} has no module with a spatial output for Grad-CAM"))[0]
+    ends = stages(src.model, info)  # its last: the default layer
+    if not (args.layer or ends):
+        ap.error(f"{src.arch} has no module with a spatial output for Grad-CAM")
+    layer = args.layer or ends[-1]
     valid_layers(ap, src, info, [layer])
     target = None
     if args.target is not None:
