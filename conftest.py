@@ -16,6 +16,11 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: multi-epoch, multi-process, compiling or kill/resume runs; "
                                        "pytest -m 'not slow' leaves them out")
 REAL = os.environ.get("CIFAR10_DIR")
+BIG = {"resnet34", "resnet50", "resnet101", "resnet152"}  # a step of these takes seconds on a CPU: full suite only
+
+
+def slow_if(big):
+    return [pytest.mark.slow] if big else []
 
 
 @pytest.fixture(scope="session")

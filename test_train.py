@@ -1,7 +1,7 @@
 """train.py beyond the smoke test: every refusal is one line with exit code 2 and creates nothing,
 checkpoints refuse crafted pickles, divergence stops cleanly, every network of models.py and every recipe
 trains a step through the real command, and the step's variants (lookahead, hard examples, a CUDA graph)
-train as they should. optim.py's own parts: test_optim.py.
+train as they should. optim.py's own parts: test_optim.py; the recipes: test_recipes.py.
 """
 import copy
 import json
@@ -23,7 +23,7 @@ import runtime
 import evaluate as evaluate_module
 import train
 from evaluate import evaluate
-from conftest import run_script, training_metrics
+from conftest import BIG, run_script, slow_if, training_metrics
 from models import ARCHS, build_model
 from selection import AGE, HardExamples, LastLoss
 
@@ -360,13 +360,6 @@ def test_a_skipped_last_step_still_ends_the_run_on_the_lookahead_weights():
 
 # ----------------------------------------------------------------------------- every network
 
-BIG = {"resnet34", "resnet50", "resnet101", "resnet152"}  # a step of these takes seconds on a CPU: full suite only
-
-
-def slow_if(big):
-    return [pytest.mark.slow] if big else []
-
-
 @pytest.mark.parametrize("arch", [pytest.param(a, marks=slow_if(a in BIG)) for a in ARCHS])
 def test_every_arch_trains_through_the_command(tmp_path, data_dir, arch):
     out = tmp_path / arch
@@ -383,51 +376,6 @@ def test_every_arch_trains_through_the_command(tmp_path, data_dir, arch):
     trained = runtime.load_checkpoint(str(out / "best.pt"))["model"]
     assert summary["final"]["step"] == 2 and any(not torch.equal(start[k], v) for k, v in trained.items()
                                                   if v.is_floating_point() and "running" not in k)
-
-
-# ----------------------------------------------------------------------------- recipes
-
-def test_recipe_fills_defaults_and_explicit_flags_win():
-    args = train.parse_args(train.get_parser(), ["--recipe", "report004-dainet7", "--lr", "0.01", "--epochs", "3"])
-    assert (args.arch, args.optimizer, args.batch_size, args.betas) == ("dainet7", "adam", 128, [0.9, 0.99])
-    assert args.gamma == [0.5, 0.3, 0.1, 0.01, 0.001] and args.lr == 0.01 and args.epochs == 3
-    plain = train.parse_args(train.get_parser(), [])
-    assert (plain.arch, plain.lr, plain.epochs) == ("resnet18", 0.1, 200)
-
-
-def test_fast_cpu_is_the_fast_recipe_with_the_flags_the_cpu_race_measured():
-    """RESULTS.md's race 15 ran --recipe fast with these flags; --recipe fast-cpu must train the same run."""
-    flags = "--select-by loss --select-frac 0.5 --epochs 11 --image-sizes 24 32 --batch-size 400 --lr 0.1073 " \
-            "--aux-lr 0.0041"
-    by_flags = vars(train.parse_args(train.get_parser(), ["--recipe", "fast", *flags.split()]))
-    by_name = vars(train.parse_args(train.get_parser(), ["--recipe", "fast-cpu"]))
-    assert {**by_flags, "recipe": "fast-cpu"} == by_name
-
-
-def test_list_recipes_names_source_and_the_reports_figure(capsys):
-    with pytest.raises(SystemExit) as e:
-        train.main(["--list-recipes"])
-    out = " ".join(capsys.readouterr().out.split())  # wrapped lines joined
-    assert e.value.code == 0 and "RESULTS.md" in out
-    for name, r in train.RECIPES.items():
-        assert name in out and r["source"] in out and r.get("report", "(ours: no report figure)") in out
-        assert name.startswith("report") == ("assumes" in r) and r.get("assumes", "") in out  # every report recipe
-    assert "DaiNet7's (Adam 1e-3, step decay, batch 128, crop+flip, 250 epochs) is our guess" in out
-
-
-def test_unknown_recipe(capsys):
-    assert "unknown --recipe 'fastest'; choose from: report000-resnet50" in refused(capsys, ["--recipe", "fastest"])
-
-
-@pytest.mark.parametrize("recipe", [pytest.param(r, marks=slow_if(train.RECIPES[r]["arch"] in BIG))
-                                    for r in train.RECIPES])
-def test_every_recipe_runs_a_tiny_step(tmp_path, data_dir, recipe, capsys):
-    out = tmp_path / recipe
-    assert train.main(["--recipe", recipe, "--epochs", "1", "--subset", "20", "--batch-size", "10",
-                       "--eval-batch-size", "20", "--data", data_dir, "--out", str(out)]) == 0
-    config = json.load(open(out / "config.json"))["args"]
-    assert config["recipe"] == recipe and config["arch"] == train.RECIPES[recipe]["arch"]
-    assert ("warning: --warmup-epochs" in capsys.readouterr().out) == (config["warmup_epochs"] >= 1)  # said, not refused
 
 
 # ----------------------------------------------------------------------------- the fast recipe's parts
