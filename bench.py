@@ -563,8 +563,9 @@ def main(argv=None):
     for name, (add_args, _, help_) in SUBCOMMANDS.items():
         add_args(sub.add_parser(name, help=help_))
     args = ap.parse_args(argv)
-    runtime.check_ranges(ap, args, positive=[f for f in ("batch_size", "repeats", "subset", "images") if f in vars(args)],
-                         nonnegative=[f for f in ("workers",) if f in vars(args)])
+    has = [f for f in ("batch_size", "repeats", "subset", "images", "workers") if f in vars(args)]  # by subcommand
+    runtime.check_ranges(ap, args, positive=[f for f in has if f != "workers"],
+                         nonnegative=[f for f in has if f == "workers"])
     if getattr(args, "warmup", 1) < (1 if args.cmd == "step" else 0):
         ap.error(f"--warmup must be at least {1 if args.cmd == 'step' else 0}, got {args.warmup}")
     check_out(ap, args.out, args.cmd, getattr(args, "force", False))  # --force: race's alone

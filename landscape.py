@@ -560,7 +560,8 @@ def get_parser():
     ap.add_argument("--surface-res", type=int, default=21, metavar="R",
                     help="2D grid R x R, 1D slice 2R-1 points, on [-1, 1]")
     ap.add_argument("--surface-images", type=int, default=1024, metavar="N", help="training images the surface loss uses")
-    ap.add_argument("--out", type=runtime.path_arg, default="landscape", help="folder for the JSON results and the PNGs")
+    ap.add_argument("--out", type=runtime.path_arg, default="landscape",
+                    help="folder for the JSON results and the PNGs")
     ap.add_argument("--force", action="store_true", help="overwrite a variant's existing results")
     ap.add_argument("--plot-only", action="store_true", help="redraw the figures from the JSON in --out, no training")
     ap.add_argument("--no-progress", action="store_true", help="plain lines even on a terminal")

@@ -349,7 +349,8 @@ def get_parser():
     ap.add_argument("--seed", type=runtime.seed_arg, default=d("seed"), help="initial weights and batch order")
     runtime.add_amp_arg(ap, default=d("amp"))
     ap.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    ap.add_argument("--out", type=runtime.path_arg, default=None, help="output folder (default lr_finder/<arch>-<timestamp>)")
+    ap.add_argument("--out", type=runtime.path_arg, default=None,
+                    help="output folder (default lr_finder/<arch>-<timestamp>)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing lr_finder.csv in --out")
     ap.set_defaults(lr=d("lr"))  # no flag: the train.py --lr that --aux-lr goes with (a recipe sets it)
     return ap
@@ -400,7 +401,8 @@ def report(args, curve, num_iter, out):
         suggestions = suggest_lr(curve)
     except NoDescent as e:
         plot_curve(curve, {}, png_path, title=title + " (no usable descent)")
-        runtime.write_text(json_path, runtime.json_text({**summary, "suggestions": {}, "no_suggestion": str(e)}, indent=2))
+        runtime.write_text(json_path, runtime.json_text({**summary, "suggestions": {}, "no_suggestion": str(e)},
+                                                        indent=2))
         print(f"wrote {csv_path}, {png_path} and {json_path}")
         print(f"no suggestion: {e}")
         return 1
@@ -408,7 +410,7 @@ def report(args, curve, num_iter, out):
     lr = suggestions[args.suggest]
     command = train_command(args, lr)
     runtime.write_text(json_path, runtime.json_text({**summary, "suggestions": suggestions, "suggest": args.suggest,
-                                              "chosen_lr": lr, "train_command": command}, indent=2))
+                                                     "chosen_lr": lr, "train_command": command}, indent=2))
     print(f"wrote {csv_path}, {png_path} and {json_path}")
     print(f"suggestions (smoothed {curve['kind']} loss, first {usable_window(curve)[0]} steps and the part "
           f"after the minimum left out):")

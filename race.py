@@ -152,12 +152,14 @@ def airbench_worker(argv):
 # ----------------------------------------------------------------------------- the race
 
 def add_race_args(p):
-    p.add_argument("--data", type=runtime.path_arg, default="./data", metavar="DIR", help="folder holding cifar-10-batches-py")
+    p.add_argument("--data", type=runtime.path_arg, default="./data", metavar="DIR",
+                   help="folder holding cifar-10-batches-py")
     p.add_argument("--seeds", type=runtime.seed_arg, nargs="+", default=[0, 1, 2, 3, 4],
                    help="fast's seeds (and airbench94's)")
     p.add_argument("--cores", type=int, nargs=2, default=[0, 1], metavar=("FAST", "AIRBENCH"),
                    help="CPU cores the two lanes are pinned to")
-    p.add_argument("--work", type=runtime.path_arg, default="race", help="folder for the runs' folders, logs and airbench's data")
+    p.add_argument("--work", type=runtime.path_arg, default="race",
+                   help="folder for the runs' folders, logs and airbench's data")
     p.add_argument("--device", default="auto", help="auto = cuda, else cpu")
     p.add_argument("--out", type=runtime.path_arg, default="bench.json", help="JSON file the figures are added to")
     p.add_argument("--force", action="store_true", help="replace an earlier race's section of --out")
