@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 import data
 from models import build_model
-from runtime import (OneLineParser, path_arg, add_amp_arg, autocast, check_output_file, check_output_folder,
-                     check_ranges, checkpoint_file, eval_weights, json_text, load_checkpoint, pick_device, pyplot,
+from runtime import (OneLineParser, add_amp_arg, autocast, check_output_file, check_output_folder, check_ranges,
+                     checkpoint_file, eval_weights, json_text, load_checkpoint, path_arg, pick_device, pyplot,
                      resolve_amp, run_folder, run_main, sync, write_text)
 
 
