@@ -563,9 +563,7 @@ def main(argv=None):
     for name, (add_args, _, help_) in SUBCOMMANDS.items():
         add_args(sub.add_parser(name, help=help_))
     args = ap.parse_args(argv)
-    has = [f for f in ("batch_size", "repeats", "subset", "images", "workers") if f in vars(args)]  # by subcommand
-    runtime.check_ranges(ap, args, positive=[f for f in has if f != "workers"],
-                         nonnegative=[f for f in has if f == "workers"])
+    runtime.check_ranges(ap, args, positive=("batch_size", "repeats", "subset", "images"), nonnegative=("workers",))
     if getattr(args, "warmup", 1) < (1 if args.cmd == "step" else 0):
         ap.error(f"--warmup must be at least {1 if args.cmd == 'step' else 0}, got {args.warmup}")
     check_out(ap, args.out, args.cmd, getattr(args, "force", False))  # --force: race's alone

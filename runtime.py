@@ -357,11 +357,11 @@ RANGES = {"positive": (lambda v: v > 0, "positive"), "nonnegative": (lambda v: v
 
 def check_ranges(ap, args, **rules):
     """Refuse (one line, exit 2) the first flag outside its range, naming it and its value. rules: a range of RANGES
-    = the dests it holds for (a flag left at None is not checked)."""
+    = the dests it holds for (a flag left at None, or one this (sub)command does not have, is not checked)."""
     for rule, names in rules.items():
         holds, words = RANGES[rule]
         for name in names:
-            value = getattr(args, name)
+            value = getattr(args, name, None)
             if value is not None and not holds(value):
                 ap.error(f"--{name.replace('_', '-')} must be {words}, got {value}")
 
@@ -603,8 +603,8 @@ def clear_run(folder):
             os.remove(os.path.join(folder, name))
     shutil.rmtree(os.path.join(folder, "tb"), ignore_errors=True)
     remove_stale_temps(folder)
-    drawn = sorted({os.path.basename(p) for pattern in DRAWN_FILES if replaced
-                    for p in glob.glob(os.path.join(glob.escape(folder), pattern))})
+    drawn = sorted({os.path.basename(p) for pattern in DRAWN_FILES
+                    for p in glob.glob(os.path.join(glob.escape(folder), pattern))}) if replaced else []
     for name in drawn:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(folder, name))
