@@ -48,6 +48,7 @@ import data
 import evaluate
 import optim
 import race
+import runfiles
 import runtime
 import train
 from models import ARCHS, build_model, count_params
@@ -532,7 +533,7 @@ def read_out(path):
 def check_out(ap, path, name, force):
     """Before any timing: --out must be a bench.json or a new file in an existing folder, so no work is lost at the end,
     and must not hold a race's section already (it took hours) unless force."""
-    runtime.check_output_file(ap, "--out", path)  # also a folder given for it
+    runfiles.check_output_file(ap, "--out", path)  # also a folder given for it
     try:
         old = read_out(path)
     except ValueError as e:
@@ -545,7 +546,7 @@ def check_out(ap, path, name, force):
 
 def save_section(path, name, section, environment):
     """Add `section` under `name` to the JSON file at path, keeping every other key in it (other subcommands'
-    sections, anything a user added). Written atomically (runtime.write_text), so an interrupted run never leaves
+    sections, anything a user added). Written atomically (runfiles.write_text), so an interrupted run never leaves
     half a file; if the file stopped being a bench.json while this ran, the figures go to path + ".new" instead."""
     try:
         old = read_out(path)
@@ -553,7 +554,7 @@ def save_section(path, name, section, environment):
         print(f"warning: {e}; writing {path}.new instead", file=sys.stderr)
         path, old = path + ".new", {}
     merged = {**old, **environment, name: section}  # the top reflects the latest run; sections carry their own
-    runtime.write_text(path, runtime.json_text(merged, indent=2))
+    runfiles.write_text(path, runfiles.json_text(merged, indent=2))
     return merged
 
 
@@ -568,7 +569,7 @@ def main(argv=None):
         ap.error(f"--warmup must be at least {1 if args.cmd == 'step' else 0}, got {args.warmup}")
     check_out(ap, args.out, args.cmd, getattr(args, "force", False))  # --force: race's alone
     if getattr(args, "work", None) is not None:  # race: its runs' folder, made and written later
-        runtime.check_output_folder(ap, "--work", args.work)
+        runfiles.check_output_folder(ap, "--work", args.work)
     args.device = resolve_device(ap, args.device)
     try:
         section = SUBCOMMANDS[args.cmd][1](args)

@@ -46,17 +46,17 @@ def training_metrics(run_dir):
 
 @pytest.fixture
 def one_second(monkeypatch, tmp_path):
-    """In tmp_path, runtime's clock stopped at 2026-12-01 17:13:18 (every run starts in that second) and its atexit
+    """In tmp_path, runfiles' clock stopped at 2026-12-01 17:13:18 (every run starts in that second) and its atexit
     registrations collected in the returned list as (function, args), to run when the test says."""
     import datetime
-    import runtime
+    import runfiles
     monkeypatch.chdir(tmp_path)
 
     class Clock(datetime.datetime):
         @classmethod
         def now(cls, tz=None):
             return datetime.datetime(2026, 12, 1, 17, 13, 18)
-    monkeypatch.setattr(runtime.datetime, "datetime", Clock)
+    monkeypatch.setattr(runfiles.datetime, "datetime", Clock)
     exits = []
-    monkeypatch.setattr(runtime.atexit, "register", lambda f, *a: exits.append((f, a)))
+    monkeypatch.setattr(runfiles.atexit, "register", lambda f, *a: exits.append((f, a)))
     return exits

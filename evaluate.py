@@ -24,9 +24,10 @@ import torch.nn.functional as F
 
 import data
 from models import build_model
-from runtime import (OneLineParser, add_amp_arg, autocast, check_output_file, check_output_folder, check_ranges,
-                     checkpoint_file, eval_weights, json_text, load_checkpoint, path_arg, pick_device, pyplot,
-                     resolve_amp, run_folder, run_main, sync, write_text)
+from runfiles import (check_output_file, check_output_folder, checkpoint_file, eval_weights, json_text, load_checkpoint,
+                      run_folder, write_text)
+from runtime import (OneLineParser, add_amp_arg, autocast, check_ranges, path_arg, pick_device, pyplot, resolve_amp,
+                     run_main, sync)
 
 
 # ----------------------------------------------------------------------------- evaluation loop and TTA
@@ -170,7 +171,7 @@ def images_per_s(model, loader, device, amp_dtype, repeats=1):
 # ----------------------------------------------------------------------------- checkpoints and figure names
 
 def read_checkpoint(ap, path):
-    """runtime.load_checkpoint of a run folder or .pt, a ValueError becoming a one-line exit 2."""
+    """runfiles.load_checkpoint of a run folder or .pt, a ValueError becoming a one-line exit 2."""
     try:
         return load_checkpoint(path)
     except ValueError as e:

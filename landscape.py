@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 import data
 import evaluate
+import runfiles
 import runtime
 from models import build_model, xavier_init
 
@@ -288,14 +289,14 @@ def config_of(args, device, amp_dtype, info):
             "measures_precision": "fp32", "amp": str(amp_dtype or "fp32"), "init": args.init, "norm": args.norm,
             "augment": {"crop_pad": args.crop_pad, "flip": not args.no_flip},
             "data": {k: v for k, v in info.items() if k != "classes"}, "device": runtime.device_name(device),
-            "torch": torch.__version__, "python": platform.python_version(), "git_commit": runtime.git_commit(),
+            "torch": torch.__version__, "python": platform.python_version(), "git_commit": runfiles.git_commit(),
             "started": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
 # ----------------------------------------------------------------------------- results on disk
 
 def save_results(result, path):
-    runtime.write_text(path, runtime.json_text(result))
+    runfiles.write_text(path, runfiles.json_text(result))
 
 
 def lrs_held(path):
@@ -589,7 +590,7 @@ def check_args(ap, args):
         ap.error(f"--surface-lr {args.surface_lr:g} is not one of --lrs")
     if args.plot_only and args.surface:
         ap.error("--surface needs the trained weights: drop --plot-only (saved surfaces are redrawn anyway)")
-    runtime.check_output_folder(ap, "--out", args.out, not_a_run=True)  # found before the training, not after
+    runfiles.check_output_folder(ap, "--out", args.out, not_a_run=True)  # found before the training, not after
 
 
 COURSE_NORM = ([0.5] * 3, [0.5] * 3)  # the course code's transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -666,7 +667,7 @@ def report(ap, args, paths):
     print(("comparison" if len(results) == 2 else f"{VARIANTS[next(iter(results))]} only") + " figures:")
     print("\n".join(f"  {p}" for p in written))
     lr, summary_path = measures_lr(results), os.path.join(args.out, "summary.json")
-    runtime.write_text(summary_path, runtime.json_text({a: summarize(r, lr) for a, r in results.items()}, indent=1))
+    runfiles.write_text(summary_path, runfiles.json_text({a: summarize(r, lr) for a, r in results.items()}, indent=1))
     print(summary_table(results))
     print(f"summary: {summary_path}")
     return 0

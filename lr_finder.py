@@ -31,6 +31,7 @@ import torch.nn as nn
 import data
 import evaluate
 import optim
+import runfiles
 import runtime
 import train
 from models import ARCHS, build_model, check_arch, init_from_data
@@ -228,7 +229,7 @@ def suggest_lr(curve, skip_start=0.1):
 def write_csv(curve, path):
     rows = [f"{i},{lr!r},{loss!r},{sm!r}" for i, (lr, loss, sm) in
             enumerate(zip(curve["lr"], curve["loss"], curve["smooth"]))]
-    runtime.write_text(path, "step,lr,loss,smooth_loss\n" + "".join(r + "\n" for r in rows))
+    runfiles.write_text(path, "step,lr,loss,smooth_loss\n" + "".join(r + "\n" for r in rows))
 
 
 def plot_curve(curve, suggestions, path, chosen=None, title="LR range test", skip_start=0.1):
@@ -265,7 +266,7 @@ def plot_curve(curve, suggestions, path, chosen=None, title="LR range test", ski
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="upper left", fontsize=9)
     fig.tight_layout()
-    runtime.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))  # a second Ctrl-C leaves no half png
+    runfiles.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))  # a second Ctrl-C leaves no half png
     plt.close(fig)
 
 
@@ -401,7 +402,7 @@ def report(args, curve, num_iter, out):
         suggestions = suggest_lr(curve)
     except NoDescent as e:
         plot_curve(curve, {}, png_path, title=title + " (no usable descent)")
-        runtime.write_text(json_path, runtime.json_text({**summary, "suggestions": {}, "no_suggestion": str(e)},
+        runfiles.write_text(json_path, runfiles.json_text({**summary, "suggestions": {}, "no_suggestion": str(e)},
                                                         indent=2))
         print(f"wrote {csv_path}, {png_path} and {json_path}")
         print(f"no suggestion: {e}")
@@ -409,7 +410,7 @@ def report(args, curve, num_iter, out):
     plot_curve(curve, suggestions, png_path, chosen=args.suggest, title=title)
     lr = suggestions[args.suggest]
     command = train_command(args, lr)
-    runtime.write_text(json_path, runtime.json_text({**summary, "suggestions": suggestions, "suggest": args.suggest,
+    runfiles.write_text(json_path, runfiles.json_text({**summary, "suggestions": suggestions, "suggest": args.suggest,
                                                      "chosen_lr": lr, "train_command": command}, indent=2))
     print(f"wrote {csv_path}, {png_path} and {json_path}")
     print(f"suggestions (smoothed {curve['kind']} loss, first {usable_window(curve)[0]} steps and the part "
@@ -466,12 +467,12 @@ def main(argv=None):
     check_args(ap, args)
     num_iter = args.num_iter or planned_steps(args.start_lr, args.end_lr, args.steps_per_decade)
     try:  # the default folder is made now, one per run, as train.py's (two runs in one second do not share it)
-        out = args.out or runtime.claim_run_dir(args.arch, "lr_finder")
+        out = args.out or runfiles.claim_run_dir(args.arch, "lr_finder")
     except OSError as e:
         ap.error(f"cannot write to folder lr_finder/: {e.strerror}")
-    runtime.check_output_folder(ap, "--out", out)  # written after the test: a place that cannot be is found now
+    runfiles.check_output_folder(ap, "--out", out)  # written after the test: a place that cannot be is found now
     taken = [os.path.join(out, name) for name in OUTPUTS if os.path.exists(os.path.join(out, name))]
-    runtime.check_no_folders_at(ap, taken)
+    runfiles.check_no_folders_at(ap, taken)
     if taken and not args.force:
         ap.error(f"{taken[0]} exists; use --force to overwrite it, or another --out")
     try:

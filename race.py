@@ -36,6 +36,7 @@ import time
 import torch
 
 import data
+import runfiles
 import runtime
 from recipes import RECIPES
 
@@ -143,7 +144,7 @@ def airbench_worker(argv):
         show(variables, is_final_entry)
     utils.print_training_details = record
     airbench.train94(**kwargs)  # builds its loaders from cifar10/ below the working folder
-    runtime.write_text(args.out, json.dumps({
+    runfiles.write_text(args.out, json.dumps({
         "seed": args.seed, "tta_acc": seen["tta_val_acc"], "acc": seen["val_acc"],
         "counted_s": seen["total_time_seconds"], "epoch_times": INTERVALS[1:-1], "threads": torch.get_num_threads(),
         "process_s": time.perf_counter() - t0, "airbench": importlib.metadata.version("airbench")}))

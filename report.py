@@ -19,7 +19,8 @@ import json
 import os
 
 from evaluate import per_class, safe_name
-from runtime import check_no_folders_at, checkpoint_file, pyplot, write_text
+from runfiles import check_no_folders_at, checkpoint_file, write_text
+from runtime import pyplot
 from visualize import open_source, pct, predict_test_set, save, save_confusion
 
 CURVES_W, CURVES_H, LEGEND_ROW = 15, 4.4, 0.3  # inches; at visualize.DPI these give the pixel sizes the tests check

@@ -14,6 +14,7 @@ import torch
 
 import data
 import evaluate
+import runfiles
 import runtime
 import train
 from conftest import HERE, run_script, training_metrics
@@ -51,7 +52,7 @@ def test_sigkill_in_the_middle_of_a_checkpoint_write(tmp_path, data_dir, referen
     r = run_script("train.py", *RUN, "--data", data_dir, "--out", out, env={**os.environ, "TRAIN_CRASH_IN_SAVE": str(save)})
     assert r.returncode == -signal.SIGKILL
     assert [n for n in os.listdir(out) if ".tmp" in n]  # the write really was cut half way
-    runtime.load_checkpoint(os.path.join(out, "last.pt"))  # what is there is whole
+    runfiles.load_checkpoint(os.path.join(out, "last.pt"))  # what is there is whole
     r = run_script("train.py", "--resume", out, "--data", data_dir)
     assert r.returncode == 0, r.stderr
     assert_same_run(reference, out)
@@ -64,7 +65,7 @@ def test_sigkill_at_a_random_moment(tmp_path, data_dir, reference):
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     def inside_epoch_2():  # last.pt saved by --save-every within the second epoch: the run is under way there
         try:
-            ckpt = runtime.load_checkpoint(os.path.join(out, "last.pt"))
+            ckpt = runfiles.load_checkpoint(os.path.join(out, "last.pt"))
         except ValueError:  # not written yet
             return False
         return ckpt["epoch"] == 1 and ckpt["batch"] > 0
@@ -75,7 +76,7 @@ def test_sigkill_at_a_random_moment(tmp_path, data_dir, reference):
     p.kill()
     p.wait()
     assert p.returncode == -signal.SIGKILL
-    assert runtime.load_checkpoint(os.path.join(out, "last.pt"))["epoch"] < 3  # cut short: resume has work to do
+    assert runfiles.load_checkpoint(os.path.join(out, "last.pt"))["epoch"] < 3  # cut short: resume has work to do
     r = run_script("train.py", "--resume", out, "--data", data_dir)
     assert r.returncode == 0, r.stderr
     assert_same_run(reference, out)
@@ -101,7 +102,7 @@ def test_out_of_memory_is_one_line_and_keeps_last_pt(tmp_path, data_dir, capsys,
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert "out of memory at --batch-size 50 (evaluation: --eval-batch-size 1000)" in err
     assert f"try a smaller batch size; the last good checkpoints are kept in {out}" in err
-    assert runtime.load_checkpoint(str(out / "last.pt"))["step"] == 7
+    assert runfiles.load_checkpoint(str(out / "last.pt"))["step"] == 7
 
 
 @pytest.mark.slow
@@ -118,7 +119,7 @@ def test_out_of_memory_in_the_final_evaluation(tmp_path, data_dir, capsys, monke
     code = train.main([*RUN, "--val", "200", "--data", data_dir, "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "out of memory" in err
-    assert runtime.load_checkpoint(str(tmp_path / "run" / "last.pt"))["epoch"] == 3
+    assert runfiles.load_checkpoint(str(tmp_path / "run" / "last.pt"))["epoch"] == 3
 
 
 @pytest.mark.slow
@@ -140,8 +141,8 @@ def test_an_unwritable_output_folder_is_refused_before_the_work(tmp_path, monkey
     script starts, in one line, exit 2: not in a traceback once the work is done."""
     def read_only(*args, **kwargs):
         raise OSError(30, "Read-only file system")
-    monkeypatch.setattr(runtime.tempfile, "TemporaryFile", read_only)
-    for check, path in ((runtime.check_output_folder, tmp_path / "new" / "figs"), (runtime.check_output_file,
+    monkeypatch.setattr(runfiles.tempfile, "TemporaryFile", read_only)
+    for check, path in ((runfiles.check_output_folder, tmp_path / "new" / "figs"), (runfiles.check_output_file,
                                                                                    tmp_path / "r.json")):
         with pytest.raises(SystemExit) as e:
             check(runtime.OneLineParser(prog="x.py"), "--out", str(path))
@@ -153,7 +154,7 @@ def test_an_unwritable_output_folder_is_refused_before_the_work(tmp_path, monkey
 def test_an_output_file_path_that_names_no_file_is_refused(path, capsys):
     """"" or a folder's path with its separator would pass the folder checks and fail only at the save."""
     with pytest.raises(SystemExit) as e:
-        runtime.check_output_file(runtime.OneLineParser(prog="x.py"), "--out", path)
+        runfiles.check_output_file(runtime.OneLineParser(prog="x.py"), "--out", path)
     assert e.value.code == 2 and f"--out {path!r} names no file" in capsys.readouterr().err
 
 
@@ -175,7 +176,7 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temp_file(tmp_path):
         f.write(b"half")
         raise OSError(28, "No space left on device")
     with pytest.raises(OSError):
-        runtime.atomic_write(str(path), write)
+        runfiles.atomic_write(str(path), write)
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["results.json"]
 
 

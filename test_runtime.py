@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+import runfiles
 import runtime
 from conftest import HERE
 
@@ -91,7 +92,7 @@ def test_every_flag_of_every_script_says_what_it_does_and_its_default(monkeypatc
 
 
 def test_json_text_writes_null_for_what_json_would_write_as_nan():
-    text = runtime.json_text({"loss": float("nan"), "rows": [1.5, float("inf"), (float("-inf"), "a")], "n": 2})
+    text = runfiles.json_text({"loss": float("nan"), "rows": [1.5, float("inf"), (float("-inf"), "a")], "n": 2})
     assert text == '{"loss": null, "rows": [1.5, null, [null, "a"]], "n": 2}'
 
 
@@ -110,7 +111,7 @@ def test_a_run_folder_refused_is_named_in_a_command_that_pastes_whole(tmp_path, 
     out.mkdir()
     (out / "last.pt").write_bytes(b"")
     with pytest.raises(SystemExit):
-        runtime.prepare_run_dir(argparse.Namespace(resume=None, out=str(out), force=False), runtime.OneLineParser())
+        runfiles.prepare_run_dir(argparse.Namespace(resume=None, out=str(out), force=False), runtime.OneLineParser())
     assert f"use --resume '{out}' to continue it, --force to overwrite it" in capsys.readouterr().err
 
 
@@ -124,7 +125,7 @@ def test_clear_run_removes_figures_only_where_a_run_is_replaced(tmp_path):
     """train.py clears every new run's folder: one that held no run keeps a report.md or errors_x.png of the user's."""
     for name in ("report.md", "errors_by_hand.png", "notes.txt"):
         (tmp_path / name).write_text("mine")
-    assert runtime.clear_run(str(tmp_path)) == [] and len(os.listdir(tmp_path)) == 3
+    assert runfiles.clear_run(str(tmp_path)) == [] and len(os.listdir(tmp_path)) == 3
     (tmp_path / "summary.json").write_text("{}")  # a run's: --force replaces it, with what was drawn from it
-    assert runtime.clear_run(str(tmp_path)) == ["errors_by_hand.png", "report.md"]
+    assert runfiles.clear_run(str(tmp_path)) == ["errors_by_hand.png", "report.md"]
     assert os.listdir(tmp_path) == ["notes.txt"]

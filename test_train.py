@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 import optim
+import runfiles
 import runtime
 import evaluate as evaluate_module
 import train
@@ -235,7 +236,7 @@ def test_a_run_resumed_mid_epoch_counts_the_time_and_images_of_both_invocations(
         return make
     monkeypatch.setattr(train, "make_train_step", ticking(stop_at=2))
     assert train.main([*QUICK, "--data", data_dir, "--out", out]) == 128 + signal.SIGTERM
-    ckpt = runtime.load_checkpoint(os.path.join(out, "last.pt"))
+    ckpt = runfiles.load_checkpoint(os.path.join(out, "last.pt"))
     assert ckpt["batch"] == 2 and ckpt["partial"]["time"] == 2.0  # stopped inside the epoch, 2 s into it
     monkeypatch.setattr(train, "make_train_step", ticking())
     assert train.main(["--resume", out, "--data", data_dir]) == 0
@@ -292,7 +293,7 @@ def test_crafted_pickle_is_refused_without_running_code(capsys, tmp_path):
     assert "cannot read checkpoint" in err and "refused, as loading them could run code" in err
     assert "weights_only" not in err and not marker.exists()  # torch's advice is the unsafe way
     with pytest.raises(ValueError, match="plain.pkl: not a whole torch.save archive"):  # (weights_only: never run)
-        runtime.load_checkpoint(str(run / "plain.pkl"))
+        runfiles.load_checkpoint(str(run / "plain.pkl"))
     assert not marker.exists()
 
 
@@ -310,7 +311,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir)
     line = r.stderr.strip().splitlines()[-1]
     assert "at epoch 2, step" in line and "lr 1e+07" in line and "training diverged" in line
     assert f"the last good checkpoints are kept in {out}" in line
-    ckpt = runtime.load_checkpoint(str(out / "last.pt"))  # mid-epoch saves every 3 steps went on until the NaN
+    ckpt = runfiles.load_checkpoint(str(out / "last.pt"))  # mid-epoch saves every 3 steps went on until the NaN
     assert ckpt["epoch"] == 1 and 0 < ckpt["batch"] < 20
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert (out / "best.pt").exists() and len(open(out / "metrics.jsonl").readlines()) == 1
@@ -373,7 +374,7 @@ def test_every_arch_trains_through_the_command(tmp_path, data_dir, arch):
     # and the two steps of the epoch changed the weights it started from (seed 0, as train.py builds them)
     torch.manual_seed(0)
     start = build_model(arch).state_dict()
-    trained = runtime.load_checkpoint(str(out / "best.pt"))["model"]
+    trained = runfiles.load_checkpoint(str(out / "best.pt"))["model"]
     assert summary["final"]["step"] == 2 and any(not torch.equal(start[k], v) for k, v in trained.items()
                                                   if v.is_floating_point() and "running" not in k)
 
@@ -448,7 +449,7 @@ def test_compile_trains_like_eager_and_saves_plain_weights(tmp_path, data_dir):
         out = str(tmp_path / name)
         assert train.main([*QUICK, "--amp", "off", "--data", data_dir, "--out", out, *extra]) == 0
         rows[name] = json.loads(open(os.path.join(out, "metrics.jsonl")).readline())
-        ckpts[name] = runtime.load_checkpoint(os.path.join(out, "last.pt"))
+        ckpts[name] = runfiles.load_checkpoint(os.path.join(out, "last.pt"))
     assert list(ckpts["compiled"]["model"]) == list(ckpts["eager"]["model"])
     for k in ("train_loss", "test_loss"):
         assert rows["compiled"][k] == pytest.approx(rows["eager"][k], rel=1e-3)
@@ -465,9 +466,9 @@ def test_a_cpu_chosen_by_name_keeps_freed_memory_as_auto_does(monkeypatch):
 def test_the_default_run_folder_is_named_by_rank_0(monkeypatch, tmp_path):
     """Under torchrun each rank reads its own clock; the folder every rank prints and resumes from is rank 0's."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(runtime, "rank0_value", lambda value: ("runs/from-rank-0", None))
+    monkeypatch.setattr(runfiles, "rank0_value", lambda value: ("runs/from-rank-0", None))
     args = train.get_parser().parse_args([])
-    assert runtime.prepare_run_dir(args, train.get_parser()) == "runs/from-rank-0"
+    assert runfiles.prepare_run_dir(args, train.get_parser()) == "runs/from-rank-0"
 
 
 def test_runs_started_in_the_same_second_get_folders_of_their_own(monkeypatch, one_second):
@@ -475,7 +476,7 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(monkeypatch, o
     anything leaves none behind."""
     exits = one_second
     args = train.get_parser().parse_args(["--arch", "fastnet"])
-    folders = [runtime.prepare_run_dir(args, train.get_parser()) for _ in range(3)]
+    folders = [runfiles.prepare_run_dir(args, train.get_parser()) for _ in range(3)]
     assert folders == [os.path.join("runs", "fastnet-20261201-171318" + k) for k in ("", "-2", "-3")]
     assert all(os.path.isdir(f) for f in folders)
     open(os.path.join(folders[0], "config.json"), "w").close()
@@ -485,9 +486,9 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(monkeypatch, o
     os.remove(os.path.join(folders[0], "config.json"))
     exits[0][0](*exits[0][1])
     assert not os.path.exists("runs")  # made for that run alone, so gone with it
-    monkeypatch.setattr(runtime, "claim_run_dir", lambda arch: (_ for _ in ()).throw(PermissionError(13, "Denied")))
+    monkeypatch.setattr(runfiles, "claim_run_dir", lambda arch: (_ for _ in ()).throw(PermissionError(13, "Denied")))
     with pytest.raises(SystemExit) as e:
-        runtime.prepare_run_dir(args, train.get_parser())
+        runfiles.prepare_run_dir(args, train.get_parser())
     assert e.value.code == 2
 
 
@@ -583,7 +584,7 @@ def test_a_selecting_run_steps_on_the_hard_half_and_resumes_to_identical_weights
     seen.clear()
     assert train.main([*flags, "--out", str(tmp_path / "cut")]) == 128 + signal.SIGTERM
     assert train.main(["--resume", str(tmp_path / "cut"), "--data", data_dir]) == 0
-    a, b = (runtime.load_checkpoint(str(tmp_path / run / "last.pt")) for run in ("whole", "cut"))
+    a, b = (runfiles.load_checkpoint(str(tmp_path / run / "last.pt")) for run in ("whole", "cut"))
     if by == "proxy":
         assert b["hard"]["batches"] == 8
     else:  # the table as the uninterrupted run left it: a lost one would miss the steps before the stop
@@ -644,5 +645,5 @@ def test_a_graphed_fast_run_ends_on_the_weights_of_an_eager_one(tmp_path, data_d
     monkeypatch.setattr(train, "make_train_step", eager_with_a_tensor_lr)
     assert train.main([*flags, "--out", str(tmp_path / "eager")]) == 0
     assert training_metrics(str(tmp_path / "eager")) == training_metrics(str(tmp_path / "graphed"))
-    a, b = (runtime.load_checkpoint(str(tmp_path / run / "last.pt")) for run in ("eager", "graphed"))
+    a, b = (runfiles.load_checkpoint(str(tmp_path / run / "last.pt")) for run in ("eager", "graphed"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

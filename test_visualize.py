@@ -457,10 +457,10 @@ def test_the_default_out_is_checked_before_the_work(runs, tmp_path, monkeypatch,
 
 
 def test_train_force_removes_every_figure_drawn_into_a_run_folder(runs, tmp_path):
-    """What evaluate.py and every subcommand draw into a run folder is in runtime.DRAWN_FILES, which a run replacing
+    """What evaluate.py and every subcommand draw into a run folder is in runfiles.DRAWN_FILES, which a run replacing
     it with train.py --force removes: no figure of the old run stays beside the new one."""
     import evaluate
-    import runtime
+    import runfiles
     run = str(tmp_path / "run")
     shutil.copytree(runs[0], run)
     before = set(os.listdir(run))
@@ -471,7 +471,7 @@ def test_train_force_removes_every_figure_drawn_into_a_run_folder(runs, tmp_path
         vis(*argv)
     assert evaluate.main([run]) in (0, None) and evaluate.main([last]) in (0, None)
     drawn = set(os.listdir(run)) - before
-    assert len(drawn) >= 18 and drawn <= set(runtime.clear_run(run)), drawn  # (and what earlier tests drew there)
+    assert len(drawn) >= 18 and drawn <= set(runfiles.clear_run(run)), drawn  # (and what earlier tests drew there)
     assert os.listdir(run) == []
 
 

@@ -30,11 +30,11 @@ from evaluate import TTA, evaluate, n_correct
 from models import ARCHS, build_model, check_arch, check_image_size, count_flops, count_params, init_from_data
 from optim import Lookahead, check_optimizer_args, ema_warmup, schedule_warnings, set_schedule, training_parts
 from recipes import NOT_FLAGS, RECIPES, list_recipes
-from runtime import (GraphedStep, MetricsLog, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast,
-                     check_ranges, clear_run, device_name, eta, eval_weights, git_commit, json_text, load_checkpoint,
-                     make_run_dir, path_arg, pick_device, prepare_run_dir, ranks_agree, remove_stale_temps, resolve_amp,
-                     rng_state, rss_mib, run_main, save_checkpoint, seed_arg, set_rng_state, setup_distributed, sync,
-                     write_text)
+from runfiles import (MetricsLog, clear_run, eval_weights, git_commit, json_text, load_checkpoint, make_run_dir,
+                      prepare_run_dir, remove_stale_temps, rng_state, save_checkpoint, set_rng_state, write_text)
+from runtime import (GraphedStep, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast, check_ranges,
+                     device_name, eta, path_arg, pick_device, ranks_agree, resolve_amp, rss_mib, run_main, seed_arg,
+                     setup_distributed, sync)
 from selection import make_selector
 
 

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 import data
 from evaluate import checkpoint_tag, confusion, evaluate, per_class, plot_confusion, read_checkpoint, safe_name
 from models import ARCHS, build_model, check_arch
-from runtime import (OneLineParser, check_output_folder, check_ranges, eval_weights, path_arg, pick_device, pyplot,
-                     resolve_amp, run_folder, run_main, seed_arg)
+from runfiles import check_output_folder, eval_weights, run_folder
+from runtime import OneLineParser, check_ranges, path_arg, pick_device, pyplot, resolve_amp, run_main, seed_arg
 
 DPI = 100
 # figure sizes in inches; at DPI these give the pixel sizes the tests check
