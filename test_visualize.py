@@ -21,6 +21,7 @@ import matplotlib.image as mpimg
 import pytest
 import torch
 
+import hooks
 import report
 import train
 import visualize
@@ -88,9 +89,9 @@ def test_hooks_capture_stage_ends(arch):
     torch.manual_seed(0)
     model = build_model(arch)
     x = torch.randn(2, 3, 32, 32)
-    names = visualize.stages(model)
+    names = hooks.stages(model)
     assert names == list(EXPECTED[arch])
-    info = visualize.trace(model, x, keep=set(names))
+    info = hooks.trace(model, x, keep=set(names))
     assert {n: tuple(info[n]["out"].shape) for n in names} == {n: (2, *s) for n, s in EXPECTED[arch].items()}
     assert model.training  # trace restores the mode
 
@@ -100,10 +101,10 @@ def test_every_network_has_stages_and_a_cam_layer():
     # resnet34/101/152 are resnet18/50 with more blocks per stage: skipped, as the slowest to run on a CPU
     for arch in [a for a in ARCHS if a not in ("resnet34", "resnet101", "resnet152")]:
         model = build_model(arch)
-        info = visualize.trace(model, x)
-        names = visualize.stages(model, info)
+        info = hooks.trace(model, x)
+        names = hooks.stages(model, info)
         assert len(names) >= 2 and info[names[0]]["type"] == "Conv2d", arch
-        assert all(visualize.is_map(info[n]["shape"]) for n in names), arch
+        assert all(hooks.is_map(info[n]["shape"]) for n in names), arch
         sizes = [info[n]["shape"][1] for n in names]
         assert sizes == sorted(sizes, reverse=True), (arch, names)  # stages go down in resolution
 
@@ -115,7 +116,7 @@ def test_grad_cam_leaves_the_forward_alone_even_before_an_inplace_relu():
     with torch.no_grad():
         ref = model(x)
     # features.18 is a conv whose output the next ReLU(inplace=True) overwrites
-    cam, up, probs, target = visualize.grad_cam(model, x, "features.18")
+    cam, up, probs, target = hooks.grad_cam(model, x, "features.18")
     assert cam.shape == (2, 2) and up.shape == (32, 32)
     assert torch.isfinite(up).all() and 0 <= up.min() and up.max() <= 1
     assert target == int(ref.argmax()) and torch.allclose(probs, ref.softmax(1)[0], atol=1e-6)
