@@ -16,6 +16,17 @@ def test_recipe_fills_defaults_and_explicit_flags_win():
     assert (plain.arch, plain.lr, plain.epochs) == ("resnet18", 0.1, 200)
 
 
+def test_help_with_a_recipe_shows_the_recipes_defaults(capsys):
+    """--help after (or before) --recipe NAME shows what the run would use: the recipe's values, not train.py's."""
+    for name, argv in (("fast", ["--recipe", "fast", "--help"]), ("fast-cpu", ["--help", "--recipe=fast-cpu"])):
+        with pytest.raises(SystemExit) as e:
+            train.parse_args(train.get_parser(), argv)
+        out = " ".join(capsys.readouterr().out.split())
+        epochs = train.RECIPES[name]["epochs"]
+        assert e.value.code == 0 and f"passes over the training images (default: {epochs})" in out
+        assert "sgd, adam, adamw, or muon (Muon for conv filters at --lr, Nesterov SGD for the rest) (default: muon)" in out
+
+
 def test_fast_cpu_is_the_fast_recipe_with_the_flags_the_cpu_race_measured():
     """RESULTS.md's race 15 ran --recipe fast with these flags; --recipe fast-cpu must train the same run."""
     flags = "--select-by loss --select-frac 0.5 --epochs 11 --image-sizes 24 32 --batch-size 400 --lr 0.1073 " \

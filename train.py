@@ -113,20 +113,22 @@ def get_parser():
 
 
 def parse_args(ap, argv=None):
-    """Parse the command line; --recipe NAME first makes the recipe's values the defaults, so explicit flags win.
-    Any parser that takes --recipe and --list-recipes may use it (lr_finder.py does): it takes the recipe's values
-    of the flags it has and leaves the rest to the train.py command that names the recipe."""
-    args = ap.parse_args(argv)
-    if args.list_recipes:
+    """Parse the command line; --recipe NAME first makes the recipe's values the defaults, so explicit flags win and
+    --help shows the recipe's. Any parser that takes --recipe and --list-recipes may use it (lr_finder.py does): it
+    takes the recipe's values of the flags it has and leaves the rest to the train.py command that names the recipe."""
+    first = OneLineParser(prog=ap.prog, add_help=False)  # these two alone, before --help prints any default
+    first.add_argument("--recipe")
+    first.add_argument("--list-recipes", action="store_true")
+    pre = first.parse_known_args(argv)[0]
+    if pre.list_recipes:
         print(list_recipes())
         sys.exit(0)
-    if args.recipe:
-        if args.recipe not in RECIPES:
-            ap.error(f"unknown --recipe {args.recipe!r}; choose from: {', '.join(RECIPES)} (--list-recipes)")
-        ours = vars(ap.parse_args([]))
-        ap.set_defaults(**{k: v for k, v in RECIPES[args.recipe].items() if k not in NOT_FLAGS and k in ours})
-        args = ap.parse_args(argv)
-    return args
+    if pre.recipe:
+        if pre.recipe not in RECIPES:
+            ap.error(f"unknown --recipe {pre.recipe!r}; choose from: {', '.join(RECIPES)} (--list-recipes)")
+        ours = vars(ap.parse_known_args([])[0])
+        ap.set_defaults(**{k: v for k, v in RECIPES[pre.recipe].items() if k not in NOT_FLAGS and k in ours})
+    return ap.parse_args(argv)
 
 
 RESUME_MAY_CHANGE = {"resume", "data", "download", "no_progress", "cuda_graph"}  # the rest must match the run resumed
