@@ -7,7 +7,9 @@ Prints test accuracy and per-class accuracy (the layout of report 002), writes a
 confusion-matrix PNG beside the checkpoint (or into --out), and measures inference images/s. The PNG is
 confusion_matrix.png for a run's best.pt and confusion_matrix_<name>.png for any other checkpoint (..._last.png for
 last.pt), so evaluating last.pt does not replace the figure of best.pt; evaluating the same checkpoint again
-refreshes its own. Checkpoints are read with torch.load(weights_only=True): a crafted file cannot run code.
+refreshes its own. In an --out other than the run's folder the name also carries the run's
+(figs/confusion_matrix_a.png, figs/confusion_matrix_a_last.png), so runs evaluated into one folder keep a figure each.
+Checkpoints are read with torch.load(weights_only=True): a crafted file cannot run code.
 
 The evaluation loop, the accuracy count and test-time augmentation live here; train.py (its per-epoch
 evaluations and final report), lr_finder.py and landscape.py use them from this file.
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 import data
 from models import build_model
 from runfiles import (check_output_file, check_output_folder, checkpoint_file, eval_weights, json_text, load_checkpoint,
-                      run_folder, write_text)
+                      run_folder, save_figure, write_text)
 from runtime import (OneLineParser, add_amp_arg, autocast, check_ranges, path_arg, pick_device, pyplot, resolve_amp,
                      run_main, sync)
 
@@ -148,7 +150,7 @@ def plot_confusion(cm, classes, path, title):
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, 120, "evaluate.py")
     plt.close(fig)
 
 
@@ -191,6 +193,16 @@ def checkpoint_tag(path):
     return "" if stem == "best" else "_" + safe_name(stem)
 
 
+def figure_tag(path, out):
+    """checkpoint_tag, after _ and the run's name (its folder's) when the figure goes to a folder out other than the
+    run's own: runs drawn into one --out keep a figure each, while names in a run's folder stay as DRAWN_FILES has
+    them."""
+    folder = run_folder(path)
+    if os.path.realpath(out) == os.path.realpath(folder):
+        return checkpoint_tag(path)
+    return "_" + safe_name(os.path.basename(os.path.abspath(folder))) + checkpoint_tag(path)
+
+
 # ----------------------------------------------------------------------------- command line
 
 def get_parser():
@@ -212,8 +224,8 @@ def get_parser():
     ap.add_argument("--subset", type=int, default=None,
                     help="the first N test images (default: those the run was tested on; 10000: all of them)")
     ap.add_argument("--out", type=path_arg, default=None,
-                    help="folder for confusion_matrix.png (confusion_matrix_<name>.png for a checkpoint other than "
-                         "best.pt; default: the checkpoint's folder)")
+                    help="folder for confusion_matrix.png (default: the checkpoint's folder); _<checkpoint> is added "
+                         "for one other than best.pt (_last), and _<run> before it in a folder other than the run's")
     ap.add_argument("--json", type=path_arg, default=None, metavar="PATH",
                     help="write the numbers as JSON (a new file)")
     ap.add_argument("--force", action="store_true", help="let --json overwrite an existing file")
@@ -284,7 +296,7 @@ def main(argv=None):
           + (f" ({result['tta_images_per_s']:.0f} with TTA)" if args.tta else ""))
 
     os.makedirs(out, exist_ok=True)
-    png = os.path.join(out, f"confusion_matrix{checkpoint_tag(args.checkpoint)}.png")
+    png = os.path.join(out, f"confusion_matrix{figure_tag(args.checkpoint, out)}.png")
     plot_confusion(torch.tensor(result["confusion_matrix"]), classes, png,
                    f"{targs['arch']}: test accuracy {100 * res['acc']:.2f}%")
     print(f"wrote {png}")

@@ -7,7 +7,8 @@ on its opening of a checkpoint, so this module imports visualize.py, not the oth
 
 Given one run, both write into its folder; given several, into figures/<their names joined by +> (runs_folder), so a
 comparison of other runs never replaces this one's page, curves or confusion matrices, while drawing the same runs
-again refreshes them in place.
+again refreshes them in place. The page carries runfiles.MARK (report.md's first line, report.html's generator tag):
+a report.md or report.html without it is the user's, which the report refuses to replace.
 """
 import argparse
 import base64
@@ -19,7 +20,7 @@ import json
 import os
 
 from evaluate import per_class, safe_name
-from runfiles import check_no_folders_at, checkpoint_file, write_text
+from runfiles import check_no_folders_at, check_ours_to_replace, checkpoint_file, html_mark, md_mark, write_text
 from runtime import pyplot
 from visualize import open_source, pct, predict_test_set, save, save_confusion
 
@@ -27,6 +28,7 @@ CURVES_W, CURVES_H, LEGEND_ROW = 15, 4.4, 0.3  # inches; at visualize.DPI these 
 # train.py flags that say where a run went, not how it trained: left out of labels, comparisons and settings
 SKIP_IN_LABEL = {"out", "data", "resume", "download", "no_progress", "force"}
 MAX_RUNS = 20  # plot_curves gives each run its own tab20 colour
+BY = "visualize.py report"  # what the page's mark names as its writer
 
 
 # ----------------------------------------------------------------------------- run folders
@@ -332,6 +334,7 @@ class Doc:
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+{html_mark(BY)}
 <title>{e(title)}</title>
 <style>
 body {{ font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", Arial, sans-serif; max-width: 1180px;
@@ -361,8 +364,11 @@ figcaption {{ color: #666; font-size: .85em; }}
 def cmd_report(ap, args):
     runs, out, names = args.runs, args.out, run_names(args.runs)  # visualize.main resolved and checked --out
     check_runs(ap, runs, out, ["curves.png", "report.md", "report.html"] + [confusion_file(n) for n in names])
+    md, page = os.path.join(out, "report.md"), os.path.join(out, "report.html")
+    check_ours_to_replace(ap, [md, page], BY)  # a page of the user's there: refused before the work, not replaced
     results = [run_results(ap, r) for r in runs]
-    srcs = [open_source(ap, argparse.Namespace(source=run, arch=None, data=args.data, out=out, seed=0))
+    srcs = [open_source(ap, argparse.Namespace(source=run, arch=None, data=args.data, download=args.download, out=out,
+                                               seed=0))
             for run in runs]  # and a run without a checkpoint (its per-class part needs one)
     predicted = [predict_test_set(ap, src)[1:] for src in srcs]  # and missing data: all before anything is written
     os.makedirs(out, exist_ok=True)
@@ -406,8 +412,7 @@ def cmd_report(ap, args):
         doc.table(["setting", "value"], config_rows(cfg))
         doc.h(3, "Confusion matrix")
         doc.img(cm, f"{name}: confusion matrix on the test set (rows: true class, columns: predicted)")
-    md, page = os.path.join(out, "report.md"), os.path.join(out, "report.html")
-    write_text(md, doc.markdown(out))
+    write_text(md, md_mark(BY) + doc.markdown(out))
     print(f"wrote {md}")
     write_text(page, doc.html(title))
     print(f"wrote {page}")

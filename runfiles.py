@@ -205,10 +205,56 @@ def set_rng_state(s):
 RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "summary.json")
 
 
-# what evaluate.py and visualize.py draw from a run into its folder: a run replaced with --force takes them along
+# what evaluate.py and visualize.py draw from a run into its folder: a run replaced with --force takes those of them
+# that carry MARK along (a file of the user's with such a name is no figure of the run's)
 DRAWN_FILES = ("confusion_matrix.png", "confusion_matrix_*.png", "errors.png", "errors_*.png", "errors-confusion.png",
                "errors-confusion_*.png", "per_class.png", "per_class_*.png", "augment.png", "curves.png", "report.md",
                "report.html", "features_*_*.png", "filters_*.png", "cam_*_*.png", "confusion_*.png")
+
+# the mark of this toolkit in every figure and report it draws, so that --force and a redrawn report replace only
+# files of its own: a PNG text chunk MARK_KEY (matplotlib writes its own "Software" key into every PNG, a user's too),
+# report.md's first line, report.html's <meta name="generator">
+MARK, MARK_KEY = "cifar10-toolkit", "Generator"
+MARKS = {".png": f"tEXt{MARK_KEY}\0{MARK} ".encode("latin-1"), ".md": f"<!-- {MARK} ".encode(),
+         ".html": f'<meta name="generator" content="{MARK} '.encode()}
+
+
+def md_mark(by):
+    """report.md's first line: an HTML comment, which Markdown does not show."""
+    return f"<!-- {MARK} {by}: this mark lets it redraw the page, and train.py --force remove it with the run -->\n"
+
+
+def html_mark(by):
+    return f'<meta name="generator" content="{MARK} {by}">'
+
+
+def save_figure(fig, path, dpi, by):
+    """fig as a PNG at path, written whole or not at all (atomic_write), with MARK and the script that drew it (by)
+    in its text chunk MARK_KEY."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, metadata={MARK_KEY: f"{MARK} {by}"}))
+
+
+def drawn_by_us(path):
+    """Whether the file at path carries MARK where these tools put it (save_figure, md_mark, html_mark): false for a
+    user's own file, a plain matplotlib PNG, one drawn before the mark existed, or one that cannot be read."""
+    ext = os.path.splitext(path)[1]
+    if ext not in MARKS:
+        return False
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError:
+        return False
+    return text.startswith(MARKS[ext]) if ext == ".md" else MARKS[ext] in text
+
+
+def check_ours_to_replace(ap, paths, by):
+    """Refuse (exit 2) a file at one of these paths that `by` did not write (a report.md of the user's): the save
+    would replace it."""
+    for path in paths:
+        if os.path.isfile(path) and not drawn_by_us(path):
+            ap.error(f"{path} has no mark of {by} (a file of yours, or one from before the mark); move it, or give "
+                     "another --out")
 
 
 def run_files_in(folder):
@@ -259,16 +305,18 @@ def claim_run_dir(arch, parent="runs"):
 
 def clear_run(folder):
     """The files of a run that a new one replaces (--force), removed as the new one starts writing, so that no summary,
-    checkpoint, TensorBoard event or figure of the old run sits beside it; other files in the folder are left as they
-    are, and so are figures in a folder that held no run. Returns the names of the figures and reports removed."""
+    checkpoint, TensorBoard event or figure of the old run sits beside it. Of the figures and reports, only those the
+    tools drew (DRAWN_FILES that carry MARK) go; other files in the folder are left as they are, a user's own
+    report.md or an unmarked errors_x.png too, and so are figures in a folder that held no run. Returns the names of
+    the figures and reports removed."""
     replaced = bool(run_files_in(folder))
     for name in RUN_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(folder, name))
     shutil.rmtree(os.path.join(folder, "tb"), ignore_errors=True)
     remove_stale_temps(folder)
-    drawn = sorted({os.path.basename(p) for pattern in DRAWN_FILES
-                    for p in glob.glob(os.path.join(glob.escape(folder), pattern))}) if replaced else []
+    found = {p for pattern in DRAWN_FILES for p in glob.glob(os.path.join(glob.escape(folder), pattern))}
+    drawn = sorted(os.path.basename(p) for p in found if drawn_by_us(p)) if replaced else []
     for name in drawn:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(folder, name))

@@ -3,6 +3,7 @@ run's own precision, giving the figures train.py recorded)."""
 import functools
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -194,9 +195,24 @@ def test_evaluate_py_json_replaces_an_existing_file_only_with_force(fp32_run, da
 def test_evaluate_py_names_the_figure_of_another_checkpoint_apart(fp32_run, data_dir, tmp_path):
     """best.pt draws confusion_matrix.png, last.pt confusion_matrix_last.png: neither replaces the other; best.pt
     again refreshes its own."""
-    for ck in (fp32_run, os.path.join(fp32_run, "last.pt"), fp32_run):
-        assert evaluate.main([ck, "--data", data_dir, "--subset", "50", "--out", str(tmp_path)]) == 0
-    assert sorted(os.listdir(tmp_path)) == ["confusion_matrix.png", "confusion_matrix_last.png"]
+    run = str(tmp_path / "run")
+    shutil.copytree(fp32_run, run)
+    before = set(os.listdir(run))
+    for ck in (run, os.path.join(run, "last.pt"), run):
+        assert evaluate.main([ck, "--data", data_dir, "--subset", "50"]) == 0
+    assert sorted(set(os.listdir(run)) - before) == ["confusion_matrix.png", "confusion_matrix_last.png"]
+
+
+def test_evaluate_py_names_the_figure_for_its_run_in_another_folder(fp32_run, data_dir, tmp_path):
+    """Two runs evaluated into one --out (not a run's own folder): the name carries the run's too, so neither replaces
+    the other's figure."""
+    other = str(tmp_path / "other run")
+    shutil.copytree(fp32_run, other)
+    figs = tmp_path / "figs"
+    for ck in (fp32_run, other, os.path.join(other, "last.pt")):
+        assert evaluate.main([ck, "--data", data_dir, "--subset", "50", "--out", str(figs)]) == 0
+    assert sorted(os.listdir(figs)) == ["confusion_matrix_fp32.png", "confusion_matrix_other_run.png",
+                                        "confusion_matrix_other_run_last.png"]
 
 
 def test_evaluate_py_calls_a_file_that_is_no_checkpoint_so(fp32_run, tmp_path):

@@ -122,10 +122,21 @@ def test_eta_at_the_mean_pace_so_far(monkeypatch):
 
 
 def test_clear_run_removes_figures_only_where_a_run_is_replaced(tmp_path):
-    """train.py clears every new run's folder: one that held no run keeps a report.md or errors_x.png of the user's."""
-    for name in ("report.md", "errors_by_hand.png", "notes.txt"):
+    """train.py clears every new run's folder: one that held no run keeps even the figures drawn there; one that held
+    a run loses what the tools drew (marked) and keeps the user's own report.md and errors_x.png (a plain matplotlib
+    figure too, although matplotlib marks every PNG with its own name)."""
+    plt = runtime.pyplot()
+    for name in ("report.md", "notes.txt"):
         (tmp_path / name).write_text("mine")
-    assert runfiles.clear_run(str(tmp_path)) == [] and len(os.listdir(tmp_path)) == 3
+    plt.figure().savefig(tmp_path / "errors_by_hand.png")
+    for name in ("errors.png", "cam_lenet_0.png"):
+        runfiles.save_figure(plt.figure(), str(tmp_path / name), 50, "test")
+    (tmp_path / "report.html").write_text(f"<head>{runfiles.html_mark('test')}</head>")
+    plt.close("all")
+    assert runfiles.clear_run(str(tmp_path)) == [] and len(os.listdir(tmp_path)) == 6
     (tmp_path / "summary.json").write_text("{}")  # a run's: --force replaces it, with what was drawn from it
-    assert runfiles.clear_run(str(tmp_path)) == ["errors_by_hand.png", "report.md"]
-    assert os.listdir(tmp_path) == ["notes.txt"]
+    assert runfiles.clear_run(str(tmp_path)) == ["cam_lenet_0.png", "errors.png", "report.html"]
+    assert sorted(os.listdir(tmp_path)) == ["errors_by_hand.png", "notes.txt", "report.md"]
+    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "report.md").write_text(runfiles.md_mark("test") + "# a report\n")
+    assert runfiles.clear_run(str(tmp_path)) == ["report.md"]

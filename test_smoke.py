@@ -83,4 +83,4 @@ def test_evaluate_reads_the_run(tmp_path, data_dir, two_epoch_run):
     assert len(res["per_class_acc"]) == 10 and sum(map(sum, res["confusion_matrix"])) == res["n_test"]
     assert 0 < res["tta_test_acc"] <= 1 and res["images_per_s"] > 0
     assert "Accuracy of the network on the" in r.stdout
-    assert os.path.getsize(tmp_path / "confusion_matrix.png") > 1000
+    assert os.path.getsize(tmp_path / "confusion_matrix_full.png") > 1000  # named for its run: --out is no run folder

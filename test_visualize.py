@@ -161,7 +161,7 @@ def test_features_untrained_arch_chosen_layers(tmp_path, data_dir, capsys):
 
 def test_filters(runs, tmp_path):
     vis("filters", runs[0], "--out", tmp_path)
-    png(tmp_path / "filters_lenet.png", (850, 800))
+    png(tmp_path / "filters_lenet_bs50.png", (850, 800))  # outside its run's folder: the run's name too
 
 
 def test_curves_overlay_runs_named_in_the_legend(runs, tmp_path):
@@ -194,10 +194,10 @@ def test_curves_of_a_long_run_evaluated_once_mark_the_point_and_label_ticks_apar
 
 def test_errors(runs, tmp_path):
     vis("errors", runs[0], "--count", 12, "--out", tmp_path)
-    png(tmp_path / "errors.png", (530, 1200))
-    png(tmp_path / "errors-confusion.png", (720, 840))  # not evaluate.py's confusion_matrix.png beside it
-    png(tmp_path / "per_class.png", (500, 800))
-    assert not (tmp_path / "confusion_matrix.png").exists()
+    png(tmp_path / "errors_bs50.png", (530, 1200))
+    png(tmp_path / "errors-confusion_bs50.png", (720, 840))  # not evaluate.py's confusion_matrix_bs50.png beside it
+    png(tmp_path / "per_class_bs50.png", (500, 800))
+    assert len(os.listdir(tmp_path)) == 3
 
 
 def test_augment_rows_and_sizes(runs, tmp_path, data_dir):
@@ -209,13 +209,13 @@ def test_augment_rows_and_sizes(runs, tmp_path, data_dir):
 
 def test_cam(runs, tmp_path):
     vis("cam", runs[0], "--index", 0, 1, "--out", tmp_path)
-    png(tmp_path / "cam_lenet_0_1.png", (790, 990))
+    png(tmp_path / "cam_lenet_bs50_0_1.png", (790, 990))
 
 
 def test_errors_grid_has_rows_for_the_mistakes_shown_not_for_count(runs, tmp_path):
     """--count is an upper bound: 12 test images hold at most 12 mistakes, at most two rows of six (not 50 rows)."""
     vis("errors", runs[0], "--subset", 12, "--count", 300, "--out", tmp_path)
-    assert mpimg.imread(tmp_path / "errors.png").shape[:2] in ((290, 1200), (530, 1200))  # one row, or two
+    assert mpimg.imread(tmp_path / "errors_bs50.png").shape[:2] in ((290, 1200), (530, 1200))  # one row, or two
 
 
 def test_figures_from_another_source_keep_their_own_file(runs, tmp_path, capsys):
@@ -231,9 +231,25 @@ def test_figures_from_another_source_keep_their_own_file(runs, tmp_path, capsys)
     written = re.findall(r"wrote (\S+)", capsys.readouterr().out)
     assert len(written) == len(set(written)) + 1
     assert sorted(os.listdir(tmp_path)) == sorted([
-        "errors.png", "errors-confusion.png", "per_class.png", "errors_last.png", "errors-confusion_last.png",
-        "per_class_last.png", "cam_lenet_5.png", "cam_lenet_5_dog.png", "cam_lenet_5_conv1.png", "filters_lenet.png",
-        "filters_lenet_seed3.png", "filters_lenet_last.png", "features_lenet_last_0_conv1.png"])
+        "errors_bs50.png", "errors-confusion_bs50.png", "per_class_bs50.png", "errors_bs50_last.png",
+        "errors-confusion_bs50_last.png", "per_class_bs50_last.png", "cam_lenet_bs50_5.png", "cam_lenet_bs50_5_dog.png",
+        "cam_lenet_bs50_5_conv1.png", "filters_lenet.png", "filters_lenet_seed3.png", "filters_lenet_bs50_last.png",
+        "features_lenet_bs50_last_0_conv1.png"])
+
+
+def test_runs_drawn_into_one_out_keep_a_figure_each(runs, tmp_path, capsys):
+    """Outside a run's own folder a figure's name carries the run's: two runs drawn into one --out replace nothing of
+    each other's (in the run's folder the names stay as they are: test_features_default_layers_from_a_run)."""
+    for run in runs:
+        for argv in (["errors", run, "--count", 4], ["cam", run], ["filters", run],
+                     ["features", run, "--layers", "conv1"]):
+            vis(*argv, "--out", tmp_path)
+    written = re.findall(r"wrote (\S+)", capsys.readouterr().out)
+    assert len(written) == len(set(written)) == 12
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        f"{name}.png" for run in ("bs50", "bs100")
+        for name in (f"errors_{run}", f"errors-confusion_{run}", f"per_class_{run}", f"cam_lenet_{run}_0",
+                     f"filters_lenet_{run}", f"features_lenet_{run}_0_conv1"))
 
 
 def test_several_runs_default_to_a_folder_of_their_own(runs, tmp_path, monkeypatch, capsys):
@@ -459,11 +475,15 @@ def test_the_default_out_is_checked_before_the_work(runs, tmp_path, monkeypatch,
 
 def test_train_force_removes_every_figure_drawn_into_a_run_folder(runs, tmp_path):
     """What evaluate.py and every subcommand draw into a run folder is in runfiles.DRAWN_FILES, which a run replacing
-    it with train.py --force removes: no figure of the old run stays beside the new one."""
+    it with train.py --force removes: no figure of the old run stays beside the new one; a figure of the user's with
+    such a name (matplotlib's, unmarked) stays."""
     import evaluate
     import runfiles
     run = str(tmp_path / "run")
     shutil.copytree(runs[0], run)
+    fig = visualize.pyplot().figure()
+    fig.savefig(os.path.join(run, "confusion_mine.png"))
+    visualize.pyplot().close(fig)
     before = set(os.listdir(run))
     last = os.path.join(run, "last.pt")  # figures drawn from another checkpoint, class or layer: names of their own
     for argv in (["features", run], ["filters", run], ["errors", run, "--count", 4], ["cam", run], ["curves", run],
@@ -473,13 +493,30 @@ def test_train_force_removes_every_figure_drawn_into_a_run_folder(runs, tmp_path
     assert evaluate.main([run]) in (0, None) and evaluate.main([last]) in (0, None)
     drawn = set(os.listdir(run)) - before
     assert len(drawn) >= 18 and drawn <= set(runfiles.clear_run(run)), drawn  # (and what earlier tests drew there)
-    assert os.listdir(run) == []
+    assert os.listdir(run) == ["confusion_mine.png"]
+
+
+def test_report_refuses_to_replace_a_page_of_the_users_and_redraws_its_own(runs, tmp_path, capsys):
+    """A report.md or report.html in --out that the report did not write (no mark) is refused before the work, left
+    as it was; the report's own page is redrawn in place."""
+    for name in ("report.md", "report.html"):
+        page = tmp_path / name
+        page.write_text("# my notes\n")
+        err = refused(capsys, "report", runs[0], "--out", tmp_path)
+        assert f"{page} has no mark of visualize.py report" in err and "move it, or give another --out" in err
+        assert os.listdir(tmp_path) == [name] and page.read_text() == "# my notes\n"
+        page.unlink()
+    for _ in range(2):
+        vis("report", runs[0], "--out", tmp_path)
+    assert (tmp_path / "report.md").read_text().startswith("<!-- cifar10-toolkit visualize.py report")
+    html = (tmp_path / "report.html").read_text()
+    assert '<meta name="generator" content="cifar10-toolkit visualize.py report">' in html
 
 
 def test_as_a_script(runs, tmp_path):
     from conftest import run_script
     r = run_script("visualize.py", "filters", runs[1], "--out", tmp_path)
-    assert r.returncode == 0 and r.stdout.strip() == f"wrote {tmp_path / 'filters_lenet.png'}", r.stderr
+    assert r.returncode == 0 and r.stdout.strip() == f"wrote {tmp_path / 'filters_lenet_bs100.png'}", r.stderr
     r = run_script("visualize.py", "cam", runs[1], "--layer", "fc1")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not feature maps" in r.stderr, r.stderr
 
@@ -594,3 +631,19 @@ def test_runs_are_named_apart_by_the_folders_above_them():
 def test_per_class_bars_say_n_a_for_a_class_without_test_images(monkeypatch):
     monkeypatch.setattr(visualize, "save", lambda fig, path: [t.get_text() for t in fig.axes[0].texts])
     assert visualize.plot_per_class([0.5, None, 1.0], ["a", "b", "c"], 0.6, "p.png", "t") == ["50.0%", "n/a", "100.0%"]
+
+
+def test_download_reaches_the_loader_in_every_subcommand_that_reads_the_images(runs, monkeypatch, capsys, tmp_path):
+    """A missing CIFAR-10 is met with "fetch the official files with --download": every subcommand that reads the
+    images takes the flag and hands it to data.load_cifar10."""
+    asked = []
+
+    def absent(root, download=False):
+        asked.append((root, download))
+        raise visualize.data.DataError(f"CIFAR-10 in {root}: folder not found")
+    monkeypatch.setattr(visualize.data, "load_cifar10", absent)
+    visualize._cifar.cache_clear()
+    nowhere = str(tmp_path / "nowhere")
+    for cmd in ("features", "errors", "cam", "report"):
+        assert "folder not found" in refused(capsys, cmd, runs[0], "--data", nowhere, "--download")
+    assert asked == [(nowhere, True)] * 4

@@ -13,8 +13,9 @@ of models.py and any run folder of train.py.
 
 Figures go to --out: by default the run folder for a subcommand given one run, figures/<their names joined by +> for
 several (curves, report: one folder per set of runs), else figures/. A file name says what the figure was drawn
-from where that can differ in one folder: the checkpoint when it is not the run's best.pt (errors_last.png), an
-untrained network's --seed when not 0, cam's --target and --layer when given. Drawing the same figure from the same
+from where that can differ in one folder: the run when --out is not its own folder (figs/errors_a.png), the
+checkpoint when it is not the run's best.pt (errors_last.png, figs/errors_a_last.png), an untrained network's --seed
+when not 0, cam's --target and --layer when given. Drawing the same figure from the same
 source again overwrites it in place; every path written is printed. Everything works through forward hooks on named
 modules (hooks.py), so no network needs code of its own here.
 """
@@ -27,10 +28,10 @@ import torch
 import torch.nn as nn
 
 import data
-from evaluate import checkpoint_tag, confusion, evaluate, per_class, plot_confusion, read_checkpoint, safe_name
+from evaluate import confusion, evaluate, figure_tag, per_class, plot_confusion, read_checkpoint, safe_name
 from hooks import grad_cam, is_map, stages, trace
 from models import ARCHS, build_model, check_arch
-from runfiles import check_output_folder, eval_weights, run_folder
+from runfiles import check_output_folder, eval_weights, run_folder, save_figure
 from runtime import OneLineParser, check_ranges, path_arg, pick_device, pyplot, resolve_amp, run_main, seed_arg
 
 DPI = 100
@@ -45,9 +46,10 @@ CAM_GRID = (3.0, (0.3, 0.75), (0.15, 0.15, 1.0, 0.15))
 
 
 def save(fig, path):
-    """Save at DPI with the figure's own size (no tight bbox: the pixel size is known in advance); print the path."""
+    """Save at DPI with the figure's own size (no tight bbox: the pixel size is known in advance), marked as drawn
+    here (runfiles.save_figure); print the path."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path, DPI, "visualize.py")
     pyplot().close(fig)
     print(f"wrote {path}")
     return path
@@ -71,9 +73,10 @@ def image_grid(rows, cols, layout, title):
 class Src:
     """What a subcommand looks at: a trained checkpoint or an untrained network, with its data and display stats."""
 
-    def __init__(self, model, arch, classes, mean, std, root, out, name, ckpt=None, tag=""):
+    def __init__(self, model, arch, classes, mean, std, root, out, name, ckpt=None, tag="", download=False):
         self.model, self.arch, self.classes, self.mean, self.std = model, arch, classes, mean, std
         self.root, self.out, self.name, self.ckpt, self.tag = root, out, name, ckpt, tag  # tag: for file names
+        self.download = download  # --download: fetch the official files into root if missing
 
     @property
     def trained(self):
@@ -113,19 +116,21 @@ def run_name(path):
 
 def open_source(ap, args, need_data=True):
     """The checkpoint named by args.source (a run folder or .pt), or an untrained --arch (seeded)."""
-    arch = getattr(args, "arch", None)
+    arch, fetch = getattr(args, "arch", None), getattr(args, "download", False)
     if args.source and arch:
         ap.error("give a run folder or checkpoint, or --arch, not both")
     if args.source:
         ckpt = read_checkpoint(ap, args.source)
         targs = ckpt["args"]
         root = getattr(args, "data", None) or targs.get("data", "./data")
-        classes = ckpt.get("classes") or (load_data(ap, root)["classes"] if need_data else [str(i) for i in range(10)])
+        classes = ckpt.get("classes") or (load_data(ap, root, fetch)["classes"] if need_data
+                                          else [str(i) for i in range(10)])
         model = build_model(targs["arch"], num_classes=len(classes))
         model.load_state_dict(eval_weights(ckpt))
         folder = run_folder(args.source)
-        return Src(model.eval(), targs["arch"], classes, ckpt["mean"], ckpt["std"], root,
-                   getattr(args, "out", None) or folder, run_name(folder), ckpt, checkpoint_tag(args.source))
+        out = getattr(args, "out", None) or folder
+        return Src(model.eval(), targs["arch"], classes, ckpt["mean"], ckpt["std"], root, out, run_name(folder), ckpt,
+                   figure_tag(args.source, out), fetch)
     if not arch:
         ap.error(f"give a run folder or checkpoint, or an untrained network with --arch ({', '.join(ARCHS)})")
     check_arch(ap, arch)
@@ -134,17 +139,17 @@ def open_source(ap, args, need_data=True):
     root = getattr(args, "data", None) or "./data"
     classes, mean, std = [str(i) for i in range(10)], [0.5] * 3, [0.25] * 3
     if need_data:
-        d = load_data(ap, root)
+        d = load_data(ap, root, fetch)
         mean, std = (t.tolist() for t in data.channel_stats(d["train"][0]))
         classes = d["classes"]
     return Src(model, arch, classes, mean, std, root, getattr(args, "out", None) or "figures", f"{arch}-untrained",
-               tag=f"_seed{args.seed}" if args.seed else "")
+               tag=f"_seed{args.seed}" if args.seed else "", download=fetch)
 
 
 def pick_test_images(ap, args, src):
     """Test images by --index (one or several) and --class NAME (then --index counts within that class): a list of
     (index in the test set, the image normalised as the network sees it (1, 3, H, W), its true class)."""
-    x_test, labels = load_data(ap, src.root)["test"]
+    x_test, labels = load_data(ap, src.root, src.download)["test"]
     classes = src.classes
     idx = args.index if isinstance(args.index, list) else [args.index]
     pool = torch.arange(len(labels))
@@ -294,7 +299,7 @@ def cmd_layers(ap, args):
 def predict_test_set(ap, src, subset=None, batch_size=500):
     """Probabilities (N, classes) of the checkpoint on the test set (the run's own --subset unless given), computed
     as train.py evaluated (same autocast), so the accuracy matches summary.json. Returns (x uint8, y, probs, acc)."""
-    d = load_data(ap, src.root)
+    d = load_data(ap, src.root, src.download)
     x, y = d["test"]
     subset = subset if subset is not None else src.ckpt["args"].get("subset")
     if subset:
@@ -329,7 +334,7 @@ def cmd_errors(ap, args):
             ax.set_title(f"#{i} true: {src.classes[int(y[i])]}\npredicted: {src.classes[int(pred[i])]} "
                          f"{100 * float(conf[i]):.0f}%", fontsize=9, color="firebrick")
 
-    def at(name):  # the figure's file, named for the checkpoint it was drawn from
+    def at(name):  # the figure's file, named for the checkpoint it was drawn from (src.tag)
         return os.path.join(src.out, f"{name}{src.tag}.png")
     paths = [save(fig, at("errors")),  # not confusion_matrix.png, which is evaluate.py's
              save_confusion(pred, y, src.classes, acc, src.name, at("errors-confusion"))]
@@ -497,8 +502,12 @@ def get_parser():
             p.add_argument("--out", type=path_arg, default=None, help=f"output folder (default: {out_default})")
         return p
 
+    def data_args(p, where):
+        p.add_argument("--data", type=path_arg, default=None, help=where)
+        p.add_argument("--download", action="store_true", help="fetch the official files into it if missing or damaged")
+
     def pick_args(p, several=False):
-        p.add_argument("--data", type=path_arg, default=None, help="CIFAR-10 folder (default: the run's, else ./data)")
+        data_args(p, "CIFAR-10 folder (default: the run's, else ./data)")
         p.add_argument("--index", type=int, nargs="+" if several else None, default=[0] if several else 0,
                        help=f"{'test images' if several else 'the test image'} by position (with --class: among "
                             "that class's images)")
@@ -520,7 +529,7 @@ def get_parser():
 
     p = add("errors", "misclassified test images, the confusion matrix and per-class accuracy bars", "run",
             "the run folder")
-    p.add_argument("--data", type=path_arg, default=None, help="CIFAR-10 folder (default: the run's)")
+    data_args(p, "CIFAR-10 folder (default: the run's)")
     p.add_argument("--count", type=int, default=36, help=f"mistakes shown, most confident first (at most {MAX_ERRORS})")
     p.add_argument("--subset", type=int, default=None, help="first N test images (default: as the run was tested)")
 
@@ -548,7 +557,7 @@ def get_parser():
                       "confusion matrix and per-class table; several runs become one comparison",
             out_default=several)
     p.add_argument("runs", type=path_arg, nargs="+", metavar="RUN_DIR", help="run folders (several: one comparison)")
-    p.add_argument("--data", type=path_arg, default=None, help="CIFAR-10 folder (default: each run's)")
+    data_args(p, "CIFAR-10 folder (default: each run's)")
 
     add("layers", "print every module's name, type and output shape (the names --layers takes)", "any", None)
     return ap
