@@ -33,6 +33,7 @@ import evaluate
 import optim
 import runfiles
 import runtime
+import recipes
 import train
 from models import ARCHS, build_model, check_arch, init_from_data
 
@@ -276,7 +277,7 @@ def train_command(args, lr):
     --out and --force stay here: they shape this test, not training). Under muon, --aux-lr is
     scaled by the pick as the sweep scaled it: --aux-lr x lr / the recipe's (or default) --lr."""
     tp = train.get_parser()
-    defaults = vars(train.parse_args(tp, ["--recipe", args.recipe] if args.recipe else []))
+    defaults = vars(recipes.parse_args(tp, ["--recipe", args.recipe] if args.recipe else []))
     parts = ["python", "train.py"] + (["--recipe", args.recipe] if args.recipe else [])
     if not args.recipe or args.arch != defaults["arch"]:
         parts += ["--arch", args.arch]
@@ -463,7 +464,7 @@ def sweep(ap, args, num_iter):
 
 def main(argv=None):
     ap = get_parser()
-    args = train.parse_args(ap, argv)
+    args = recipes.parse_args(ap, argv)
     check_args(ap, args)
     num_iter = args.num_iter or planned_steps(args.start_lr, args.end_lr, args.steps_per_decade)
     try:  # the default folder is made now, one per run, as train.py's (two runs in one second do not share it)

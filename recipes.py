@@ -1,7 +1,10 @@
 """The recipes behind `python train.py --recipe NAME`: every course report's setting as its report describes
 it (../shared/seeds), and our own. A recipe makes its values train.py's defaults; flags given on the command
 line still win. What each recipe gave us, with commands, commits and machines: RESULTS.md."""
+import sys
 import textwrap
+
+from runtime import OneLineParser
 
 # Keys are train.py's argument names, except source (where the setting comes from), report (the figure the
 # report published) and assumes (where the report is silent or its run differs from ours).
@@ -89,3 +92,23 @@ def list_recipes():
                                          break_on_hyphens=False)
                            for key, text in fields]
     return "\n".join(lines + ["what these recipes gave us, with commands, commits and machines: RESULTS.md"])
+
+
+def parse_args(ap, argv=None):
+    """Parse train.py's command line; --recipe NAME first makes the recipe's values the defaults, so explicit flags
+    win and --help shows the recipe's. Any parser that takes --recipe and --list-recipes may use it (lr_finder.py
+    does): it takes the recipe's values of the flags it has and leaves the rest to the train.py command that names
+    the recipe."""
+    first = OneLineParser(prog=ap.prog, add_help=False)  # these two alone, before --help prints any default
+    first.add_argument("--recipe")
+    first.add_argument("--list-recipes", action="store_true")
+    pre = first.parse_known_args(argv)[0]
+    if pre.list_recipes:
+        print(list_recipes())
+        sys.exit(0)
+    if pre.recipe:
+        if pre.recipe not in RECIPES:
+            ap.error(f"unknown --recipe {pre.recipe!r}; choose from: {', '.join(RECIPES)} (--list-recipes)")
+        ours = vars(ap.parse_known_args([])[0])
+        ap.set_defaults(**{k: v for k, v in RECIPES[pre.recipe].items() if k not in NOT_FLAGS and k in ours})
+    return ap.parse_args(argv)

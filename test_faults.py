@@ -4,6 +4,7 @@ kept; 2,000 steps with checkpoints every 200 do not grow resident memory.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -195,7 +196,7 @@ def test_divergence_names_the_step_and_lr_where_the_loss_first_went_bad(capsys, 
 
 def test_a_diverged_run_writes_json_and_an_epoch_of_skipped_steps_stops_in_one_line(capsys, tmp_path, data_dir):
     """--skip-nonfinite on a run whose loss is never finite again: epoch 1 ends with a NaN test loss (written as null:
-    NaN is no JSON), epoch 2 skips every step and stops in one line (it divided by the images it trained on: none),
+    NaN is no JSON) and its skipped steps counted, epoch 2 skips every step and stops in one line (it divided by the images it trained on: none),
     without the advice to use --skip-nonfinite."""
     argv = ["--arch", "lenet", "--subset", "500", "--batch-size", "100", "--lr", "1e6", "--skip-nonfinite", "100",
             "--data", data_dir, "--no-progress"]
@@ -204,6 +205,9 @@ def test_a_diverged_run_writes_json_and_an_epoch_of_skipped_steps_stops_in_one_l
     summary = json.load(open(tmp_path / "one" / "summary.json"), **strict)
     rows = [json.loads(line, **strict) for line in open(tmp_path / "one" / "metrics.jsonl")]
     assert summary["final"]["test_loss"] is None and rows[0]["test_loss"] is None
+    out = capsys.readouterr().out  # the steps skipped are counted in summary.json and said at the end; a huge loss
+    assert summary["skipped_steps"] > 0 and f"skipped {summary['skipped_steps']} step(s) with a non-finite" in out
+    assert re.search(r"epoch 1/1  loss \d\.\d+e\+\d+  ", out), out  # in 4 digits, not 24
     assert train.main([*argv, "--epochs", "2", "--out", str(tmp_path / "two")]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("train.py: every step of epoch 2 had a non-finite loss and was skipped"), err

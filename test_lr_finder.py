@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 import lr_finder
+import recipes
 import train
 
 from conftest import run_script
@@ -282,21 +283,21 @@ def shared_flags():
 
 def test_recipe_fills_the_flags_and_explicit_flags_win(capsys):
     ap = lr_finder.get_parser()
-    args = train.parse_args(ap, ["--recipe", "report002-resnet9"])
+    args = recipes.parse_args(ap, ["--recipe", "report002-resnet9"])
     assert (args.arch, args.batch_size, args.optimizer, args.momentum, args.wd) == ("resnet9", 64, "sgd", 0.9, 0.032)
     assert (args.start_lr, args.end_lr, args.num_iter) == (1e-7, 10.0, None)   # the sweep keeps its own defaults
-    args = train.parse_args(lr_finder.get_parser(), ["--recipe", "report002-resnet9", "--batch-size", "128",
+    args = recipes.parse_args(lr_finder.get_parser(), ["--recipe", "report002-resnet9", "--batch-size", "128",
                                                          "--wd", "0", "--arch", "resnet18"])
     assert (args.arch, args.batch_size, args.optimizer, args.wd) == ("resnet18", 128, "sgd", 0.0)
     # every flag lr_finder shares with train.py comes from the recipe, whichever recipe
-    for name, recipe in train.RECIPES.items():
-        args = train.parse_args(lr_finder.get_parser(), ["--recipe", name])
-        targs = train.parse_args(train.get_parser(), ["--recipe", name])
+    for name, recipe in recipes.RECIPES.items():
+        args = recipes.parse_args(lr_finder.get_parser(), ["--recipe", name])
+        targs = recipes.parse_args(train.get_parser(), ["--recipe", name])
         for dest in shared_flags() | {"lr"}:
             assert getattr(args, dest) == getattr(targs, dest), (name, dest)
         assert args.optimizer == recipe.get("optimizer", "sgd")
     with pytest.raises(SystemExit) as e:
-        train.parse_args(lr_finder.get_parser(), ["--list-recipes"])
+        recipes.parse_args(lr_finder.get_parser(), ["--list-recipes"])
     assert e.value.code == 0 and "report002-resnet9" in capsys.readouterr().out
 
 
@@ -312,11 +313,11 @@ def test_recipe_fills_the_flags_and_explicit_flags_win(capsys):
     (["--recipe", "fast"], 0.12, "python train.py --recipe fast --lr 0.12"),
 ])
 def test_printed_command_with_a_recipe_reproduces_the_setting(argv, pick, expected):
-    args = train.parse_args(lr_finder.get_parser(), argv)
+    args = recipes.parse_args(lr_finder.get_parser(), argv)
     cmd = lr_finder.train_command(args, pick)
     assert cmd == expected
     tp = train.get_parser()
-    targs = train.parse_args(tp, shlex.split(cmd)[2:])
+    targs = recipes.parse_args(tp, shlex.split(cmd)[2:])
     for dest in shared_flags() - {"aux_lr"}:  # what the range test ran with is what train.py runs with
         assert getattr(targs, dest) == getattr(args, dest), dest
     assert targs.lr == float(f"{pick:.2g}") and targs.subset is None
@@ -324,7 +325,7 @@ def test_printed_command_with_a_recipe_reproduces_the_setting(argv, pick, expect
         assert targs.aux_lr / targs.lr == pytest.approx(args.aux_lr / args.lr, rel=2e-3)
     else:
         assert targs.aux_lr == args.aux_lr
-    recipe = train.RECIPES[args.recipe]
+    recipe = recipes.RECIPES[args.recipe]
     assert (targs.epochs, targs.schedule) == (recipe["epochs"], recipe["schedule"])  # carried by --recipe
 
 

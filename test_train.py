@@ -22,6 +22,7 @@ import optim
 import runfiles
 import runtime
 import evaluate as evaluate_module
+import recipes
 import train
 from evaluate import evaluate
 from conftest import BIG, run_script, slow_if, training_metrics
@@ -121,6 +122,23 @@ def test_what_one_process_only_can_do_is_refused_under_torchrun(capsys, tmp_path
     assert not (tmp_path / "run").exists()
 
 
+def test_augment_values_are_refused_before_any_warning_and_idle_tta_flags_are_warned(capsys, monkeypatch, tmp_path,
+                                                                                    data_dir):
+    """A --cutout out of range is refused with the other values, before the device is picked (and warned about on a
+    CPU); a --tta-frac or --tta-mirror-frac given where --tta leaves it unused is warned of, not silently dropped."""
+    monkeypatch.setattr(train, "pick_device", lambda *a: pytest.fail("device picked before the values were checked"))
+    assert "--cutout must be in [0, 32], got 40" in refused(capsys, [*QUICK, "--data", data_dir, "--cutout", "40"])
+    monkeypatch.undo()
+    argv = [*QUICK, "--data", data_dir, "--tta", "flip", "--tta-frac", "0.5", "--tta-mirror-frac", "0.5"]
+    assert train.main([*argv, "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: --tta-frac has no effect without --tta translate" in out and "--tta-mirror-frac has" not in out
+    assert train.main([*QUICK, "--data", data_dir, "--tta-mirror-frac", "0.5", "--out", str(tmp_path / "b")]) == 0
+    assert "warning: --tta-mirror-frac has no effect without --tta flip or translate" in capsys.readouterr().out
+    assert train.main([*QUICK, "--data", data_dir, "--recipe", "fast", "--arch", "lenet", "--out", str(tmp_path / "c")]) == 0
+    assert "no effect" not in capsys.readouterr().out  # a recipe's values are no flags given
+
+
 def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
     r = run_script("train.py", "--arch", "resnet7", "--out", tmp_path / "run")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown --arch" in r.stderr
@@ -168,15 +186,20 @@ def test_ctrl_c_in_the_final_evaluation_is_one_line_exit_130(capsys, tmp_path, d
 
 def test_force_leaves_nothing_of_the_run_it_replaces(capsys, lenet_run, data_dir, tmp_path):
     """A --force run that diverges at once: the folder holds its own config and none of the old run's summary,
-    checkpoints, metrics, TensorBoard events or figures; a file of the user's stays."""
+    checkpoints, metrics, TensorBoard events or figures; a file of the user's stays, one named like a figure too."""
     out = str(tmp_path / "run [1]")  # (a glob's special characters)
     shutil.copytree(lenet_run, out)
     os.makedirs(os.path.join(out, "tb"), exist_ok=True)
-    for name in ("tb/events.old", "notes.txt", "last.pt.tmp123", "report.md", "cam_lenet_0.png", "my.png"):
+    for name in ("tb/events.old", "notes.txt", "last.pt.tmp123", "my.png", "errors_mine.png"):  # the user's
         open(os.path.join(out, name), "w").close()
+    with open(os.path.join(out, "report.md"), "w") as f:  # what the tools drew carries their mark
+        f.write(runfiles.md_mark("visualize.py report") + "# a report\n")
+    fig = runtime.pyplot().figure(figsize=(1, 1))
+    runfiles.save_figure(fig, os.path.join(out, "cam_lenet_0.png"), 50, "visualize.py cam")
+    runtime.pyplot().close(fig)
     assert train.main([*QUICK, "--data", data_dir, "--out", out, "--force", "--lr", "1e12"]) == 1  # diverges
     gone, left = {"summary.json", "best.pt", "last.pt", "last.pt.tmp123", "report.md", "cam_lenet_0.png"}, os.listdir(out)
-    assert {"notes.txt", "my.png"} < set(left) and not gone & set(left), left
+    assert {"notes.txt", "my.png", "errors_mine.png"} < set(left) and not gone & set(left), left
     assert "--force: removed what was drawn from the run replaced: cam_lenet_0.png, report.md\n" in capsys.readouterr().out
     assert not os.path.exists(os.path.join(out, "tb", "events.old"))
     assert json.load(open(os.path.join(out, "config.json")))["args"]["lr"] == 1e12
@@ -598,7 +621,7 @@ def test_the_graphed_step_trains_exactly_as_the_eager_one():
     eagerly once, and replayed (on a CPU the replay calls the same function on the static inputs), the lr read
     from a tensor that every step fills; a change of which parameters train captures again. Outputs and
     weights stay those of the eager step with the same tensor lr, bit for bit."""
-    args = train.parse_args(train.get_parser(), ["--recipe", "fast", "--epochs", "1", "--data", "x"])
+    args = recipes.parse_args(train.get_parser(), ["--recipe", "fast", "--epochs", "1", "--data", "x"])
     torch.manual_seed(0)
     base = build_model("fastnet", num_classes=4)
     g = torch.Generator().manual_seed(1)

@@ -29,7 +29,7 @@ import data
 from evaluate import TTA, evaluate, n_correct
 from models import ARCHS, build_model, check_arch, check_image_size, count_flops, count_params, init_from_data
 from optim import Lookahead, check_optimizer_args, ema_warmup, schedule_warnings, set_schedule, training_parts
-from recipes import NOT_FLAGS, RECIPES, list_recipes
+from recipes import parse_args
 from runfiles import (MetricsLog, clear_run, eval_weights, git_commit, json_text, load_checkpoint, make_run_dir,
                       prepare_run_dir, remove_stale_temps, rng_state, save_checkpoint, set_rng_state, write_text)
 from runtime import (GraphedStep, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast, check_ranges,
@@ -112,25 +112,6 @@ def get_parser():
     return ap
 
 
-def parse_args(ap, argv=None):
-    """Parse the command line; --recipe NAME first makes the recipe's values the defaults, so explicit flags win and
-    --help shows the recipe's. Any parser that takes --recipe and --list-recipes may use it (lr_finder.py does): it
-    takes the recipe's values of the flags it has and leaves the rest to the train.py command that names the recipe."""
-    first = OneLineParser(prog=ap.prog, add_help=False)  # these two alone, before --help prints any default
-    first.add_argument("--recipe")
-    first.add_argument("--list-recipes", action="store_true")
-    pre = first.parse_known_args(argv)[0]
-    if pre.list_recipes:
-        print(list_recipes())
-        sys.exit(0)
-    if pre.recipe:
-        if pre.recipe not in RECIPES:
-            ap.error(f"unknown --recipe {pre.recipe!r}; choose from: {', '.join(RECIPES)} (--list-recipes)")
-        ours = vars(ap.parse_known_args([])[0])
-        ap.set_defaults(**{k: v for k, v in RECIPES[pre.recipe].items() if k not in NOT_FLAGS and k in ours})
-    return ap.parse_args(argv)
-
-
 RESUME_MAY_CHANGE = {"resume", "data", "download", "no_progress", "cuda_graph"}  # the rest must match the run resumed
 
 
@@ -159,6 +140,16 @@ def check_args(ap, args):
         ap.error("--select-by loss takes no --select-every (the proxy's)")
     if args.cuda_graph and (args.optimizer != "muon" or args.compile or args.skip_nonfinite or args.amp == "fp16"):
         ap.error("--cuda-graph needs --optimizer muon, and takes no --compile, --skip-nonfinite or --amp fp16")
+    try:  # here, with the other values: before the device is picked and warned about
+        data.check_augment_args(args)
+    except data.DataError as e:
+        ap.error(str(e))
+
+
+def unused_flags(args, given):  # flags given that the run's other flags leave without effect: warned, not refused
+    return [f"--{k.replace('_', '-')} has no effect without --tta {need}" for k, need, idle in
+            (("tta_frac", "translate", args.tta != "translate"), ("tta_mirror_frac", "flip or translate",
+                                                                  args.tta == "none")) if k in given and idle]
 
 
 # ----------------------------------------------------------------------------- one training step
@@ -251,13 +242,16 @@ def read_command_line(ap, argv):
     """(args, the checkpoint to resume or None). With --resume the run's own settings win; a flag given now that
     contradicts them is refused."""
     args = parse_args(ap, argv)
-    resume_ckpt = None
+    resume_ckpt, given = None, flags_given(argv)
+    if os.environ.get("RANK", "0") == "0":
+        for w in unused_flags(args, given):
+            print(f"warning: {w}")
     if args.resume:
         try:
             resume_ckpt = load_checkpoint(os.path.join(args.resume, "last.pt"))
         except ValueError as e:
             ap.error(f"--resume {args.resume}: {e}" + ("; give its run folder" if os.path.isfile(args.resume) else ""))
-        saved, given = dict(resume_ckpt["args"]), flags_given(argv)
+        saved = dict(resume_ckpt["args"])
         for k in sorted(given - RESUME_MAY_CHANGE):  # a flag newer than the run: the run had its default
             if vars(args)[k] != saved.get(k, ap.get_default(k)):
                 ap.error(f"--resume {args.resume}: that run has --{k.replace('_', '-')} "
@@ -372,7 +366,7 @@ def resume(ap, run, ckpt):
     run.best, run.best_epoch, run.rows = ckpt["best"], ckpt["best_epoch"], ckpt["metrics"]
     if run.best_epoch not in (None, args.epochs) and not os.path.exists(os.path.join(run.out, "best.pt")):
         ap.error(f"--resume {args.resume}: its best.pt (epoch {run.best_epoch}) is missing; the closing test may need it")
-    run.partial = ckpt.get("partial")
+    run.partial, run.bad_steps = ckpt.get("partial"), ckpt.get("bad_steps", 0)  # (0: a checkpoint older than the count)
     times = ckpt.get("times") or {}  # checkpoints written before times were kept: the epochs' own record
     run.init_time = times.get("init", 0.0)
     run.train_time = times.get("train", sum(r.get("epoch_time", 0.0) for r in run.rows))
@@ -432,7 +426,7 @@ def checkpoint(run, name, epoch, batch, partial=None, acc=None):
              "epoch": epoch, "batch": batch, "step": run.step, "best": run.best, "best_epoch": run.best_epoch,
              "partial": partial, "metrics": run.metrics.rows, "rng": rng_state(), "args": vars(run.args),
              "classes": run.info["classes"], "mean": run.info["mean"], "std": run.info["std"], "acc": acc,
-             "world_size": run.world, "times": {"init": run.init_time, "train": run.train_time,
+             "world_size": run.world, "bad_steps": run.bad_steps, "times": {"init": run.init_time, "train": run.train_time,
                                                 "wall": run.wall_before + time.time() - run.t_run}}
     save_checkpoint(os.path.join(run.out, name), state)
 
@@ -571,6 +565,10 @@ def train_one_epoch(run, epoch):
     return row, bar, sums[2].item() - uncounted
 
 
+def loss_text(v):  # 4 decimals, and a loss blown up to 1e9 in 5 digits, not 14
+    return f"{v:.4f}" if abs(v) < 1e5 else f"{v:.4g}"
+
+
 def end_epoch(run, epoch, row, bar, images):
     """Evaluate (every --eval-every epochs and after the last), log the epoch's row, keep best.pt and last.pt;
     stop here if a signal came during evaluation."""
@@ -592,8 +590,9 @@ def end_epoch(run, epoch, row, bar, images):
         if improved:
             checkpoint(run, "best.pt", epoch + 1, 0, acc=run.best)
         checkpoint(run, "last.pt", epoch + 1, 0)
-        scores = f"{sel} loss {row[sel + '_loss']:.4f}  {sel} acc {row[sel + '_acc']:.4f}  " if sel + "_acc" in row else ""
-        bar.close(f"epoch {epoch + 1}/{run.args.epochs}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  "
+        scores = f"{sel} loss {loss_text(row[sel + '_loss'])}  {sel} acc {row[sel + '_acc']:.4f}  " \
+            if sel + "_acc" in row else ""
+        bar.close(f"epoch {epoch + 1}/{run.args.epochs}  loss {loss_text(row['train_loss'])}  acc {row['train_acc']:.4f}  "
                   f"{scores}lr {row['lr']:.3g}  {row['epoch_time']:.1f}s  {row['images_per_s']:.0f} img/s"
                   + eta(run.t_run, epoch + 1 - run.start_epoch, run.args.epochs - epoch - 1))
     if any_rank(run.stop_signal, run.device):  # a signal during evaluation
@@ -632,7 +631,7 @@ def final_report(run):
     summary = {"arch": args.arch, "epochs": args.epochs, "select_split": select, "best_epoch": run.best_epoch,
                f"best_{select}_acc": run.best, "final": rows[-1] if rows else None,
                "params": run.n_params, "flops": run.flops, "device": device_name(device), "world_size": run.world,
-               "init_time_s": run.init_time, "train_time_s": run.train_time,
+               "init_time_s": run.init_time, "train_time_s": run.train_time, "skipped_steps": run.bad_steps,
                "total_time_s": run.wall_before + time.time() - run.t_run}
     if run.world > 1:  # DDP keeps replicas equal by construction; check it, a silent desync would poison the result
         summary["ranks_agree"] = ranks_agree(run.raw_model, device)
@@ -660,6 +659,8 @@ def final_report(run):
            if args.tta != "none" else ""),
         f"time {summary['total_time_s']:.0f}s total, {summary['epoch_time_s']:.1f}s/epoch, "
         f"{summary['images_per_s']:.0f} train images/s",
+        *([f"skipped {run.bad_steps} step(s) with a non-finite loss (--skip-nonfinite {args.skip_nonfinite})"]
+          if run.bad_steps else []),
         f"{run.n_params:,} parameters, {run.flops / 1e6:,.1f} MFLOPs/image"
         + (f", peak GPU memory {summary['peak_gpu_mem_gib']:.2f} GiB" if device.type == "cuda" else ""),
         f"run folder {run.out} (summary.json, metrics.csv, best.pt, last.pt); evaluate: python evaluate.py "
