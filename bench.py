@@ -148,10 +148,10 @@ def torchvision_loader(images, labels, mean, std, batch_size, workers, device):
                                        pin_memory=device.type == "cuda")
 
 
-def bench_images(root, n):
+def bench_images(root, n, download=False):
     """n training images (uint8 CPU) from root, or synthetic ones when root is None (a bad root: DataError)."""
     if root is not None:
-        x, y = data.load_cifar10(root)["train"]
+        x, y = data.load_cifar10(root, download=download)["train"]
         return x[:n], y[:n], root
     g = torch.Generator().manual_seed(0)
     return (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
@@ -162,6 +162,7 @@ def add_data_args(p):
     add_common_args(p, 512, "images per batch (default 512)")
     p.add_argument("--data", type=runtime.path_arg, default=None, metavar="DIR",
                    help="CIFAR-10 folder (default: synthetic images in memory)")
+    p.add_argument("--download", action="store_true", help="as train.py --download (with --data)")
     p.add_argument("--images", type=int, default=None, help=argparse.SUPPRESS)   # images per pass
     p.add_argument("--repeats", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
@@ -171,7 +172,7 @@ def bench_data(args):
     device = args.device
     n = args.images or (10_000 if args.quick else 50_000)
     repeats = args.repeats or (3 if args.quick else 5)
-    x, y, source = bench_images(args.data, n)
+    x, y, source = bench_images(args.data, n, args.download)
     mean, std = data.channel_stats(x)
 
     ours = data.Loader(x, y, args.batch_size, device=device, mean=mean, std=std, train=True, crop=4, flip=True)
@@ -414,7 +415,7 @@ def add_epoch_args(p):
     p.add_argument("--arch", default="resnet18", choices=ARCHS, metavar="NAME", help=f"network: {', '.join(ARCHS)}")
     p.add_argument("--data", type=runtime.path_arg, default=None, metavar="DIR",
                    help="CIFAR-10 folder (default: synthetic pickles)")
-    p.add_argument("--download", action="store_true", help="as train.py --download")
+    p.add_argument("--download", action="store_true", help="as train.py --download (with --data)")
     p.add_argument("--subset", type=int, default=None, metavar="N",
                    help="first N train and test images, as train.py --subset (default all; --quick 5000)")
     runtime.add_amp_arg(p, help="as train.py --amp")
@@ -567,6 +568,8 @@ def main(argv=None):
     runtime.check_ranges(ap, args, positive=("batch_size", "repeats", "subset", "images"), nonnegative=("workers",))
     if getattr(args, "warmup", 1) < (1 if args.cmd == "step" else 0):
         ap.error(f"--warmup must be at least {1 if args.cmd == 'step' else 0}, got {args.warmup}")
+    if getattr(args, "download", False) and args.data is None:  # synthetic images: nothing to fetch
+        ap.error("--download fetches CIFAR-10 into --data: give --data DIR (without it, the images are synthetic)")
     check_out(ap, args.out, args.cmd, getattr(args, "force", False))  # --force: race's alone
     if getattr(args, "work", None) is not None:  # race: its runs' folder, made and written later
         runfiles.check_output_folder(ap, "--work", args.work)

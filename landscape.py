@@ -14,7 +14,7 @@ behind report 003 (Adam, batch 128, Xavier-normal init, inputs normalised with m
 step (probe_multiples says why). Results go to --out/<arch>.json and --out/summary.json; figures to --out:
 
     loss_landscape.png   report 003's figure: per-step training loss, band between min and max over lrs
-    measures.png         Santurkar et al.'s Fig. 4 at lr 5e-4: bands over the probe distances, and beta
+    measures.png         Santurkar et al.'s Fig. 4 at lr 5e-4: bands over the probe distances, and beta (if measured)
     curves_lr<LR>.png    per lr: training loss per step and held-out accuracy per epoch
     surface_1d.png, surface_2d.png   with --surface: filter-normalised loss slices (Li et al. 2018)
 
@@ -256,8 +256,8 @@ def surface_batches(train_loader, n_images):
 def run_variant(arch, args, loaders, info, device, amp_dtype, path, saved, log=print):
     """Train `arch` at every lr, write `path` after each lr (atomically; `saved` gets each save's lrs), return it."""
     show_bar = sys.stdout.isatty() and not args.no_progress
-    result = {"arch": arch, "label": VARIANTS[arch], "complete": False, "config": config_of(args, device, amp_dtype, info),
-              "runs": [], "surface": None}
+    result = {"arch": arch, "label": VARIANTS[arch], "complete": False,
+              "config": config_of(args, device, amp_dtype, info), "runs": [], "surface": None}
     probes, t0 = ", ".join(f"{m:.3g}" for m in probe_multiples(*args.probe_range, args.probes)), time.time()
     for i, lr in enumerate(args.lrs):
         left = runtime.eta(t0, i, len(args.lrs) - i)  # at the mean pace of the lrs done
@@ -375,20 +375,27 @@ def summarize(result, lr):
 
 
 def summary_table(results):
+    def cell(value, fmt, none):  # NaN, nothing to average (no measurement; a band over one lr), in words
+        return format(value, fmt) if math.isfinite(value) else none
+
     lr = measures_lr(results)
     rows = [(VARIANTS[a], summarize(r, lr)) for a, r in results.items()]
-    head = ["variant", "loss band", "loss var. along g", "max |dgrad|", "beta-smooth", "Adam step", "lr |g|",
-            "final acc", "n"]
-    body = [[name, f"{s['loss_band']:.4f}", f"{s['loss_var']:.4g}", f"{s['grad_pred']:.4g}", f"{s['beta']:.4g}",
-             f"{s['step_length']:.3g}", f"{s['lr_grad']:.3g}", f"{s['split']} {s['final_acc']:.3f}",
-             str(s["measurements"])] for name, s in rows]
+    measured = any(s["measurements"] for _, s in rows)  # --measure-every 0: no measure columns at all
+    cols = [("loss var. along g", "loss_var", ".4g"), ("max |dgrad|", "grad_pred", ".4g"), ("beta-smooth", "beta",
+             ".4g"), ("Adam step", "step_length", ".3g"), ("lr |g|", "lr_grad", ".3g")] if measured else []
+    head = ["variant", "loss band", *[c[0] for c in cols], "final acc"] + ["n"] * measured
+    body = [[name, cell(s["loss_band"], ".4f", "n/a"),
+             *[cell(s[k], f, "n/a" if s["measurements"] else "not measured") for _, k, f in cols],
+             f"{s['split']} {cell(s['final_acc'], '.3f', 'n/a')}"] + [str(s["measurements"])] * measured
+            for name, s in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    lines = ["  ".join(x.ljust(w) if i in (0, 7) else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))
-             for r in [head, *body]]
-    lines.append(f"loss band: mean over steps of (max - min) of the training loss across lrs (steps where at least "
-                 f"two lrs ran). The rest at lr {lr:g}, means over its n measurements: loss_max - loss_min and max "
-                 f"||grad L(w) - grad L(w_i)|| over the probes w_i = w - d_i g/||g||, max ||dgrad|| / d_i, the length "
-                 f"of Adam's step (the probe unit) and lr ||g||")
+    lines = ["  ".join(x.ljust(w) if i in (0, len(cols) + 2) else x.rjust(w)  # variant and final acc: to the left
+                       for i, (x, w) in enumerate(zip(r, widths))).rstrip() for r in [head, *body]]
+    lines.append("loss band: mean over steps of (max - min) of the training loss across lrs (steps where at least "
+                 "two lrs ran). " + (f"The rest at lr {lr:g}, means over its n measurements: loss_max - loss_min and "
+                 f"max ||grad L(w) - grad L(w_i)|| over the probes w_i = w - d_i g/||g||, max ||dgrad|| / d_i, the "
+                 f"length of Adam's step (the probe unit) and lr ||g||" if measured else
+                 f"No measures at lr {lr:g} (--measure-every 0)"))
     if len(rows) == 2 and all(math.isfinite(r[1]["loss_band"]) for r in rows):
         a, b = rows[0][1]["loss_band"], rows[1][1]["loss_band"]
         word = "narrower" if b < a else "wider" if b > a else "as wide"
@@ -432,24 +439,24 @@ def plot_loss_landscape(results, path):
 
 
 MEASURE_PANELS = [("loss_min", "loss_max", "loss L(w - d g/||g||)", "(a) loss landscape", False),
-                  ("grad_min", "grad_max", "||grad L(w) - grad L(w - d g/||g||)||", "(b) gradient predictiveness", True),
-                  ("beta", None, "max ||dgrad|| / d", "(c) \"effective\" beta-smoothness", True)]
+                  ("grad_min", "grad_max", "||grad L(w) - grad L(w - d g/||g||)||", "(b) gradient predictiveness",
+                   True), ("beta", None, "max ||dgrad|| / d", "(c) \"effective\" beta-smoothness", True)]
 
 
 def plot_measures(results, path):
     """Santurkar et al. Fig. 4 at one lr (measures_lr): at each measured step, the range over the probe
-    distances d of the loss (a) and of the gradient change (b) as a band, and beta (c) as a curve."""
+    distances d of the loss (a) and of the gradient change (b) as a band, and beta (c) as a curve. None, and
+    no figure, when no variant measured at that lr (--measure-every 0): an empty figure shows nothing."""
     lr = measures_lr(results)
+    runs = {a: r for a, r in ((a, run_at(res, lr)) for a, res in results.items()) if r and r["measure"]["step"]}
+    if not runs:
+        return None
     fig, axes = runtime.pyplot().subplots(1, 3, figsize=FIGSIZE["measures"])
-    units = set()
+    units = {", ".join(f"{x:.3g}" for x in run["probe_multiples"]) if "probe_multiples" in run else
+             "(unknown: results of an older landscape.py, whose probes were lr x 0.5-4 x g)" for run in runs.values()}
     for ax, (lo_key, hi_key, ylabel, title, log) in zip(axes, MEASURE_PANELS):
-        for arch, res in results.items():
-            run = run_at(res, lr)
-            if run is None or not run["measure"]["step"]:
-                continue
+        for arch, run in runs.items():
             m = run["measure"]
-            units.add(", ".join(f"{x:.3g}" for x in run["probe_multiples"]) if "probe_multiples" in run
-                      else "(unknown: results of an older landscape.py, whose probes were lr x 0.5-4 x g)")
             x, lo = np.asarray(m["step"]), np.asarray(m[lo_key], dtype=float)
             if hi_key:
                 _band(ax, x, lo, np.asarray(m[hi_key], dtype=float), arch)
@@ -460,7 +467,7 @@ def plot_measures(results, path):
         _label(ax, "training step", ylabel, title)
     fig.suptitle(f"Adam at lr {lr:g}: at each measured step, probes along the gradient at distances d = "
                  f"{' / '.join(sorted(units))} x the length of Adam's update at that step; bands span the probe "
-                 f"distances" if units else f"no measurements at lr {lr:g} (--measure-every 0?)", fontsize=10)
+                 f"distances", fontsize=10)
     return _save(fig, path)
 
 
@@ -511,8 +518,8 @@ def plot_surface(results, path_1d, path_2d):
 
 def plot_all(results, out):
     """Every figure for the variants in `results` (one or both); returns the paths written."""
-    paths = [plot_loss_landscape(results, os.path.join(out, "loss_landscape.png")),
-             plot_measures(results, os.path.join(out, "measures.png"))]
+    paths = [plot_loss_landscape(results, os.path.join(out, "loss_landscape.png"))]
+    paths += [p for p in [plot_measures(results, os.path.join(out, "measures.png"))] if p]
     lrs = sorted({r["lr"] for res in results.values() for r in res["runs"]}, reverse=True)
     paths += [plot_curves(results, lr, os.path.join(out, f"curves_lr{lr:g}.png")) for lr in lrs]
     if any(r.get("surface") for r in results.values()):
@@ -560,7 +567,8 @@ def get_parser():
                          f"--lrs, else the first)")
     ap.add_argument("--surface-res", type=int, default=21, metavar="R",
                     help="2D grid R x R, 1D slice 2R-1 points, on [-1, 1]")
-    ap.add_argument("--surface-images", type=int, default=1024, metavar="N", help="training images the surface loss uses")
+    ap.add_argument("--surface-images", type=int, default=1024, metavar="N",
+                    help="training images the surface loss uses")
     ap.add_argument("--out", type=runtime.path_arg, default="landscape",
                     help="folder for the JSON results and the PNGs")
     ap.add_argument("--force", action="store_true", help="overwrite a variant's existing results")
@@ -648,28 +656,29 @@ def check_plot_only(ap, args, asked, paths):
 def report(ap, args, paths):
     """Load whatever results --out holds, draw every figure, print and save the summary."""
     results = {}
-    for a in VARIANTS:
-        if os.path.exists(paths[a]):
-            try:
-                results[a] = load_results(paths[a])
-            except ValueError as e:
-                ap.error(str(e))
+    for a in [a for a in VARIANTS if os.path.exists(paths[a])]:
+        try:
+            results[a] = load_results(paths[a])
+        except ValueError as e:
+            ap.error(str(e))
     if len(results) == 2:
         c0, c1 = (results[a]["config"] for a in VARIANTS)
         differ = [k for k in ("lrs", "epochs", "batch_size", "subset", "seed", "init", "norm", "amp", "probe_range")
                   if c0.get(k) != c1.get(k)]
         if differ:
             print(f"note: the two variants were run with different {', '.join(differ)}; compare with care")
-    for a, r in results.items():
-        if not r.get("complete"):
-            print(f"note: {paths[a]} is incomplete ({len(r['runs'])} of {len(r['config']['lrs'])} lrs)")
-    written = plot_all(results, args.out)
+    for a, r in [(a, r) for a, r in results.items() if not r.get("complete")]:
+        print(f"note: {paths[a]} is incomplete ({len(r['runs'])} of {len(r['config']['lrs'])} lrs)")
+    written, lr = plot_all(results, args.out), measures_lr(results)
     print(("comparison" if len(results) == 2 else f"{VARIANTS[next(iter(results))]} only") + " figures:")
     print("\n".join(f"  {p}" for p in written))
-    lr, summary_path = measures_lr(results), os.path.join(args.out, "summary.json")
+    if (stale := os.path.join(args.out, "measures.png")) not in written:  # an earlier run's would pass for this one's
+        gone = os.path.isfile(stale) and not os.remove(stale)
+        print(f"  no measures.png: no measurements at lr {lr:g} (--measure-every 0)"
+              + ("; an earlier run's removed" if gone else ""))
+    summary_path = os.path.join(args.out, "summary.json")
     runfiles.write_text(summary_path, runfiles.json_text({a: summarize(r, lr) for a, r in results.items()}, indent=1))
-    print(summary_table(results))
-    print(f"summary: {summary_path}")
+    print(f"{summary_table(results)}\nsummary: {summary_path}")
     return 0
 
 

@@ -38,7 +38,7 @@ import torch
 import data
 import runfiles
 import runtime
-from recipes import RECIPES
+from recipes import RECIPES, parse_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 class RaceError(Exception):
@@ -155,6 +155,8 @@ def airbench_worker(argv):
 def add_race_args(p):
     p.add_argument("--data", type=runtime.path_arg, default="./data", metavar="DIR",
                    help="folder holding cifar-10-batches-py")
+    p.add_argument("--download", action="store_true", help="fetch the official files into --data through torchvision "
+                   "if missing or damaged (once, before the lanes start: they read them from there)")
     p.add_argument("--seeds", type=runtime.seed_arg, nargs="+", default=[0, 1, 2, 3, 4],
                    help="fast's seeds (and airbench94's)")
     p.add_argument("--cores", type=int, nargs=2, default=[0, 1], metavar=("FAST", "AIRBENCH"),
@@ -174,10 +176,11 @@ AIRBENCH_COPY = "cifar10"  # below --work: where airbench's CifarLoader reads {t
 MARK = "written-by-race.txt"  # beside them: the copy is the race's own, rewritten by every race
 
 
-def airbench_data(data_dir, work):
+def airbench_data(data_dir, work, download=False):
     """Our copy of CIFAR-10 in the layout airbench's CifarLoader reads (uint8 NHWC images), once per race; --work
-    made only once --data has loaded (a wrong --data leaves no folder behind)."""
-    d = data.load_cifar10(data_dir)
+    made only once --data has loaded (a wrong --data leaves no folder behind). download: fetched into data_dir
+    first if missing or damaged, where the fast lane's train.py --data then finds it."""
+    d = data.load_cifar10(data_dir, download=download)
     folder = os.path.join(work, AIRBENCH_COPY)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, MARK), "w") as f:  # first: a copy cut off midway is still known as ours
@@ -412,7 +415,7 @@ def check_fast_args(args):
         raise RaceError(f"--fast-args cannot hold {printing[0]}: train.py prints and exits, with no run")
     ap = train.get_parser()
     ap.prog, ap.allow_abbrev = "bench.py race --fast-args", False  # '--see 3' would be --seed 3 in the lane
-    fast = train.parse_args(ap, ["--recipe", args.recipe, *args.fast_flags])
+    fast = parse_args(ap, ["--recipe", args.recipe, *args.fast_flags])
     train.check_args(ap, fast)
     if fast.tta == "none":  # the race compares TTA accuracies, as airbench94 reports its own
         raise RaceError("--fast-args cannot set --tta none: the race compares both lanes' TTA accuracy")
@@ -459,7 +462,7 @@ def check_race(args):
 
 def bench_race(args):
     check_race(args)
-    airbench_data(args.data, args.work)
+    airbench_data(args.data, args.work, args.download)
     busy = runtime.warn_if_busy() if args.device.type == "cpu" else None  # it would slow one lane more than the other
     lane = f"--recipe {args.recipe}" + (f" ({args.fast_args})" if args.fast_args else "")
     print(f"race: {lane} seeds {args.seeds} against airbench94 on {runtime.device_name(args.device)}"

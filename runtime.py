@@ -24,10 +24,11 @@ AMP_CHOICES = ["auto", "bf16", "fp16", "off"]
 
 class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help with each flag's default after its text, unless the text tells it in words or there is none to tell
-    (None; False for a switch)."""
+    (None; False for a switch; an empty string or list, which "(default: )" would only show as nothing)."""
 
     def _get_help_string(self, action):
-        if action.default is None or action.default is False or "default" in (action.help or ""):
+        if action.default is None or action.default is False or action.default in ("", [], ()) \
+                or "default" in (action.help or ""):  # (is False: a default of 0 is one to tell)
             return action.help
         return super()._get_help_string(action)
 

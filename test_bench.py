@@ -257,6 +257,59 @@ def test_data_from_a_missing_folder_is_refused(tmp_path):
     assert not (tmp_path / "b.json").exists()
 
 
+def loads_recorded(monkeypatch):
+    """data.load_cifar10 that records (root, download) and finds nothing there (DataError, as a missing folder)."""
+    calls = []
+
+    def load(root, download=False):
+        calls.append((root, download))
+        raise data.DataError(f"CIFAR-10 in {root}: folder not found; fetch the official files with --download")
+    monkeypatch.setattr(data, "load_cifar10", load)
+    return calls
+
+
+@pytest.mark.parametrize("cmd", ["data", "race"])
+def test_download_reaches_load_cifar10_as_the_data_error_advises(cmd, tmp_path, monkeypatch, capsys):
+    """Every subcommand that reads CIFAR-10 takes --download, which DataError's one line advises; race fetches
+    once, in this process, before any lane starts (its lanes then read --data as it is)."""
+    calls = loads_recorded(monkeypatch)
+    monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
+    monkeypatch.setattr(race, "run_lanes", lambda args: pytest.fail("a lane started"))
+    for flags in ([], ["--download"]):
+        with pytest.raises(SystemExit) as e:
+            bench.main([cmd, "--data", str(tmp_path / "d"), *flags, "--device", "cpu", "--out",
+                        str(tmp_path / "b.json"), *(["--work", str(tmp_path / "race")] if cmd == "race" else [])])
+        assert e.value.code == 2 and "with --download" in capsys.readouterr().err
+    assert calls == [(str(tmp_path / "d"), False), (str(tmp_path / "d"), True)]
+    assert "--download" not in race.race_flags("fast", "d", 0, "o")  # the fast lane's train.py: no second fetch
+
+
+@pytest.mark.parametrize("cmd", ["data", "epoch"])
+def test_download_without_data_is_refused_in_one_line(cmd, capsys, monkeypatch):
+    """Their default is synthetic images: --download alone would fetch nothing, silently."""
+    add_args, _, help_ = bench.SUBCOMMANDS[cmd]
+    monkeypatch.setitem(bench.SUBCOMMANDS, cmd, (add_args, lambda args: pytest.fail("it ran"), help_))
+    with pytest.raises(SystemExit) as e:
+        bench.main([cmd, "--download", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "--download fetches CIFAR-10 into --data" in err, err
+
+
+def test_help_shows_no_empty_default(capsys):
+    """'(default: )' after --fast-args (an empty string) says nothing: the default of "" or [] is left out,
+    a default of 0 is told."""
+    with pytest.raises(SystemExit) as e:
+        bench.main(["race", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert e.value.code == 0 and text.endswith("--fast-args='--cuda-graph'") and "(default: )" not in text, text
+    ap = runtime.OneLineParser(prog="p")
+    for flag, default in (("--s", ""), ("--l", []), ("--z", 0), ("--x", "x")):
+        ap.add_argument(flag, default=default, nargs="*" if default == [] else None, help=f"flag{flag}")
+    text = " ".join(ap.format_help().split())
+    assert "flag--s --l" in text and "flag--l --z" in text and "flag--z (default: 0)" in text, text
+    assert "flag--x (default: x)" in text and "(default: [])" not in text, text
+
+
 # ----------------------------------------------------------------------------- race: fast against airbench94
 
 def fake_lanes(monkeypatch, fast_s=0.02, air_s=0.3, air_fails=False, busy=0.0):
@@ -283,7 +336,7 @@ def fake_lanes(monkeypatch, fast_s=0.02, air_s=0.3, air_fails=False, busy=0.0):
         return run
     monkeypatch.setattr(race, "fast_run", fake("fast", fast_s))
     monkeypatch.setattr(race, "airbench_run", fake("airbench94", air_s))
-    monkeypatch.setattr(race, "airbench_data", lambda data_dir, work: None)
+    monkeypatch.setattr(race, "airbench_data", lambda data_dir, work, download: None)
     monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
     monkeypatch.setattr(runtime, "cpu_busy", lambda seconds=0.5: busy)
     return started_runs
@@ -511,7 +564,7 @@ def test_race_leaves_an_earlier_races_runs_alone(tmp_path, monkeypatch, capsys, 
     def start(args):
         raise Started
     monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
-    monkeypatch.setattr(race, "airbench_data", lambda data, work: None)
+    monkeypatch.setattr(race, "airbench_data", lambda data, work, download: None)
     monkeypatch.setattr(race, "run_lanes", start)
     (tmp_path / "cifar10").mkdir()  # airbench's copy of the data is no run: shared by races
     with pytest.raises(Started):

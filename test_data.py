@@ -81,6 +81,15 @@ def assert_helpful(err, folder):
     assert "README.md, section Data" in msg and "unpack.py" not in msg, msg  # no script the repo does not hold
 
 
+def test_every_command_that_reads_cifar10_takes_the_download_the_advice_names(monkeypatch):
+    """DataError's one line says "fetch the official files with --download": every script and subcommand with a
+    --data flag takes --download too (bench.py's data, epoch and race, visualize.py's subcommands among them)."""
+    from test_runtime import every_scripts_parser  # each script's parser and its subcommands'
+    lacking = {p.prog.split()[-1] for p in every_scripts_parser(monkeypatch)
+               if "--data" in p._option_string_actions and "--download" not in p._option_string_actions}
+    assert not lacking, lacking
+
+
 def test_broken_files_in_data_itself_get_advice_that_works(tmp_path):
     """--data DIR may hold the batch files itself: a broken one is not fixed by unpacking into DIR's parent, and a
     --download beside it (into DIR/cifar-10-batches-py) must be what the next run reads."""

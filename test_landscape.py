@@ -265,6 +265,38 @@ def test_plot_only_single_variant_and_surface(tmp_path, capsys):
     assert "vgg_a.json" in err
 
 
+
+def unmeasured(result):
+    """`result` as --measure-every 0 leaves it: every measure list empty."""
+    for run in result["runs"]:
+        run["measure"] = {k: [] for k in run["measure"]}
+    return result
+
+
+def test_no_measures_draw_no_measures_png_and_summary_has_no_nan(tmp_path, capsys):
+    """--measure-every 0: no empty measures.png (an earlier run's goes), one line says so, no nan in the summary."""
+    out = str(tmp_path)
+    landscape.save_results(unmeasured(fake_result("vgg_a")), os.path.join(out, "vgg_a.json"))
+    (tmp_path / "measures.png").write_bytes(b"an earlier run's figure")
+    assert landscape.main(["--plot-only", "--out", out]) == 0
+    stdout = capsys.readouterr().out
+    assert not os.path.exists(os.path.join(out, "measures.png"))
+    assert "  no measures.png: no measurements at lr 0.0005 (--measure-every 0); an earlier run's removed\n" in stdout
+    assert "nan" not in stdout.lower() and "No measures at lr 0.0005 (--measure-every 0)" in stdout, stdout
+    assert "beta-smooth" not in stdout and "VGG-A" in stdout and "val 0.500" in stdout
+    summary = json.load(open(os.path.join(out, "summary.json")), parse_constant=pytest.fail)  # NaN would be invalid
+    assert summary["vgg_a"]["beta"] is None and summary["vgg_a"]["measurements"] == 0
+
+
+def test_summary_says_in_words_what_was_not_measured():
+    """One variant measured, the other not (and over one lr, so no band): words, never nan."""
+    table = landscape.summary_table({"vgg_a": fake_result("vgg_a"),
+                                     "vgg_a_bn": unmeasured(fake_result("vgg_a_bn", lrs=(5e-4,)))})
+    bn = next(line for line in table.splitlines() if line.startswith("VGG-A + BatchNorm"))
+    assert "nan" not in table, table
+    assert re.split(r"\s{2,}", bn)[1:] == ["n/a"] + ["not measured"] * 5 + ["val 0.400", "0"], table
+
+
 # ----------------------------------------------------------------------------- command line
 
 @pytest.mark.parametrize("argv, says", [
