@@ -61,7 +61,8 @@ LATE_IMPORTS = ("tqdm", "matplotlib")  # of requirements.txt, imported where fir
 
 def run_main(main, name):
     """sys.exit(main()): a Ctrl-C that the script does not handle itself (while it loads, tests, plots) ends in one
-    line and exit code 130, not a traceback; a package of LATE_IMPORTS missing is said before any work."""
+    line and exit code 130, not a traceback, and so does output cut by a pipe's reader (| head) without the line;
+    a package of LATE_IMPORTS missing is said before any work."""
     missing = [m for m in LATE_IMPORTS if importlib.util.find_spec(m) is None]
     if missing:
         if not quiet_rank():
@@ -74,6 +75,9 @@ def run_main(main, name):
         if not quiet_rank():
             print(f"{name}: interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # output piped into a reader that stopped (| head): quiet, as other commands end there
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a command ended so
 
 
 def add_amp_arg(ap, default="auto", help="autocast: auto = bf16 on CUDA and CPU, off on MPS"):

@@ -4,6 +4,9 @@ import argparse
 import ast
 import os
 import re
+import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -35,6 +38,14 @@ def test_ctrl_c_outside_a_scripts_own_handling_is_one_line_and_exit_130(capsys):
     with pytest.raises(SystemExit) as e:
         runtime.run_main(lambda: 3, "some.py")
     assert e.value.code == 3
+
+
+def test_output_cut_by_a_pipes_reader_ends_quietly():
+    """visualize.py layers | head: the reader leaves, the next write fails; no traceback, the shell's exit code."""
+    code = "import runtime\nruntime.run_main(lambda: [print('line', i) for i in range(10 ** 6)], 'some.py')"
+    r = subprocess.run(f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} | head -1; exit ${{PIPESTATUS[0]}}",
+                       shell=True, executable="/bin/bash", cwd=HERE, capture_output=True, text=True)
+    assert (r.returncode, r.stdout, r.stderr) == (141, "line 0\n", "")
 
 
 def test_a_missing_requirement_imported_late_is_said_before_any_work(capsys, monkeypatch):
