@@ -64,12 +64,15 @@ def read_json(run, name):
         return None
 
 
-def train_args(ap, run):
-    """The train.py flags of a run folder's config.json (augment takes its data flags from them); a config.json that
-    is missing, unreadable, not JSON or not train.py's is a one-line exit 2 that says which."""
+def run_config(ap, run, required=False):
+    """A run folder's config.json: {} where there is none (required: a one-line exit 2, as for augment, which takes its
+    data flags from it); one that is unreadable, not JSON, or not a JSON object with an "args" object of train.py's
+    flags is a one-line exit 2 that says which."""
     path = os.path.join(run, "config.json")
     if not os.path.isfile(path):
-        ap.error(f"{run}: no train.py config.json (not a train.py run folder)")
+        if required:
+            ap.error(f"{run}: no train.py config.json (not a train.py run folder)")
+        return {}
     try:
         with open(path) as f:
             cfg = json.load(f)
@@ -77,19 +80,14 @@ def train_args(ap, run):
         ap.error(f"{path} is unreadable ({e.strerror})")
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         ap.error(f"{path} is not JSON ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:80]}); damaged?")
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("args"), dict):
+    if not isinstance(cfg.get("args", None if required else {}) if isinstance(cfg, dict) else None, dict):
         ap.error(f"{path} is not train.py's config (not a JSON object of its flags)")
-    return cfg["args"]
-
-
-def run_config(ap, run):
-    """A run folder's config.json ({} where there is none or it is unreadable); one that is not a JSON object with an
-    "args" object is a one-line exit 2."""
-    cfg = read_json(run, "config.json")
-    cfg = {} if cfg is None else cfg
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("args", {}), dict):
-        ap.error(f"{os.path.join(run, 'config.json')} is not train.py's config (not a JSON object of its flags)")
     return cfg
+
+
+def train_args(ap, run):
+    """The train.py flags of a run folder's config.json, which must be there (augment takes its data flags from it)."""
+    return run_config(ap, run, required=True)["args"]
 
 
 def run_names(runs):

@@ -415,6 +415,7 @@ def test_report_renders_in_headless_chromium(request, tmp_path):
     (["curves", "{tmp}/noepoch"], "{tmp}/noepoch/metrics.jsonl is not train.py's metrics (ValueError: a row that"),
     (["curves", "{run}", "{tmp}/listrun"], "{tmp}/listrun/config.json is not train.py's config"),
     (["report", "{tmp}/listrun"], "{tmp}/listrun/config.json is not train.py's config"),
+    (["curves", "{run}", "{tmp}/badcfg"], "{tmp}/badcfg/config.json is not JSON (JSONDecodeError: Expecting"),
     (["curves"] + ["{run}"] * 21, "at most 20 runs at once (one colour each in the curves), got 21"),
     (["report", "{run}", "--data", "{tmp}/nowhere"], "CIFAR-10 in {tmp}/nowhere/cifar-10-batches-py: folder not"),
     (["curves", "{run}", "--out", "{tmp}/taken"], "{tmp}/taken/curves.png is a folder, not a file; move it, or use"),
@@ -452,7 +453,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys,
         (tmp_path / name / file).write_text(text)
     for name in ("metrics.jsonl", "config.json"):
         shutil.copy(os.path.join(runs[0], name), tmp_path / "nockpt")
-    shutil.copy(os.path.join(runs[0], "metrics.jsonl"), tmp_path / "listrun")
+    for name in ("listrun", "badcfg"):  # runs whose config.json is not train.py's: curves and report read it too
+        shutil.copy(os.path.join(runs[0], "metrics.jsonl"), tmp_path / name)
     os.makedirs(tmp_path / "taken" / "curves.png")  # folders where the figure and the page go
     os.makedirs(tmp_path / "pagetaken" / "report.md")
     before = set(os.listdir(runs[0]))
