@@ -196,8 +196,8 @@ def test_divergence_names_the_step_and_lr_where_the_loss_first_went_bad(capsys, 
 
 def test_a_diverged_run_writes_json_and_an_epoch_of_skipped_steps_stops_in_one_line(capsys, tmp_path, data_dir):
     """--skip-nonfinite on a run whose loss is never finite again: epoch 1 ends with a NaN test loss (written as null:
-    NaN is no JSON) and its skipped steps counted, epoch 2 skips every step and stops in one line (it divided by the images it trained on: none),
-    without the advice to use --skip-nonfinite."""
+    NaN is no JSON) and its skipped steps counted, epoch 2 skips every step and stops in one line (it divided by the
+    images it trained on: none), without the advice to use --skip-nonfinite."""
     argv = ["--arch", "lenet", "--subset", "500", "--batch-size", "100", "--lr", "1e6", "--skip-nonfinite", "100",
             "--data", data_dir, "--no-progress"]
     assert train.main([*argv, "--epochs", "1", "--out", str(tmp_path / "one")]) == 0

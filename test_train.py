@@ -135,7 +135,8 @@ def test_augment_values_are_refused_before_any_warning_and_idle_tta_flags_are_wa
     assert "warning: --tta-frac has no effect without --tta translate" in out and "--tta-mirror-frac has" not in out
     assert train.main([*QUICK, "--data", data_dir, "--tta-mirror-frac", "0.5", "--out", str(tmp_path / "b")]) == 0
     assert "warning: --tta-mirror-frac has no effect without --tta flip or translate" in capsys.readouterr().out
-    assert train.main([*QUICK, "--data", data_dir, "--recipe", "fast", "--arch", "lenet", "--out", str(tmp_path / "c")]) == 0
+    assert train.main([*QUICK, "--data", data_dir, "--recipe", "fast", "--arch", "lenet", "--out", str(tmp_path / "c")
+                       ]) == 0
     assert "no effect" not in capsys.readouterr().out  # a recipe's values are no flags given
 
 

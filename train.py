@@ -239,13 +239,11 @@ class Stop(Exception):
 
 
 def read_command_line(ap, argv):
-    """(args, the checkpoint to resume or None). With --resume the run's own settings win; a flag given now that
-    contradicts them is refused."""
+    """(args, the checkpoint to resume or None). With --resume its settings win; a flag contradicting them: refused."""
     args = parse_args(ap, argv)
     resume_ckpt, given = None, flags_given(argv)
-    if os.environ.get("RANK", "0") == "0":
-        for w in unused_flags(args, given):
-            print(f"warning: {w}")
+    for w in unused_flags(args, given) if os.environ.get("RANK", "0") == "0" else []:
+        print(f"warning: {w}")
     if args.resume:
         try:
             resume_ckpt = load_checkpoint(os.path.join(args.resume, "last.pt"))
@@ -426,8 +424,9 @@ def checkpoint(run, name, epoch, batch, partial=None, acc=None):
              "epoch": epoch, "batch": batch, "step": run.step, "best": run.best, "best_epoch": run.best_epoch,
              "partial": partial, "metrics": run.metrics.rows, "rng": rng_state(), "args": vars(run.args),
              "classes": run.info["classes"], "mean": run.info["mean"], "std": run.info["std"], "acc": acc,
-             "world_size": run.world, "bad_steps": run.bad_steps, "times": {"init": run.init_time, "train": run.train_time,
-                                                "wall": run.wall_before + time.time() - run.t_run}}
+             "world_size": run.world, "bad_steps": run.bad_steps,
+             "times": {"init": run.init_time, "train": run.train_time,
+                       "wall": run.wall_before + time.time() - run.t_run}}
     save_checkpoint(os.path.join(run.out, name), state)
 
 
@@ -592,9 +591,10 @@ def end_epoch(run, epoch, row, bar, images):
         checkpoint(run, "last.pt", epoch + 1, 0)
         scores = f"{sel} loss {loss_text(row[sel + '_loss'])}  {sel} acc {row[sel + '_acc']:.4f}  " \
             if sel + "_acc" in row else ""
-        bar.close(f"epoch {epoch + 1}/{run.args.epochs}  loss {loss_text(row['train_loss'])}  acc {row['train_acc']:.4f}  "
-                  f"{scores}lr {row['lr']:.3g}  {row['epoch_time']:.1f}s  {row['images_per_s']:.0f} img/s"
-                  + eta(run.t_run, epoch + 1 - run.start_epoch, run.args.epochs - epoch - 1))
+        bar.close(f"epoch {epoch + 1}/{run.args.epochs}  loss {loss_text(row['train_loss'])}  "
+                  f"acc {row['train_acc']:.4f}  {scores}lr {row['lr']:.3g}  {row['epoch_time']:.1f}s  "
+                  f"{row['images_per_s']:.0f} img/s" + eta(run.t_run, epoch + 1 - run.start_epoch,
+                                                             run.args.epochs - epoch - 1))
     if any_rank(run.stop_signal, run.device):  # a signal during evaluation
         raise stopped(run, f"after epoch {epoch + 1}")
 
