@@ -267,7 +267,7 @@ def bench_setting(base, targs, batch, device, amp, channels_last, compile_, args
         torch._dynamo.reset()  # fresh caches: earlier settings' graphs neither help nor use up the recompile limit
     steps_per_epoch = -(-50_000 // args.batch_size)  # a CIFAR-10 epoch, for the schedule's length
     steps = []
-    for make_step in (train.make_train_step, make_bare_step):
+    for make_step in (optim.make_train_step, make_bare_step):
         raw, model = place(copy.deepcopy(base), device, channels_last, compile_)
         optimizer, scheduler, scaler, criterion = optim.training_parts(raw, targs, device, amp_dtype, steps_per_epoch)
         steps.append(make_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler))
@@ -324,7 +324,7 @@ def bench_step(args):
 
     print(f"step: {args.arch}, batch {args.batch_size}, {args.repeats} repeats of ~{args.seconds:g} s per contender, "
           f"{args.warmup} warm-up steps, {device_name(device)}")
-    print(f"  train.py step = train.make_train_step with train.py's defaults ({targs.optimizer}, lr {targs.lr}, "
+    print(f"  train.py step = optim.make_train_step with train.py's defaults ({targs.optimizer}, lr {targs.lr}, "
           f"{targs.schedule} schedule); bare = forward, loss, zero_grad, backward, optimizer and scheduler step")
     if skip:
         print(f"  compile settings skipped: {skip}")
@@ -442,7 +442,7 @@ def bench_epoch(args):
     raw, model = place(build_model(args.arch, num_classes=len(info["classes"])), device, args.channels_last,
                        args.compile)
     optimizer, scheduler, scaler, criterion = optim.training_parts(raw, targs, device, amp_dtype, len(loader))
-    step = train.make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler)
+    step = optim.make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler)
 
     source = args.data or "synthetic"
     print(f"epoch: {args.arch}, {info['n_train']:,} train + {info['n_test']:,} test images ({source}), "

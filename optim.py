@@ -1,10 +1,14 @@
 """Optimisers and learning-rate schedules of train.py: the optimizer a run's flags ask for (SGD, Adam, AdamW,
-or Muon for conv filters), one per-iteration schedule for every lr shape, the EMA warm-up and lookahead.
+or Muon for conv filters), one per-iteration schedule for every lr shape, the EMA warm-up and lookahead, and the
+training step that drives them all (train.py runs it, bench.py times it).
 Written here only what torch lacks (Muon for 4-D filters, lookahead, a warming EMA decay)."""
 import math
+import warnings
 
 import torch
 import torch.nn as nn
+
+from runtime import GraphedStep, autocast
 
 
 # ----------------------------------------------------------------------------- Muon
@@ -239,3 +243,59 @@ class Lookahead:
 
     def load_state_dict(self, state):
         torch._foreach_copy_(self.slow, state["slow"])
+
+
+# ----------------------------------------------------------------------------- one training step
+
+def make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler, ema=None, skip_nonfinite=False,
+                    ema_every=1, lookahead=None, cuda_graph=False):
+    """One optimisation step on a ready batch; returns (loss, logits) still on the device (no sync).
+    ema: an AveragedModel updated every `ema_every` steps (counted by the scheduler, so a resumed run keeps the beat).
+    lookahead: a Lookahead, stepped after every optimizer step (before the EMA sees the weights).
+    skip_nonfinite: a NaN/Inf loss leaves the weights untouched (costs one host sync per step).
+    cuda_graph: forward, backward and Muon's step replayed as one CUDA graph (runtime.GraphedStep); the
+    schedule, lookahead and EMA stay outside it."""
+    def forward(x, y):
+        with autocast(device, amp_dtype, cache=not cuda_graph):
+            out = model(x)
+            return criterion(out, y), out
+
+    def learn(loss):
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    def whole(x, y):
+        loss, out = forward(x, y)
+        learn(loss)
+        return loss.detach(), out.detach()
+    if cuda_graph:
+        optimizer.use_device_lr(device)
+        whole = GraphedStep(whole, device, key=lambda: tuple(p.requires_grad for p in model.parameters()))
+
+    def step(x, y):
+        skipped = False
+        if skip_nonfinite:
+            loss, out = forward(x, y)
+            skipped = not torch.isfinite(loss)
+            if not skipped:
+                learn(loss)
+            loss, out = loss.detach(), out.detach()
+        else:
+            if cuda_graph:
+                optimizer.load_lr()
+            loss, out = whole(x, y)
+        if skipped:
+            with warnings.catch_warnings():  # stepping the schedule without the optimizer is meant here
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                scheduler.step()  # keep the schedule on time
+        else:
+            scheduler.step()
+        if lookahead is not None:  # on skipped steps too: its syncs keep their beat and the run ends on one
+            lookahead.step(scheduler.last_epoch)
+        if ema is not None and not skipped and scheduler.last_epoch % ema_every == 0:
+            ema.update_parameters(model)
+        return loss, out
+    step.graphed = whole if cuda_graph else None
+    return step

@@ -15,7 +15,6 @@ import data
 import optim
 import race
 import runtime
-import train
 from conftest import HERE, run_script
 from models import build_model
 
@@ -62,7 +61,7 @@ def test_bare_step_does_what_train_step_does():
     base = build_model("lenet")
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     models, schedulers = [], []
-    for make_step in (train.make_train_step, bench.make_bare_step):
+    for make_step in (optim.make_train_step, bench.make_bare_step):
         raw, model = bench.place(build_model("lenet"), device, False, False)
         raw.load_state_dict(base.state_dict())
         optimizer, scheduler, scaler, criterion = optim.training_parts(raw, targs, device, None, 10)

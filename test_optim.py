@@ -175,7 +175,7 @@ def test_muon_under_a_gradient_scaler_steps_on_the_unscaled_gradient():
         opt = optim.build_optimizer(model, opt_args())
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, enabled=scaled)
-        step = train.make_train_step(model, opt, sched, nn.CrossEntropyLoss(), torch.device("cpu"), None, scaler)
+        step = optim.make_train_step(model, opt, sched, nn.CrossEntropyLoss(), torch.device("cpu"), None, scaler)
         x, y = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3, 0])
         for _ in range(3):
             step(x, y)

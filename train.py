@@ -28,13 +28,13 @@ import torch.nn as nn
 import data
 from evaluate import TTA, evaluate, n_correct
 from models import ARCHS, build_model, check_arch, check_image_size, count_flops, count_params, init_from_data
-from optim import Lookahead, check_optimizer_args, ema_warmup, schedule_warnings, set_schedule, training_parts
+from optim import (Lookahead, check_optimizer_args, ema_warmup, make_train_step, schedule_warnings, set_schedule,
+                   training_parts)
 from recipes import parse_args
 from runfiles import (MetricsLog, clear_run, eval_weights, git_commit, json_text, load_checkpoint, make_run_dir,
                       prepare_run_dir, remove_stale_temps, rng_state, save_checkpoint, set_rng_state, write_text)
-from runtime import (GraphedStep, OneLineParser, Progress, add_amp_arg, all_sum, any_rank, autocast, check_ranges,
-                     device_name, eta, path_arg, pick_device, ranks_agree, resolve_amp, rss_mib, run_main, seed_arg,
-                     setup_distributed, sync)
+from runtime import (OneLineParser, Progress, add_amp_arg, all_sum, any_rank, check_ranges, device_name, eta, path_arg,
+                     pick_device, ranks_agree, resolve_amp, rss_mib, run_main, seed_arg, setup_distributed, sync)
 from selection import make_selector
 
 
@@ -152,63 +152,9 @@ def unused_flags(args, given):  # flags given that the run's other flags leave w
                                                                   args.tta == "none")) if k in given and idle]
 
 
-# ----------------------------------------------------------------------------- one training step
+# ----------------------------------------------------------------------------- training loop constants
 
 SYNC_EVERY = 20  # read the running loss back every N steps only: each .item() makes the host wait for the GPU
-
-
-def make_train_step(model, optimizer, scheduler, criterion, device, amp_dtype, scaler, ema=None, skip_nonfinite=False,
-                    ema_every=1, lookahead=None, cuda_graph=False):
-    """One optimisation step on a ready batch; returns (loss, logits) still on the device (no sync).
-    ema: an AveragedModel updated every `ema_every` steps (counted by the scheduler, so a resumed run keeps the beat).
-    lookahead: a Lookahead, stepped after every optimizer step (before the EMA sees the weights).
-    skip_nonfinite: a NaN/Inf loss leaves the weights untouched (costs one host sync per step).
-    cuda_graph: forward, backward and Muon's step replayed as one CUDA graph (runtime.GraphedStep); the
-    schedule, lookahead and EMA stay outside it."""
-    def forward(x, y):
-        with autocast(device, amp_dtype, cache=not cuda_graph):
-            out = model(x)
-            return criterion(out, y), out
-
-    def learn(loss):
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    def whole(x, y):
-        loss, out = forward(x, y)
-        learn(loss)
-        return loss.detach(), out.detach()
-    if cuda_graph:
-        optimizer.use_device_lr(device)
-        whole = GraphedStep(whole, device, key=lambda: tuple(p.requires_grad for p in model.parameters()))
-
-    def step(x, y):
-        skipped = False
-        if skip_nonfinite:
-            loss, out = forward(x, y)
-            skipped = not torch.isfinite(loss)
-            if not skipped:
-                learn(loss)
-            loss, out = loss.detach(), out.detach()
-        else:
-            if cuda_graph:
-                optimizer.load_lr()
-            loss, out = whole(x, y)
-        if skipped:
-            with warnings.catch_warnings():  # stepping the schedule without the optimizer is meant here
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                scheduler.step()  # keep the schedule on time
-        else:
-            scheduler.step()
-        if lookahead is not None:  # on skipped steps too: its syncs keep their beat and the run ends on one
-            lookahead.step(scheduler.last_epoch)
-        if ema is not None and not skipped and scheduler.last_epoch % ema_every == 0:
-            ema.update_parameters(model)
-        return loss, out
-    step.graphed = whole if cuda_graph else None
-    return step
 
 
 # ----------------------------------------------------------------------------- the run and its set-up
