@@ -208,7 +208,11 @@ def test_a_diverged_run_writes_json_and_an_epoch_of_skipped_steps_stops_in_one_l
     out = capsys.readouterr().out  # the steps skipped are counted in summary.json and said at the end; a huge loss
     assert summary["skipped_steps"] > 0 and f"skipped {summary['skipped_steps']} step(s) with a non-finite" in out
     assert re.search(r"epoch 1/1  loss \d\.\d+e\+\d+  ", out), out  # in 4 digits, not 24
+    skipped = summary["skipped_steps"]
+    assert f"img/s  {skipped} steps skipped" in out and rows[0]["skipped_steps"] == skipped  # and in which epoch
     assert train.main([*argv, "--epochs", "2", "--out", str(tmp_path / "two")]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("train.py: every step of epoch 2 had a non-finite loss and was skipped"), err
     assert "--skip-nonfinite" not in err and "try a lower --lr" in err
+    assert train.main([*argv[:9], "1", *argv[10:], "--epochs", "1", "--out", str(tmp_path / "few")]) == 1  # N = 1
+    assert "try a lower --lr, or a larger --skip-nonfinite N" in capsys.readouterr().err  # not the flag given

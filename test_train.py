@@ -218,6 +218,19 @@ def test_resume_may_add_cuda_graph_checked_against_the_runs_settings(capsys, len
     assert "--cuda-graph needs --optimizer muon" in err  # the run's sgd, not 'that run has --cuda-graph False'
 
 
+def test_resume_takes_flags_that_change_nothing_trained_and_warns_by_the_runs_own_flags(capsys, lenet_run, data_dir,
+                                                                                        tmp_path):
+    """--force, --save-every and --eval-batch-size change nothing a run learns: a resume may give them anew. A
+    --tta-frac given to a resume is judged by the run's own --tta, not by train.py's default (none)."""
+    argv = ["--resume", lenet_run, "--force", "--save-every", "7", "--eval-batch-size", "50", "--data", data_dir]
+    assert train.main(argv) == 0 and "nothing to do" in capsys.readouterr().out
+    out = str(tmp_path / "tta")
+    assert train.main([*QUICK, "--data", data_dir, "--tta", "translate", "--tta-frac", "0.5", "--out", out]) == 0
+    capsys.readouterr()
+    assert train.main(["--resume", out, "--tta-frac", "0.5", "--data", data_dir]) == 0
+    assert "warning" not in capsys.readouterr().out
+
+
 def test_resume_refuses_a_contradicting_flag_even_at_its_default_value(capsys, lenet_run, data_dir):
     """--epochs 200 is train.py's default, and the run has 1: given on the command line, it is refused all the same."""
     err = refused(capsys, ["--resume", lenet_run, "--epochs", "200", "--data", data_dir])

@@ -112,7 +112,8 @@ def get_parser():
     return ap
 
 
-RESUME_MAY_CHANGE = {"resume", "data", "download", "no_progress", "cuda_graph"}  # the rest must match the run resumed
+# what a resume may give anew, as none of them changes what is trained (the rest must match the run resumed)
+RESUME_MAY_CHANGE = {"resume", "data", "download", "no_progress", "cuda_graph", "force", "save_every", "eval_batch_size"}
 
 
 def flags_given(argv):
@@ -188,8 +189,6 @@ def read_command_line(ap, argv):
     """(args, the checkpoint to resume or None). With --resume its settings win; a flag contradicting them: refused."""
     args = parse_args(ap, argv)
     resume_ckpt, given = None, flags_given(argv)
-    for w in unused_flags(args, given) if os.environ.get("RANK", "0") == "0" else []:
-        print(f"warning: {w}")
     if args.resume:
         try:
             resume_ckpt = load_checkpoint(os.path.join(args.resume, "last.pt"))
@@ -205,6 +204,8 @@ def read_command_line(ap, argv):
                      cuda_graph=args.cuda_graph or saved.get("cuda_graph", False))  # the same training, rounded apart
         args = argparse.Namespace(**{**{k: ap.get_default(k) for k in vars(args)}, **saved})  # flags newer than the run
     check_args(ap, args)
+    for w in unused_flags(args, given) if os.environ.get("RANK", "0") == "0" else []:  # a resumed run's flags too
+        print(f"warning: {w}")
     return args, resume_ckpt
 
 
@@ -385,7 +386,8 @@ def kept(run):
 def diverged(run, epoch, value, why="", at=None):  # at: (step, lr) of the first non-finite loss, else those now
     step, lr = at or (run.step, run.scheduler.get_last_lr()[0])
     return Stop(1, f"loss is {value} at epoch {epoch + 1}, step {step}, lr {lr:.3g}"
-                   f"{', ' + why if why else ''}: training diverged (try a lower --lr, or --skip-nonfinite N); "
+                   f"{', ' + why if why else ''}: training diverged (try a lower --lr, or "
+                   f"{'a larger ' if run.args.skip_nonfinite else ''}--skip-nonfinite N); "
                    f"{kept(run)}")
 
 
@@ -485,7 +487,7 @@ def train_one_epoch(run, epoch):
                 s, r, v = next((b for b in recent if not torch.isfinite(b[2])), recent[-1])  # the first bad step
                 raise diverged(run, epoch, v.item(), at=(s, r))
             recent.clear()  # all finite so far: only the steps after this read can hold the first bad one
-            bar.update(0, loss=f"{loss_sum / seen:.3f}", acc=f"{acc_correct.item() / seen:.3f}",
+            bar.update(0, loss=loss_text(loss_sum / seen), acc=f"{acc_correct.item() / seen:.3f}",
                        lr=f"{run.scheduler.get_last_lr()[0]:.3g}",
                        img_s=f"{(seen - seen_here) * run.world / (time.time() - t0):.0f}")
         bar.update(1)
@@ -504,7 +506,8 @@ def train_one_epoch(run, epoch):
         raise Stop(1, f"every step of epoch {epoch + 1} had a non-finite loss and was skipped ({run.bad_steps} skipped "
                       f"in all): training diverged (try a lower --lr); {kept(run)}")
     row = {"epoch": epoch + 1, "step": run.step, "lr": run.scheduler.get_last_lr()[0],
-           "train_loss": sums[0].item() / sums[2].item(), "train_acc": sums[1].item() / sums[2].item()}
+           "train_loss": sums[0].item() / sums[2].item(), "train_acc": sums[1].item() / sums[2].item(),
+           **({"skipped_steps": run.bad_steps} if run.args.skip_nonfinite else {})}  # so far: which epoch had them
     if not math.isfinite(row["train_loss"]):  # another rank diverged
         raise diverged(run, epoch, row["train_loss"])
     return row, bar, sums[2].item() - uncounted
@@ -539,8 +542,8 @@ def end_epoch(run, epoch, row, bar, images):
             if sel + "_acc" in row else ""
         bar.close(f"epoch {epoch + 1}/{run.args.epochs}  loss {loss_text(row['train_loss'])}  "
                   f"acc {row['train_acc']:.4f}  {scores}lr {row['lr']:.3g}  {row['epoch_time']:.1f}s  "
-                  f"{row['images_per_s']:.0f} img/s" + eta(run.t_run, epoch + 1 - run.start_epoch,
-                                                             run.args.epochs - epoch - 1))
+                  f"{row['images_per_s']:.0f} img/s" + (f"  {run.bad_steps} steps skipped" if run.bad_steps else "")
+                  + eta(run.t_run, epoch + 1 - run.start_epoch, run.args.epochs - epoch - 1))
     if any_rank(run.stop_signal, run.device):  # a signal during evaluation
         raise stopped(run, f"after epoch {epoch + 1}")
 
