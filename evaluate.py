@@ -7,13 +7,16 @@ Prints test accuracy and per-class accuracy (the layout of report 002), writes a
 confusion-matrix PNG beside the checkpoint (or into --out), and measures inference images/s. The PNG is
 confusion_matrix.png for a run's best.pt and confusion_matrix_<name>.png for any other checkpoint (..._last.png for
 last.pt), so evaluating last.pt does not replace the figure of best.pt; evaluating the same checkpoint again
-refreshes its own. In an --out other than the run's folder the name also carries the run's
-(figs/confusion_matrix_a.png, figs/confusion_matrix_a_last.png), so runs evaluated into one folder keep a figure each.
+refreshes its own. In an --out other than the run's folder the name also carries the run's folder name and a short
+hash of its full path (figs/confusion_matrix_a-1f2e3d.png, figs/confusion_matrix_a-1f2e3d_last.png), so runs evaluated
+into one folder keep a figure each, two runs both called seed0 (expA/seed0, expB/seed0) too. Only the figure in the
+run's own folder is marked as the run's: train.py --force replacing the run removes it, never a figure of another run.
 Checkpoints are read with torch.load(weights_only=True): a crafted file cannot run code.
 
 The evaluation loop, the accuracy count and test-time augmentation live here; train.py (its per-epoch
 evaluations and final report), lr_finder.py and landscape.py use them from this file.
 """
+import hashlib
 import math
 import os
 import re
@@ -132,7 +135,8 @@ def confusion(pred, labels, n):
     return torch.bincount(labels * n + pred, minlength=n * n).reshape(n, n)
 
 
-def plot_confusion(cm, classes, path, title):
+def plot_confusion(cm, classes, path, title, own):
+    """The confusion-matrix figure at path; own: drawn from the run whose folder path is in (runfiles.save_figure)."""
     plt = pyplot()
     cm = cm.float()
     frac = cm / cm.sum(1, keepdim=True).clamp(min=1)
@@ -150,7 +154,7 @@ def plot_confusion(cm, classes, path, title):
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
     fig.tight_layout()
-    save_figure(fig, path, 120, "evaluate.py")
+    save_figure(fig, path, 120, "evaluate.py", own)
     plt.close(fig)
 
 
@@ -193,14 +197,26 @@ def checkpoint_tag(path):
     return "" if stem == "best" else "_" + safe_name(stem)
 
 
+def is_own_folder(path, out):
+    """Whether out is the run folder of the checkpoint or run folder at path: figures drawn there are the run's own
+    (named as DRAWN_FILES has them, and removed with the run by train.py --force)."""
+    return os.path.realpath(out) == os.path.realpath(run_folder(path))
+
+
+def run_tag(path, out):
+    """What a figure's file name adds for the run (a run folder, or the folder of a .pt) it was drawn from: nothing in
+    the run's own folder, else _, the folder's name and the first 6 hex digits of the SHA-1 of its real path (_seed0-
+    1a2b3c): runs drawn into one --out keep a figure each, even two of one name in different folders, and the same run
+    drawn again hits the same file, whatever the working folder."""
+    if is_own_folder(path, out):
+        return ""
+    folder = os.path.realpath(run_folder(path))
+    return f"_{safe_name(os.path.basename(folder))}-{hashlib.sha1(folder.encode()).hexdigest()[:6]}"
+
+
 def figure_tag(path, out):
-    """checkpoint_tag, after _ and the run's name (its folder's) when the figure goes to a folder out other than the
-    run's own: runs drawn into one --out keep a figure each, while names in a run's folder stay as DRAWN_FILES has
-    them."""
-    folder = run_folder(path)
-    if os.path.realpath(out) == os.path.realpath(folder):
-        return checkpoint_tag(path)
-    return "_" + safe_name(os.path.basename(os.path.abspath(folder))) + checkpoint_tag(path)
+    """run_tag, then checkpoint_tag: the file name's part for the checkpoint at path drawn into the folder out."""
+    return run_tag(path, out) + checkpoint_tag(path)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -225,7 +241,8 @@ def get_parser():
                     help="the first N test images (default: those the run was tested on; 10000: all of them)")
     ap.add_argument("--out", type=path_arg, default=None,
                     help="folder for confusion_matrix.png (default: the checkpoint's folder); _<checkpoint> is added "
-                         "for one other than best.pt (_last), and _<run> before it in a folder other than the run's")
+                         "for one other than best.pt (_last), and _<run>-<hash of its path> before it in a folder "
+                         "other than the run's")
     ap.add_argument("--json", type=path_arg, default=None, metavar="PATH",
                     help="write the numbers as JSON (a new file)")
     ap.add_argument("--force", action="store_true", help="let --json overwrite an existing file")
@@ -255,6 +272,10 @@ def main(argv=None):
     out = args.out or run_folder(args.checkpoint)
     check_output_folder(ap, "--out" if args.out else "--out (the run's folder)", out)
     args.tta = args.tta or args.translate
+    for flag, need, idle in (("--tta-frac", "--translate", args.tta_frac is not None and not args.translate),
+                             ("--tta-mirror-frac", "--tta", args.tta_mirror_frac is not None and not args.tta)):
+        if idle:  # nothing would use it: said, and (below) not recorded in --json as if it had been
+            print(f"warning: {flag} has no effect without {need}", file=sys.stderr)
     ckpt, x, y, classes = load_run(ap, args)
     targs = ckpt["args"]
 
@@ -289,8 +310,9 @@ def main(argv=None):
         kind = "flip+translate" if args.translate else "flip"
         print(f"testing with {kind} TTA, then timing it ...", file=sys.stderr, flush=True)
         r = evaluate(tta, loader, device, amp_dtype)
-        result.update(tta=kind, tta_frac=frac, tta_mirror_frac=mirror_frac, tta_test_acc=r["acc"],
-                      tta_test_loss=r["loss"], tta_images_per_s=images_per_s(tta, loader, device, amp_dtype))
+        result.update(tta=kind, **({"tta_frac": frac} if args.translate else {}), tta_mirror_frac=mirror_frac,
+                      tta_test_acc=r["acc"], tta_test_loss=r["loss"],
+                      tta_images_per_s=images_per_s(tta, loader, device, amp_dtype))
         print(f"With {kind} TTA: {100 * r['acc']:.2f} % (without: {100 * res['acc']:.2f} %)")
     print(f"Inference: {result['images_per_s']:.0f} images/s at batch size {args.batch_size}"
           + (f" ({result['tta_images_per_s']:.0f} with TTA)" if args.tta else ""))
@@ -298,7 +320,7 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     png = os.path.join(out, f"confusion_matrix{figure_tag(args.checkpoint, out)}.png")
     plot_confusion(torch.tensor(result["confusion_matrix"]), classes, png,
-                   f"{targs['arch']}: test accuracy {100 * res['acc']:.2f}%")
+                   f"{targs['arch']}: test accuracy {100 * res['acc']:.2f}%", is_own_folder(args.checkpoint, out))
     print(f"wrote {png}")
     if args.json:
         write_text(args.json, json_text(result, indent=2))

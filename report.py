@@ -7,8 +7,11 @@ on its opening of a checkpoint, so this module imports visualize.py, not the oth
 
 Given one run, both write into its folder; given several, into figures/<their names joined by +> (runs_folder), so a
 comparison of other runs never replaces this one's page, curves or confusion matrices, while drawing the same runs
-again refreshes them in place. The page carries runfiles.MARK (report.md's first line, report.html's generator tag):
-a report.md or report.html without it is the user's, which the report refuses to replace.
+again refreshes them in place. Into any other --out the names carry the runs' (set_tag: curves_a-1f2e3d.png,
+report_a-1f2e3d+b-4c5d6e.md, confusion_a-1f2e3d.png), so pages of other runs there stay too. The page carries
+runfiles.MARK (report.md's first line, report.html's generator tag): a report.md or report.html without it is the
+user's, which the report refuses to replace; only what one run's report draws into that run's own folder is marked as
+the run's, which train.py --force replacing the run removes.
 """
 import argparse
 import base64
@@ -19,7 +22,7 @@ import html
 import json
 import os
 
-from evaluate import per_class, safe_name
+from evaluate import is_own_folder, per_class, run_tag, safe_name
 from runfiles import check_no_folders_at, check_ours_to_replace, checkpoint_file, html_mark, md_mark, write_text
 from runtime import pyplot
 from visualize import open_source, pct, predict_test_set, save, save_confusion
@@ -112,6 +115,30 @@ def runs_folder(runs):
     return os.path.join("figures", name)
 
 
+def natural_folder(runs, out):
+    """Whether out is where the runs' curves and report go by default: one run's own folder, or runs_folder."""
+    home = runs[0] if len(runs) == 1 else runs_folder(runs)
+    return os.path.realpath(out) == os.path.realpath(home)
+
+
+def set_tag(runs, out):
+    """What the names of curves.png, report.md and report.html add for the runs drawn: nothing in their default
+    folder (natural_folder), else each run's run_tag joined by + (cut, and a hash of them all added, past 100
+    characters), so that the curves or page of other runs in one --out stay."""
+    if natural_folder(runs, out):
+        return ""
+    tag = "+".join(run_tag(r, out)[1:] for r in runs)
+    if len(tag) > 100:
+        tag = f"{tag[:80]}+{len(runs)}runs-{hashlib.sha1(tag.encode()).hexdigest()[:8]}"
+    return "_" + tag
+
+
+def own_run(runs, out):
+    """Whether what is drawn of the runs into out is a run's own (marked so, and removed with it by train.py --force):
+    only one run drawn into its own folder."""
+    return len(runs) == 1 and is_own_folder(runs[0], out)
+
+
 def differing_args(runs):
     """(each run's train.py flags from config.json, the names of the flags in which the runs differ); read_metrics
     has refused a config.json that is not train.py's."""
@@ -137,7 +164,7 @@ def eval_split(rows):
 
 # ----------------------------------------------------------------------------- curves
 
-def plot_curves(ap, runs, path, title=None):
+def plot_curves(ap, runs, path, title, own):
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator, PercentFormatter
     plt = pyplot()
@@ -178,7 +205,7 @@ def plot_curves(ap, runs, path, title=None):
     bottom = (LEGEND_ROW * legend_rows + 0.65) / height
     fig.subplots_adjust(left=0.05, right=0.985, top=1 - (0.75 if title else 0.45) / height, bottom=bottom,
                         wspace=0.22)
-    return save(fig, path)
+    return save(fig, path, own)
 
 
 def check_runs(ap, runs, out, files):
@@ -191,14 +218,20 @@ def check_runs(ap, runs, out, files):
     check_no_folders_at(ap, [os.path.join(out, f) for f in files])
 
 
-def confusion_file(name):
-    return f"confusion_{safe_name(name)}.png"
+def confusion_files(runs, out):
+    """The file names of the runs' confusion matrices in the report: confusion_<run_names>.png in their default
+    folder, else confusion<run_tag>.png."""
+    if natural_folder(runs, out):
+        return [f"confusion_{safe_name(n)}.png" for n in run_names(runs)]
+    return [f"confusion{run_tag(r, out)}.png" for r in runs]
 
 
 def cmd_curves(ap, args):
-    check_runs(ap, args.runs, args.out, ["curves.png"])
+    name = f"curves{set_tag(args.runs, args.out)}.png"
+    check_runs(ap, args.runs, args.out, [name])
     title = run_labels(args.runs)[0] if len(args.runs) == 1 else f"{len(args.runs)} runs"
-    return [plot_curves(ap, args.runs, os.path.join(args.out, "curves.png"), title)]  # visualize.main checked --out
+    return [plot_curves(ap, args.runs, os.path.join(args.out, name), title,  # visualize.main checked --out
+                        own_run(args.runs, args.out))]
 
 
 # ----------------------------------------------------------------------------- results
@@ -274,8 +307,8 @@ def config_rows(cfg):
 class Doc:
     """A small document written both as Markdown and as self-contained HTML (images base64-embedded)."""
 
-    def __init__(self):
-        self.blocks = []
+    def __init__(self, own):
+        self.blocks, self.own = [], own  # own: the page of one run in its own folder (runfiles.mark_text)
 
     def h(self, level, text):
         self.blocks.append(("h", level, text))
@@ -332,7 +365,7 @@ class Doc:
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-{html_mark(BY)}
+{html_mark(BY, self.own)}
 <title>{e(title)}</title>
 <style>
 body {{ font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", Arial, sans-serif; max-width: 1180px;
@@ -361,8 +394,9 @@ figcaption {{ color: #666; font-size: .85em; }}
 
 def cmd_report(ap, args):
     runs, out, names = args.runs, args.out, run_names(args.runs)  # visualize.main resolved and checked --out
-    check_runs(ap, runs, out, ["curves.png", "report.md", "report.html"] + [confusion_file(n) for n in names])
-    md, page = os.path.join(out, "report.md"), os.path.join(out, "report.html")
+    tag, own, cm_files = set_tag(runs, out), own_run(runs, out), confusion_files(runs, out)
+    check_runs(ap, runs, out, [f"curves{tag}.png", f"report{tag}.md", f"report{tag}.html"] + cm_files)
+    md, page = os.path.join(out, f"report{tag}.md"), os.path.join(out, f"report{tag}.html")
     check_ours_to_replace(ap, [md, page], BY)  # a page of the user's there: refused before the work, not replaced
     results = [run_results(ap, r) for r in runs]
     srcs = [open_source(ap, argparse.Namespace(source=run, arch=None, data=args.data, download=args.download, out=out,
@@ -371,7 +405,7 @@ def cmd_report(ap, args):
     predicted = [predict_test_set(ap, src)[1:] for src in srcs]  # and missing data: all before anything is written
     os.makedirs(out, exist_ok=True)
     title = f"CIFAR-10 training report: {', '.join(names)}"
-    doc = Doc()
+    doc = Doc(own)
     doc.h(1, title)
     doc.p(f"Generated by visualize.py on {datetime.datetime.now():%Y-%m-%d %H:%M} from "
           + ", ".join(os.path.abspath(r) for r in runs) + ". The best epoch is picked on the split in 'picked on' "
@@ -385,16 +419,15 @@ def cmd_report(ap, args):
         doc.table(["run"] + [f"--{k.replace('_', '-')}" for k in keys],
                   [[n] + [str(c.get(k, "–")) for k in keys] for n, c in zip(names, cfgs)])
     doc.h(2, "Training curves")
-    doc.img(plot_curves(ap, runs, os.path.join(out, "curves.png"), None),
+    doc.img(plot_curves(ap, runs, os.path.join(out, f"curves{tag}.png"), None, own),
             "loss, accuracy and learning rate against epoch (solid: train, dashed: " + "/".join(
                 sorted({r["split"] for r in results})) + ")")
     per_class_cols, cms, tested = [], [], []
-    for run, name, src, (y, probs, acc) in zip(runs, names, srcs, predicted):
+    for run, name, src, (y, probs, acc), cm_file in zip(runs, names, srcs, predicted, cm_files):
         pred = probs.argmax(1)
         per_class_cols.append(per_class(pred, y, len(src.classes)))
         tested.append((name, acc, len(y), os.path.basename(checkpoint_file(run))))
-        path = os.path.join(out, confusion_file(name))
-        cms.append(save_confusion(pred, y, src.classes, acc, name, path))
+        cms.append(save_confusion(pred, y, src.classes, acc, name, os.path.join(out, cm_file), own))
         classes = src.classes
     doc.h(2, "Per-class test accuracy")
     doc.p("Recomputed from " + "; ".join(f"{name}'s {ck} on {k:,} test images ({pct(a)})"
@@ -410,7 +443,7 @@ def cmd_report(ap, args):
         doc.table(["setting", "value"], config_rows(cfg))
         doc.h(3, "Confusion matrix")
         doc.img(cm, f"{name}: confusion matrix on the test set (rows: true class, columns: predicted)")
-    write_text(md, md_mark(BY) + doc.markdown(out))
+    write_text(md, md_mark(BY, own) + doc.markdown(out))
     print(f"wrote {md}")
     write_text(page, doc.html(title))
     print(f"wrote {page}")

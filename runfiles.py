@@ -205,47 +205,92 @@ def set_rng_state(s):
 RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "summary.json")
 
 
-# what evaluate.py and visualize.py draw from a run into its folder: a run replaced with --force takes those of them
-# that carry MARK along (a file of the user's with such a name is no figure of the run's)
+# what evaluate.py, visualize.py and report.py draw from a run into its folder: a run replaced with --force takes
+# those of them whose mark says they were drawn from the run of that folder (mark_is_own); a user's file with such a
+# name stays, and so does a figure of another run drawn into the folder (errors_<other run>-<hash>.png), or anything
+# drawn into an --out before a run was trained there
 DRAWN_FILES = ("confusion_matrix.png", "confusion_matrix_*.png", "errors.png", "errors_*.png", "errors-confusion.png",
                "errors-confusion_*.png", "per_class.png", "per_class_*.png", "augment.png", "curves.png", "report.md",
                "report.html", "features_*_*.png", "filters_*.png", "cam_*_*.png", "confusion_*.png")
 
 # the mark of this toolkit in every figure and report it draws, so that --force and a redrawn report replace only
 # files of its own: a PNG text chunk MARK_KEY (matplotlib writes its own "Software" key into every PNG, a user's too),
-# report.md's first line, report.html's <meta name="generator">
-MARK, MARK_KEY = "cifar10-toolkit", "Generator"
-MARKS = {".png": f"tEXt{MARK_KEY}\0{MARK} ".encode("latin-1"), ".md": f"<!-- {MARK} ".encode(),
-         ".html": f'<meta name="generator" content="{MARK} '.encode()}
+# report.md's first line, report.html's <meta name="generator">. Its text is "MARK <script>", and OWN_SUFFIX after it
+# when the file was drawn from the run whose folder it was written into: only those go with the run (clear_run).
+MARK, MARK_KEY, OWN_SUFFIX = "cifar10-toolkit", "Generator", " (own run)"
 
 
-def md_mark(by):
+def mark_text(by, own):
+    """The mark of a file drawn by `by`; own: drawn from the run whose folder it is written into."""
+    return f"{MARK} {by}" + (OWN_SUFFIX if own else "")
+
+
+def md_mark(by, own):
     """report.md's first line: an HTML comment, which Markdown does not show."""
-    return f"<!-- {MARK} {by}: this mark lets it redraw the page, and train.py --force remove it with the run -->\n"
+    why = "redraw the page, and train.py --force remove it with the run" if own else "redraw the page"
+    return f"<!-- {mark_text(by, own)}: this mark lets it {why} -->\n"
 
 
-def html_mark(by):
-    return f'<meta name="generator" content="{MARK} {by}">'
+def html_mark(by, own):
+    return f'<meta name="generator" content="{mark_text(by, own)}">'
 
 
-def save_figure(fig, path, dpi, by):
-    """fig as a PNG at path, written whole or not at all (atomic_write), with MARK and the script that drew it (by)
-    in its text chunk MARK_KEY."""
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, metadata={MARK_KEY: f"{MARK} {by}"}))
+def save_figure(fig, path, dpi, by, own):
+    """fig as a PNG at path, written whole or not at all (atomic_write), with mark_text(by, own) in its text chunk
+    MARK_KEY."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, metadata={MARK_KEY: mark_text(by, own)}))
+
+
+def png_text(f, key):
+    """The value of the PNG's tEXt chunk `key` (each chunk: 4-byte big-endian length, type, data, CRC; tEXt's data:
+    keyword, NUL, latin-1 text), or None; read chunk by chunk up to the image data, which is skipped, not read."""
+    if f.read(8) != b"\x89PNG\r\n\x1a\n":
+        return None
+    while True:
+        head = f.read(8)
+        if len(head) < 8 or head[4:] == b"IEND":
+            return None
+        size, kind = int.from_bytes(head[:4], "big"), head[4:]
+        if kind != b"tEXt":
+            f.seek(size + 4, os.SEEK_CUR)  # the data and its CRC
+            continue
+        keyword, _, value = f.read(size).partition(b"\0")
+        f.seek(4, os.SEEK_CUR)
+        if keyword == key.encode("latin-1"):
+            return value.decode("latin-1")
+
+
+def read_mark(path):
+    """The text of the mark (mark_text) in the file at path where these tools put it (save_figure's PNG chunk,
+    md_mark's first line, html_mark's generator tag), or None: a user's own file, a plain matplotlib PNG, one drawn
+    before the mark existed, or one that cannot be read."""
+    ext = os.path.splitext(path)[1]
+    try:
+        with open(path, "rb") as f:
+            if ext == ".png":
+                text = png_text(f, MARK_KEY)
+            elif ext == ".md":
+                found = re.match(r"<!-- (.*?)(?::| -->)", f.readline().decode("utf-8", "replace"))
+                text = found and found.group(1)
+            elif ext == ".html":  # the generator tag is in <head>, before the embedded images
+                found = re.search(r'<meta name="generator" content="([^"]*)">', f.read(1 << 16).decode("utf-8",
+                                                                                                        "replace"))
+                text = found and found.group(1)
+            else:
+                return None
+    except OSError:
+        return None
+    return text if text and text.startswith(MARK + " ") else None
 
 
 def drawn_by_us(path):
-    """Whether the file at path carries MARK where these tools put it (save_figure, md_mark, html_mark): false for a
-    user's own file, a plain matplotlib PNG, one drawn before the mark existed, or one that cannot be read."""
-    ext = os.path.splitext(path)[1]
-    if ext not in MARKS:
-        return False
-    try:
-        with open(path, "rb") as f:
-            text = f.read()
-    except OSError:
-        return False
-    return text.startswith(MARKS[ext]) if ext == ".md" else MARKS[ext] in text
+    """Whether the file at path carries any mark of these tools (read_mark)."""
+    return read_mark(path) is not None
+
+
+def mark_is_own(path):
+    """Whether the file at path carries the mark of a file drawn from the run whose folder it lies in."""
+    return (read_mark(path) or "").endswith(OWN_SUFFIX)
 
 
 def check_ours_to_replace(ap, paths, by):
@@ -306,9 +351,10 @@ def claim_run_dir(arch, parent="runs"):
 def clear_run(folder):
     """The files of a run that a new one replaces (--force), removed as the new one starts writing, so that no summary,
     checkpoint, TensorBoard event or figure of the old run sits beside it. Of the figures and reports, only those the
-    tools drew (DRAWN_FILES that carry MARK) go; other files in the folder are left as they are, a user's own
-    report.md or an unmarked errors_x.png too, and so are figures in a folder that held no run. Returns the names of
-    the figures and reports removed."""
+    tools drew from this folder's run (DRAWN_FILES whose mark says own: mark_is_own) go; other files in the folder are
+    left as they are: a user's own report.md or an unmarked errors_x.png, a figure of another run drawn into this
+    folder (errors_<other run>.png), and figures in a folder that held no run. Returns the names of the figures and
+    reports removed."""
     replaced = bool(run_files_in(folder))
     for name in RUN_FILES:
         with contextlib.suppress(FileNotFoundError):
@@ -316,7 +362,7 @@ def clear_run(folder):
     shutil.rmtree(os.path.join(folder, "tb"), ignore_errors=True)
     remove_stale_temps(folder)
     found = {p for pattern in DRAWN_FILES for p in glob.glob(os.path.join(glob.escape(folder), pattern))}
-    drawn = sorted(os.path.basename(p) for p in found if drawn_by_us(p)) if replaced else []
+    drawn = sorted(os.path.basename(p) for p in found if mark_is_own(p)) if replaced else []
     for name in drawn:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(folder, name))

@@ -1,6 +1,7 @@
 """evaluate.py: the evaluation loop, test-time augmentation's views and weights, and the script on a run (in the
 run's own precision, giving the figures train.py recorded)."""
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -203,16 +204,42 @@ def test_evaluate_py_names_the_figure_of_another_checkpoint_apart(fp32_run, data
     assert sorted(set(os.listdir(run)) - before) == ["confusion_matrix.png", "confusion_matrix_last.png"]
 
 
-def test_evaluate_py_names_the_figure_for_its_run_in_another_folder(fp32_run, data_dir, tmp_path):
-    """Two runs evaluated into one --out (not a run's own folder): the name carries the run's too, so neither replaces
-    the other's figure."""
-    other = str(tmp_path / "other run")
-    shutil.copytree(fp32_run, other)
+def test_evaluate_py_names_the_figure_for_its_run_in_another_folder(fp32_run, data_dir, tmp_path, monkeypatch):
+    """Runs evaluated into one --out (not a run's own folder): the name carries the run's folder name and a hash of
+    its real path, so none replaces another's figure, not even two runs both called seed0 (expA/seed0, expB/seed0);
+    the same run again, from another working folder too, refreshes its own."""
+    runs = [str(tmp_path / p) for p in ("other run", "expA/seed0", "expB/seed0")]
+    for run in runs:
+        shutil.copytree(fp32_run, run)
     figs = tmp_path / "figs"
-    for ck in (fp32_run, other, os.path.join(other, "last.pt")):
+    for ck in (fp32_run, *runs, os.path.join(runs[0], "last.pt")):
         assert evaluate.main([ck, "--data", data_dir, "--subset", "50", "--out", str(figs)]) == 0
-    assert sorted(os.listdir(figs)) == ["confusion_matrix_fp32.png", "confusion_matrix_other_run.png",
-                                        "confusion_matrix_other_run_last.png"]
+    monkeypatch.chdir(tmp_path / "expA")
+    assert evaluate.main(["seed0", "--data", data_dir, "--subset", "50", "--out", str(figs)]) == 0
+
+    def tag(run):
+        name = os.path.basename(run).replace(" ", "_")  # (a name fit for a file)
+        return f"{name}-{hashlib.sha1(os.path.realpath(run).encode()).hexdigest()[:6]}"
+    assert sorted(os.listdir(figs)) == sorted([f"confusion_matrix_{tag(r)}.png" for r in (fp32_run, *runs)]
+                                              + [f"confusion_matrix_{tag(runs[0])}_last.png"])
+    assert tag(runs[1]).startswith("seed0-") and tag(runs[1]) != tag(runs[2])
+
+
+def test_evaluate_py_warns_of_a_tta_fraction_it_cannot_use_and_does_not_record_it(fp32_run, data_dir, tmp_path,
+                                                                                    capsys):
+    """--tta-frac needs --translate (the shifted views), --tta-mirror-frac needs --tta: given without, one line on
+    stderr says so, and --json does not record a value that was not used."""
+    for k, (flags, says, recorded) in enumerate([
+            (["--tta-frac", "0.5"], ["--tta-frac has no effect without --translate"], set()),
+            (["--tta-mirror-frac", "0.5"], ["--tta-mirror-frac has no effect without --tta"], set()),
+            (["--tta", "--tta-frac", "0.2"], ["--tta-frac has no effect without --translate"], {"tta_mirror_frac"}),
+            (["--translate", "--tta-frac", "0.2"], [], {"tta_frac", "tta_mirror_frac"})]):
+        js = str(tmp_path / f"{k}.json")
+        assert evaluate.main([fp32_run, "--data", data_dir, "--subset", "50", "--out", str(tmp_path), "--json", js,
+                              *flags]) == 0
+        err = capsys.readouterr().err
+        assert [line for line in err.splitlines() if "has no effect" in line] == [f"warning: {s}" for s in says]
+        assert {key for key in json.load(open(js)) if key.endswith("frac")} == recorded, flags
 
 
 def test_evaluate_py_calls_a_file_that_is_no_checkpoint_so(fp32_run, tmp_path):

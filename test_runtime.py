@@ -134,20 +134,55 @@ def test_eta_at_the_mean_pace_so_far(monkeypatch):
 
 def test_clear_run_removes_figures_only_where_a_run_is_replaced(tmp_path):
     """train.py clears every new run's folder: one that held no run keeps even the figures drawn there; one that held
-    a run loses what the tools drew (marked) and keeps the user's own report.md and errors_x.png (a plain matplotlib
-    figure too, although matplotlib marks every PNG with its own name)."""
+    a run loses what the tools drew from that run (marked own) and keeps the user's own report.md and errors_x.png (a
+    plain matplotlib figure too, although matplotlib marks every PNG with its own name), and what the tools drew there
+    from another run (marked, not own)."""
     plt = runtime.pyplot()
     for name in ("report.md", "notes.txt"):
         (tmp_path / name).write_text("mine")
     plt.figure().savefig(tmp_path / "errors_by_hand.png")
     for name in ("errors.png", "cam_lenet_0.png"):
-        runfiles.save_figure(plt.figure(), str(tmp_path / name), 50, "test")
-    (tmp_path / "report.html").write_text(f"<head>{runfiles.html_mark('test')}</head>")
+        runfiles.save_figure(plt.figure(), str(tmp_path / name), 50, "test", own=True)
+    runfiles.save_figure(plt.figure(), str(tmp_path / "errors_other-1a2b3c.png"), 50, "test", own=False)
+    (tmp_path / "report.html").write_text(f"<head>{runfiles.html_mark('test', own=True)}</head>")
     plt.close("all")
-    assert runfiles.clear_run(str(tmp_path)) == [] and len(os.listdir(tmp_path)) == 6
+    assert runfiles.clear_run(str(tmp_path)) == [] and len(os.listdir(tmp_path)) == 7
     (tmp_path / "summary.json").write_text("{}")  # a run's: --force replaces it, with what was drawn from it
     assert runfiles.clear_run(str(tmp_path)) == ["cam_lenet_0.png", "errors.png", "report.html"]
-    assert sorted(os.listdir(tmp_path)) == ["errors_by_hand.png", "notes.txt", "report.md"]
+    assert sorted(os.listdir(tmp_path)) == ["errors_by_hand.png", "errors_other-1a2b3c.png", "notes.txt", "report.md"]
     (tmp_path / "summary.json").write_text("{}")
-    (tmp_path / "report.md").write_text(runfiles.md_mark("test") + "# a report\n")
+    (tmp_path / "report.md").write_text(runfiles.md_mark("test", own=False) + "# a report of another run\n")
+    assert runfiles.clear_run(str(tmp_path)) == []
+    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "report.md").write_text(runfiles.md_mark("test", own=True) + "# a report\n")
     assert runfiles.clear_run(str(tmp_path)) == ["report.md"]
+
+
+def test_the_mark_is_read_from_where_the_tools_write_it_not_found_anywhere_in_the_file(tmp_path):
+    """read_mark parses the PNG's chunks for the text chunk "Generator" (not a byte search, which another chunk
+    holding the same bytes would fool), report.md's first line and report.html's generator tag; own or not is in it."""
+    import struct
+    import zlib
+    plt = runtime.pyplot()
+    plain = tmp_path / "plain.png"
+    plt.figure().savefig(plain)
+    plt.close("all")
+    raw = plain.read_bytes()
+    body = b"Comment\0seen: tEXtGenerator\0cifar10-toolkit visualize.py (own run)"  # a user's comment, not a mark
+    chunk = struct.pack(">I", len(body)) + b"tEXt" + body + struct.pack(">I", zlib.crc32(b"tEXt" + body))
+    fooled = tmp_path / "errors.png"
+    fooled.write_bytes(raw[:33] + chunk + raw[33:])  # after the signature and IHDR (8 + 25 bytes)
+    assert runfiles.read_mark(str(fooled)) is None and not runfiles.drawn_by_us(str(fooled))
+    for own in (False, True):
+        fig = plt.figure()
+        runfiles.save_figure(fig, str(tmp_path / "cam.png"), 20, "visualize.py", own)
+        plt.close(fig)
+        (tmp_path / "r.md").write_text(runfiles.md_mark("visualize.py report", own) + "# r\n")
+        (tmp_path / "r.html").write_text(f"<html><head>{runfiles.html_mark('visualize.py report', own)}</head></html>")
+        report = "visualize.py report"
+        for name, by in (("cam.png", "visualize.py"), ("r.md", report), ("r.html", report)):
+            path = str(tmp_path / name)
+            assert runfiles.read_mark(path) == f"cifar10-toolkit {by}" + (" (own run)" if own else ""), name
+            assert runfiles.drawn_by_us(path) and runfiles.mark_is_own(path) == own, name
+    (tmp_path / "late.md").write_text("# notes\n" + runfiles.md_mark("visualize.py report", True))  # not line one
+    assert runfiles.read_mark(str(tmp_path / "late.md")) is None

@@ -4,6 +4,7 @@ Uses the real CIFAR-10 copy when $CIFAR10_DIR is set (.ci/run sets it), else syn
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,7 +76,8 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, data_dir, two_epoch_r
 def test_evaluate_reads_the_run(tmp_path, data_dir, two_epoch_run):
     full, _ = two_epoch_run
     js = str(tmp_path / "eval.json")
-    r = run_script("evaluate.py", full, "--data", data_dir, "--subset", "4000", "--tta", "--json", js, "--out", str(tmp_path))
+    r = run_script("evaluate.py", full, "--data", data_dir, "--subset", "4000", "--tta", "--json", js,
+                   "--out", str(tmp_path / "figs"))
     assert r.returncode == 0, r.stderr
     res = json.load(open(js))
     summary = json.load(open(os.path.join(full, "summary.json")))
@@ -83,4 +85,6 @@ def test_evaluate_reads_the_run(tmp_path, data_dir, two_epoch_run):
     assert len(res["per_class_acc"]) == 10 and sum(map(sum, res["confusion_matrix"])) == res["n_test"]
     assert 0 < res["tta_test_acc"] <= 1 and res["images_per_s"] > 0
     assert "Accuracy of the network on the" in r.stdout
-    assert os.path.getsize(tmp_path / "confusion_matrix_full.png") > 1000  # named for its run: --out is no run folder
+    figure, = os.listdir(tmp_path / "figs")  # named for its run (and a hash of its path): --out is no run folder
+    assert re.fullmatch(r"confusion_matrix_full-[0-9a-f]{6}\.png", figure)
+    assert os.path.getsize(tmp_path / "figs" / figure) > 1000

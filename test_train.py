@@ -194,9 +194,9 @@ def test_force_leaves_nothing_of_the_run_it_replaces(capsys, lenet_run, data_dir
     for name in ("tb/events.old", "notes.txt", "last.pt.tmp123", "my.png", "errors_mine.png"):  # the user's
         open(os.path.join(out, name), "w").close()
     with open(os.path.join(out, "report.md"), "w") as f:  # what the tools drew carries their mark
-        f.write(runfiles.md_mark("visualize.py report") + "# a report\n")
+        f.write(runfiles.md_mark("visualize.py report", own=True) + "# a report\n")
     fig = runtime.pyplot().figure(figsize=(1, 1))
-    runfiles.save_figure(fig, os.path.join(out, "cam_lenet_0.png"), 50, "visualize.py cam")
+    runfiles.save_figure(fig, os.path.join(out, "cam_lenet_0.png"), 50, "visualize.py cam", own=True)
     runtime.pyplot().close(fig)
     assert train.main([*QUICK, "--data", data_dir, "--out", out, "--force", "--lr", "1e12"]) == 1  # diverges
     gone, left = {"summary.json", "best.pt", "last.pt", "last.pt.tmp123", "report.md", "cam_lenet_0.png"}, os.listdir(out)

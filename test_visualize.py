@@ -5,6 +5,7 @@ shapes for several architectures; bad input is one line and exit 2.
 import base64
 import contextlib
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -40,6 +41,13 @@ def runs(tmp_path_factory, data_dir):
         assert train.main([*TINY, "--batch-size", str(bs), "--data", data_dir, "--out", path]) == 0
         out.append(path)
     return out
+
+
+def tag(run):
+    """What a figure's name carries for a run outside the run's folder: the folder's name and the first 6 hex digits of
+    the SHA-1 of its real path (worked out here apart from evaluate.run_tag)."""
+    real = os.path.realpath(run)
+    return f"{os.path.basename(real)}-{hashlib.sha1(real.encode()).hexdigest()[:6]}"
 
 
 def png(path, size):
@@ -161,12 +169,13 @@ def test_features_untrained_arch_chosen_layers(tmp_path, data_dir, capsys):
 
 def test_filters(runs, tmp_path):
     vis("filters", runs[0], "--out", tmp_path)
-    png(tmp_path / "filters_lenet_bs50.png", (850, 800))  # outside its run's folder: the run's name too
+    png(tmp_path / f"filters_lenet_{tag(runs[0])}.png", (850, 800))  # outside its run's folder: the run's name too
 
 
 def test_curves_overlay_runs_named_in_the_legend(runs, tmp_path):
     vis("curves", *runs, "--out", tmp_path)
-    png(tmp_path / "curves.png", (500, 1500))  # two runs + train/test styles: a two-row legend
+    # named for both runs (--out is neither's folder); two runs + train/test styles: a two-row legend
+    png(tmp_path / f"curves_{tag(runs[0])}+{tag(runs[1])}.png", (500, 1500))
     labels = report.run_labels(runs)
     assert labels == ["bs50 (batch_size=50)", "bs100 (batch_size=100)"]
 
@@ -180,7 +189,7 @@ def test_curves_of_a_long_run_evaluated_once_mark_the_point_and_label_ticks_apar
     rows[-1].update(test_loss=0.2, test_acc=0.94)
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     figs = []
-    monkeypatch.setattr(report, "save", lambda fig, path: figs.append(fig) or path)
+    monkeypatch.setattr(report, "save", lambda fig, path, own: figs.append(fig) or path)
     vis("curves", run, "--out", tmp_path)
     fig, = figs
     fig.canvas.draw()
@@ -192,11 +201,13 @@ def test_curves_of_a_long_run_evaluated_once_mark_the_point_and_label_ticks_apar
     assert len(ticks) >= 3 and len(set(ticks)) == len(ticks), ticks
 
 
-def test_errors(runs, tmp_path):
-    vis("errors", runs[0], "--count", 12, "--out", tmp_path)
-    png(tmp_path / "errors_bs50.png", (530, 1200))
-    png(tmp_path / "errors-confusion_bs50.png", (720, 840))  # not evaluate.py's confusion_matrix_bs50.png beside it
-    png(tmp_path / "per_class_bs50.png", (500, 800))
+def test_errors(runs, tmp_path, capsys):
+    vis("errors", runs[0], "--count", 12, "--out", tmp_path)  # a minute on a CPU: stderr says what it is doing
+    assert re.search(r"^testing 500 test images on \w+(:\d+)? \.\.\.$", capsys.readouterr().err, re.M)
+    t = tag(runs[0])
+    png(tmp_path / f"errors_{t}.png", (530, 1200))
+    png(tmp_path / f"errors-confusion_{t}.png", (720, 840))  # not evaluate.py's confusion_matrix_... beside it
+    png(tmp_path / f"per_class_{t}.png", (500, 800))
     assert len(os.listdir(tmp_path)) == 3
 
 
@@ -204,18 +215,19 @@ def test_augment_rows_and_sizes(runs, tmp_path, data_dir):
     vis("augment", "--data", data_dir, "--count", 4, "--cutout", 8, "--out", tmp_path / "a")
     png(tmp_path / "a" / "augment.png", (835, 660))   # original, crop/flip/jitter/cutout, CutMix, MixUp
     vis("augment", runs[0], "--count", 4, "--out", tmp_path / "b")  # the run trained without mixing: two rows
-    png(tmp_path / "b" / "augment.png", (445, 660))
+    png(tmp_path / "b" / f"augment_{tag(runs[0])}.png", (445, 660))  # a run's, outside its folder: named for it
 
 
 def test_cam(runs, tmp_path):
     vis("cam", runs[0], "--index", 0, 1, "--out", tmp_path)
-    png(tmp_path / "cam_lenet_bs50_0_1.png", (790, 990))
+    png(tmp_path / f"cam_lenet_{tag(runs[0])}_0_1.png", (790, 990))
 
 
 def test_errors_grid_has_rows_for_the_mistakes_shown_not_for_count(runs, tmp_path):
     """--count is an upper bound: 12 test images hold at most 12 mistakes, at most two rows of six (not 50 rows)."""
     vis("errors", runs[0], "--subset", 12, "--count", 300, "--out", tmp_path)
-    assert mpimg.imread(tmp_path / "errors_bs50.png").shape[:2] in ((290, 1200), (530, 1200))  # one row, or two
+    shape = mpimg.imread(tmp_path / f"errors_{tag(runs[0])}.png").shape[:2]
+    assert shape in ((290, 1200), (530, 1200))  # one row, or two
 
 
 def test_figures_from_another_source_keep_their_own_file(runs, tmp_path, capsys):
@@ -230,7 +242,7 @@ def test_figures_from_another_source_keep_their_own_file(runs, tmp_path, capsys)
         vis(*argv, "--out", tmp_path)
     written = re.findall(r"wrote (\S+)", capsys.readouterr().out)
     assert len(written) == len(set(written)) + 1
-    assert sorted(os.listdir(tmp_path)) == sorted([
+    assert sorted(os.listdir(tmp_path)) == sorted(name.replace("bs50", tag(runs[0])) for name in [
         "errors_bs50.png", "errors-confusion_bs50.png", "per_class_bs50.png", "errors_bs50_last.png",
         "errors-confusion_bs50_last.png", "per_class_bs50_last.png", "cam_lenet_bs50_5.png", "cam_lenet_bs50_5_dog.png",
         "cam_lenet_bs50_5_conv1.png", "filters_lenet.png", "filters_lenet_seed3.png", "filters_lenet_bs50_last.png",
@@ -238,18 +250,19 @@ def test_figures_from_another_source_keep_their_own_file(runs, tmp_path, capsys)
 
 
 def test_runs_drawn_into_one_out_keep_a_figure_each(runs, tmp_path, capsys):
-    """Outside a run's own folder a figure's name carries the run's: two runs drawn into one --out replace nothing of
-    each other's (in the run's folder the names stay as they are: test_features_default_layers_from_a_run)."""
-    for run in runs:
+    """Outside a run's own folder a figure's name carries the run's, augment's and curves' too: two runs drawn into one
+    --out replace nothing of each other's (in the run's folder the names stay as they are:
+    test_features_default_layers_from_a_run); the same run again refreshes its own."""
+    for run in (*runs, runs[0]):
         for argv in (["errors", run, "--count", 4], ["cam", run], ["filters", run],
-                     ["features", run, "--layers", "conv1"]):
+                     ["features", run, "--layers", "conv1"], ["augment", run, "--count", 2], ["curves", run]):
             vis(*argv, "--out", tmp_path)
     written = re.findall(r"wrote (\S+)", capsys.readouterr().out)
-    assert len(written) == len(set(written)) == 12
+    assert len(written) == 24 and len(set(written)) == 16
     assert sorted(os.listdir(tmp_path)) == sorted(
-        f"{name}.png" for run in ("bs50", "bs100")
+        f"{name}.png" for run in map(tag, runs)
         for name in (f"errors_{run}", f"errors-confusion_{run}", f"per_class_{run}", f"cam_lenet_{run}_0",
-                     f"filters_lenet_{run}", f"features_lenet_{run}_0_conv1"))
+                     f"filters_lenet_{run}", f"features_lenet_{run}_0_conv1", f"augment_{run}", f"curves_{run}"))
 
 
 def test_several_runs_default_to_a_folder_of_their_own(runs, tmp_path, monkeypatch, capsys):
@@ -319,17 +332,22 @@ class Addresses(HTMLParser):
         return [(t, k, v[:80]) for t, k, v in self.found if not v.startswith(("data:", "#"))]
 
 
-def test_report_holds_every_run_and_embeds_decodable_images(runs, tmp_path):
+def test_report_holds_every_run_and_embeds_decodable_images(runs, tmp_path, capsys):
+    visualize.say_once.cache_clear()
     vis("report", *runs, "--out", tmp_path)
-    page = (tmp_path / "report.html").read_text()
-    md = (tmp_path / "report.md").read_text()
+    err = capsys.readouterr().err  # each run's test pass said, the no-GPU warning once
+    assert err.count("testing 500 test images on ") == 2
+    assert err.count("warning: no GPU found") == (0 if torch.cuda.is_available() else 1), err
+    both = f"{tag(runs[0])}+{tag(runs[1])}"  # in an --out of their own choosing: the page is named for its runs
+    page = (tmp_path / f"report_{both}.html").read_text()
+    md = (tmp_path / f"report_{both}.md").read_text()
     for run in runs:
         s = json.load(open(os.path.join(run, "summary.json")))
         name = os.path.basename(run)
         for v in (s["best_test_acc"], s["final_test_acc"], s["best_test_acc"]):
             assert f"{100 * v:.2f}%" in page and f"{100 * v:.2f}%" in md
         assert f"{s['params']:,}" in page and f"Run {name}" in page
-        assert f"confusion_{name}.png" in md and os.path.exists(tmp_path / f"confusion_{name}.png")
+        assert f"confusion_{tag(run)}.png" in md and os.path.exists(tmp_path / f"confusion_{tag(run)}.png")
     assert "--batch-size" in page  # the comparison says what differs
     blobs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(blobs) == 3  # curves and two confusion matrices
@@ -376,8 +394,9 @@ def test_report_renders_in_headless_chromium(request, tmp_path):
     assert shutil.which(exe), f"CHROMIUM={exe} is not an executable file"
     runs = request.getfixturevalue("runs")  # trained only once a browser is there
     vis("report", *runs, "--out", tmp_path)
-    md = (tmp_path / "report.md").read_text()
-    seen = page_in_chromium(exe, tmp_path / "report.html")
+    both = f"{tag(runs[0])}+{tag(runs[1])}"
+    md = (tmp_path / f"report_{both}.md").read_text()
+    seen = page_in_chromium(exe, tmp_path / f"report_{both}.html")
     assert seen["errors"] == []
     pngs = re.findall(r"^!\[[^\]]*\]\((\S+\.png)\)$", md, re.M)
     assert len(pngs) == 3  # curves and two confusion matrices
@@ -418,8 +437,8 @@ def test_report_renders_in_headless_chromium(request, tmp_path):
     (["curves", "{run}", "{tmp}/badcfg"], "{tmp}/badcfg/config.json is not JSON (JSONDecodeError: Expecting"),
     (["curves"] + ["{run}"] * 21, "at most 20 runs at once (one colour each in the curves), got 21"),
     (["report", "{run}", "--data", "{tmp}/nowhere"], "CIFAR-10 in {tmp}/nowhere/cifar-10-batches-py: folder not"),
-    (["curves", "{run}", "--out", "{tmp}/taken"], "{tmp}/taken/curves.png is a folder, not a file; move it, or use"),
-    (["report", "{run}", "--out", "{tmp}/pagetaken"], "{tmp}/pagetaken/report.md is a folder, not a file"),
+    (["curves", "{run}", "--out", "{tmp}/taken"], "{tmp}/taken/curves_{tag}.png is a folder, not a file; move it"),
+    (["report", "{run}", "--out", "{tmp}/pagetaken"], "{tmp}/pagetaken/report_{tag}.md is a folder, not a file"),
     (["errors", "{tmp}/nothing"], "checkpoint {tmp}/nothing does not exist"),
     (["report", "{run}", "{tmp}/nothing"], "{tmp}/nothing: no such run folder"),
     (["augment", "{tmp}"], "{tmp}: no train.py config.json"),
@@ -440,7 +459,7 @@ def test_report_renders_in_headless_chromium(request, tmp_path):
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys, argv, says):
     argv = [a.replace("{run}", runs[0]).replace("{tmp}", str(tmp_path)) for a in argv]
-    says = says.replace("{run}", runs[0])
+    says = says.replace("{run}", runs[0]).replace("{tag}", tag(runs[0]))
     (tmp_path / "file").write_text("not a folder")
     os.makedirs(tmp_path / "nockpt")  # a run folder whose checkpoints were deleted
     for name, file, text in [("badjson", "metrics.jsonl", '{"epoch": 1}\nnot json\n'), ("badrow", "metrics.jsonl", "3\n"),
@@ -455,8 +474,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys,
         shutil.copy(os.path.join(runs[0], name), tmp_path / "nockpt")
     for name in ("listrun", "badcfg"):  # runs whose config.json is not train.py's: curves and report read it too
         shutil.copy(os.path.join(runs[0], "metrics.jsonl"), tmp_path / name)
-    os.makedirs(tmp_path / "taken" / "curves.png")  # folders where the figure and the page go
-    os.makedirs(tmp_path / "pagetaken" / "report.md")
+    os.makedirs(tmp_path / "taken" / f"curves_{tag(runs[0])}.png")  # folders where the figure and the page go
+    os.makedirs(tmp_path / "pagetaken" / f"report_{tag(runs[0])}.md")
     before = set(os.listdir(runs[0]))
     out = [] if argv[0] in ("sketch", "layers") or "--out" in argv else ["--out", str(tmp_path / "out")]
     err = refused(capsys, *argv, *out)
@@ -498,10 +517,35 @@ def test_train_force_removes_every_figure_drawn_into_a_run_folder(runs, tmp_path
     assert os.listdir(run) == ["confusion_mine.png"]
 
 
+def test_train_force_keeps_the_figures_of_other_runs_drawn_into_its_folder(runs, tmp_path, capsys):
+    """Figures of a run drawn into another folder (an --out later trained into, or another run's folder) are no
+    figures of the run that folder holds: train.py --force replacing that run (clear_run) leaves them, and removes
+    only what was drawn from the run itself."""
+    import evaluate
+    import runfiles
+    r1, figs = str(tmp_path / "r1"), str(tmp_path / "figs")
+    os.makedirs(r1)
+    for name in runfiles.run_files_in(runs[0]):  # the run, not the figures other tests drew into its folder
+        shutil.copy(os.path.join(runs[0], name), r1)
+    assert evaluate.main([r1, "--out", figs]) == 0
+    for argv in (["errors", r1, "--count", 2], ["cam", r1], ["curves", r1], ["augment", r1, "--count", 2],
+                 ["report", r1]):
+        vis(*argv, "--out", figs)
+    drawn = sorted(os.listdir(figs))
+    shutil.copy(os.path.join(runs[1], "summary.json"), figs)  # a run trained into figs, then replaced with --force
+    assert runfiles.clear_run(figs) == [] and sorted(os.listdir(figs)) == drawn
+    vis("errors", runs[1], "--count", 2, "--out", r1)  # another run's figures in r1's folder, then r1's own
+    theirs = set(os.listdir(r1))
+    vis("errors", r1, "--count", 2)
+    assert sorted(runfiles.clear_run(r1)) == ["errors-confusion.png", "errors.png", "per_class.png"]
+    assert {f"errors_{tag(runs[1])}.png", f"per_class_{tag(runs[1])}.png"} <= set(os.listdir(r1)) <= theirs
+
+
 def test_report_refuses_to_replace_a_page_of_the_users_and_redraws_its_own(runs, tmp_path, capsys):
     """A report.md or report.html in --out that the report did not write (no mark) is refused before the work, left
-    as it was; the report's own page is redrawn in place."""
-    for name in ("report.md", "report.html"):
+    as it was; the report's own page is redrawn in place. Outside the run's folder it is named for the run and
+    marked as no page of the folder's run."""
+    for name in (f"report_{tag(runs[0])}.md", f"report_{tag(runs[0])}.html"):
         page = tmp_path / name
         page.write_text("# my notes\n")
         err = refused(capsys, "report", runs[0], "--out", tmp_path)
@@ -510,15 +554,15 @@ def test_report_refuses_to_replace_a_page_of_the_users_and_redraws_its_own(runs,
         page.unlink()
     for _ in range(2):
         vis("report", runs[0], "--out", tmp_path)
-    assert (tmp_path / "report.md").read_text().startswith("<!-- cifar10-toolkit visualize.py report")
-    html = (tmp_path / "report.html").read_text()
+    assert (tmp_path / f"report_{tag(runs[0])}.md").read_text().startswith("<!-- cifar10-toolkit visualize.py report:")
+    html = (tmp_path / f"report_{tag(runs[0])}.html").read_text()
     assert '<meta name="generator" content="cifar10-toolkit visualize.py report">' in html
 
 
 def test_as_a_script(runs, tmp_path):
     from conftest import run_script
     r = run_script("visualize.py", "filters", runs[1], "--out", tmp_path)
-    assert r.returncode == 0 and r.stdout.strip() == f"wrote {tmp_path / 'filters_lenet_bs100.png'}", r.stderr
+    assert r.returncode == 0 and r.stdout.strip() == f"wrote {tmp_path / f'filters_lenet_{tag(runs[1])}.png'}", r.stderr
     r = run_script("visualize.py", "cam", runs[1], "--layer", "fc1")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not feature maps" in r.stderr, r.stderr
 
@@ -528,7 +572,8 @@ def test_report_as_a_script(runs, tmp_path):
     from conftest import run_script
     r = run_script("visualize.py", "report", runs[0], "--out", tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[-2:] == [f"wrote {tmp_path / name}" for name in ("report.md", "report.html")]
+    page = tmp_path / f"report_{tag(runs[0])}"
+    assert r.stdout.splitlines()[-2:] == [f"wrote {page}.md", f"wrote {page}.html"]
 
 # ----------------------------------------------------------------------------- a real browser
 # Open a local HTML page in headless Chromium and say what a reader sees (the browser test checks report.html so).
@@ -631,8 +676,9 @@ def test_runs_are_named_apart_by_the_folders_above_them():
 
 
 def test_per_class_bars_say_n_a_for_a_class_without_test_images(monkeypatch):
-    monkeypatch.setattr(visualize, "save", lambda fig, path: [t.get_text() for t in fig.axes[0].texts])
-    assert visualize.plot_per_class([0.5, None, 1.0], ["a", "b", "c"], 0.6, "p.png", "t") == ["50.0%", "n/a", "100.0%"]
+    monkeypatch.setattr(visualize, "save", lambda fig, path, own: [t.get_text() for t in fig.axes[0].texts])
+    assert visualize.plot_per_class([0.5, None, 1.0], ["a", "b", "c"], 0.6, "p.png", "t", False) == [
+        "50.0%", "n/a", "100.0%"]
 
 
 def test_download_reaches_the_loader_in_every_subcommand_that_reads_the_images(runs, monkeypatch, capsys, tmp_path):

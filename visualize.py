@@ -13,22 +13,26 @@ of models.py and any run folder of train.py.
 
 Figures go to --out: by default the run folder for a subcommand given one run, figures/<their names joined by +> for
 several (curves, report: one folder per set of runs), else figures/. A file name says what the figure was drawn
-from where that can differ in one folder: the run when --out is not its own folder (figs/errors_a.png), the
-checkpoint when it is not the run's best.pt (errors_last.png, figs/errors_a_last.png), an untrained network's --seed
-when not 0, cam's --target and --layer when given. Drawing the same figure from the same
-source again overwrites it in place; every path written is printed. Everything works through forward hooks on named
+from where that can differ in one folder: the run when --out is not its own folder (its folder's name and a hash of
+its path: figs/errors_a-1f2e3d.png, figs/augment_a-1f2e3d.png), the checkpoint when it is not the run's best.pt
+(errors_last.png, figs/errors_a-1f2e3d_last.png), an untrained network's --seed when not 0, cam's --target and --layer
+when given. Drawing the same figure from the same source again overwrites it in place; every path written is printed.
+A figure drawn from a run into that run's own folder is marked so (runfiles.mark_text): train.py --force replacing the
+run removes it, and no other figure. Everything works through forward hooks on named
 modules (hooks.py), so no network needs code of its own here.
 """
 import functools
 import math
 import os
+import sys
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 import data
-from evaluate import confusion, evaluate, figure_tag, per_class, plot_confusion, read_checkpoint, safe_name
+from evaluate import (confusion, evaluate, figure_tag, is_own_folder, per_class, plot_confusion, read_checkpoint,
+                      run_tag, safe_name)
 from hooks import grad_cam, is_map, stages, trace
 from models import ARCHS, build_model, check_arch
 from runfiles import check_output_folder, eval_weights, run_folder, save_figure
@@ -45,11 +49,11 @@ AUG_GRID = (1.4, (0.1, 0.55), (0.6, 0.1, 0.6, 0.5))
 CAM_GRID = (3.0, (0.3, 0.75), (0.15, 0.15, 1.0, 0.15))
 
 
-def save(fig, path):
+def save(fig, path, own):
     """Save at DPI with the figure's own size (no tight bbox: the pixel size is known in advance), marked as drawn
-    here (runfiles.save_figure); print the path."""
+    here (runfiles.save_figure; own: from the run whose folder path is in); print the path."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    save_figure(fig, path, DPI, "visualize.py")
+    save_figure(fig, path, DPI, "visualize.py", own)
     pyplot().close(fig)
     print(f"wrote {path}")
     return path
@@ -73,10 +77,11 @@ def image_grid(rows, cols, layout, title):
 class Src:
     """What a subcommand looks at: a trained checkpoint or an untrained network, with its data and display stats."""
 
-    def __init__(self, model, arch, classes, mean, std, root, out, name, ckpt=None, tag="", download=False):
+    def __init__(self, model, arch, classes, mean, std, root, out, name, ckpt=None, tag="", download=False, own=False):
         self.model, self.arch, self.classes, self.mean, self.std = model, arch, classes, mean, std
         self.root, self.out, self.name, self.ckpt, self.tag = root, out, name, ckpt, tag  # tag: for file names
         self.download = download  # --download: fetch the official files into root if missing
+        self.own = own  # out is the checkpoint's run folder: its figures there are the run's (an untrained one: never)
 
     @property
     def trained(self):
@@ -130,7 +135,7 @@ def open_source(ap, args, need_data=True):
         folder = run_folder(args.source)
         out = getattr(args, "out", None) or folder
         return Src(model.eval(), targs["arch"], classes, ckpt["mean"], ckpt["std"], root, out, run_name(folder), ckpt,
-                   figure_tag(args.source, out), fetch)
+                   figure_tag(args.source, out), fetch, is_own_folder(args.source, out))
     if not arch:
         ap.error(f"give a run folder or checkpoint, or an untrained network with --arch ({', '.join(ARCHS)})")
     check_arch(ap, arch)
@@ -247,7 +252,7 @@ def cmd_features(ap, args):
                      f"{c}×{h}×{w}", fontsize=14, y=0.975)
         fig.text(0.5, 0.895, f"{shown} by mean activation, each scaled to its own range (dark = low, yellow = high)",
                  ha="center", fontsize=10, color="0.3")
-        paths.append(save(fig, os.path.join(src.out, f"features_{src.arch}{src.tag}_{i}_{layer}.png")))
+        paths.append(save(fig, os.path.join(src.out, f"features_{src.arch}{src.tag}_{i}_{layer}.png"), src.own))
     return paths
 
 
@@ -277,7 +282,7 @@ def cmd_filters(ap, args):
                  fontsize=14, y=0.975)
     fig.text(0.5, 0.905, ("as RGB" if cin == 3 else "mean over input channels, gray")
              + ", each kernel scaled to its own range", ha="center", fontsize=10, color="0.3")
-    return [save(fig, os.path.join(src.out, f"filters_{src.arch}{src.tag}.png"))]
+    return [save(fig, os.path.join(src.out, f"filters_{src.arch}{src.tag}.png"), src.own)]
 
 
 def cmd_layers(ap, args):
@@ -296,6 +301,12 @@ def cmd_layers(ap, args):
 
 # ----------------------------------------------------------------------------- errors
 
+@functools.lru_cache(maxsize=None)
+def say_once(message):
+    """message on stderr, once a process (a report of several runs predicts once per run)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def predict_test_set(ap, src, subset=None, batch_size=500):
     """Probabilities (N, classes) of the checkpoint on the test set (the run's own --subset unless given), computed
     as train.py evaluated (same autocast), so the accuracy matches summary.json. Returns (x uint8, y, probs, acc)."""
@@ -304,8 +315,9 @@ def predict_test_set(ap, src, subset=None, batch_size=500):
     subset = subset if subset is not None else src.ckpt["args"].get("subset")
     if subset:
         x, y = x[:subset], y[:subset]
-    device = pick_device(lambda m: None)
+    device = pick_device(say_once)  # its no-GPU warning: why the pass below takes a minute
     amp = resolve_amp(src.ckpt["args"].get("amp", "off"), device, lambda m: None)
+    print(f"testing {len(y):,} test images on {device} ...", file=sys.stderr, flush=True)
     loader = data.Loader(x, y, batch_size, device=device, mean=torch.tensor(src.mean), std=torch.tensor(src.std))
     res = evaluate(src.model.to(device), loader, device, amp, return_outputs=True)
     src.model.cpu()
@@ -336,21 +348,22 @@ def cmd_errors(ap, args):
 
     def at(name):  # the figure's file, named for the checkpoint it was drawn from (src.tag)
         return os.path.join(src.out, f"{name}{src.tag}.png")
-    paths = [save(fig, at("errors")),  # not confusion_matrix.png, which is evaluate.py's
-             save_confusion(pred, y, src.classes, acc, src.name, at("errors-confusion"))]
+    paths = [save(fig, at("errors"), src.own),  # not confusion_matrix.png, which is evaluate.py's
+             save_confusion(pred, y, src.classes, acc, src.name, at("errors-confusion"), src.own)]
     paths.append(plot_per_class(per_class(pred, y, len(src.classes)), src.classes, acc, at("per_class"),
-                                f"{src.name}: per-class test accuracy"))
+                                f"{src.name}: per-class test accuracy", src.own))
     return paths
 
 
-def save_confusion(pred, y, classes, acc, name, path):
-    """evaluate.py's confusion-matrix figure of test predictions, titled with the accuracy; prints the path."""
-    plot_confusion(confusion(pred, y, len(classes)), classes, path, f"{name}: test accuracy {pct(acc)}")
+def save_confusion(pred, y, classes, acc, name, path, own):
+    """evaluate.py's confusion-matrix figure of test predictions, titled with the accuracy (own: see save); prints the
+    path."""
+    plot_confusion(confusion(pred, y, len(classes)), classes, path, f"{name}: test accuracy {pct(acc)}", own)
     print(f"wrote {path}")
     return path
 
 
-def plot_per_class(accs, classes, overall, path, title):
+def plot_per_class(accs, classes, overall, path, title, own):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=PER_CLASS_SIZE)
     ypos = np.arange(len(classes))[::-1]
@@ -366,7 +379,7 @@ def plot_per_class(accs, classes, overall, path, title):
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=9)
     fig.tight_layout()
-    return save(fig, path)
+    return save(fig, path, own)
 
 
 # ----------------------------------------------------------------------------- augment
@@ -437,7 +450,9 @@ def cmd_augment(ap, args):
             ax.set_yticks([])
             ax.set_xlabel(mixed_label(by[c], d["classes"]).replace(" + ", "\n+ "), fontsize=8, linespacing=1.0)
         axes[r, 0].set_ylabel(wrap(title, 24), fontsize=9)
-    return [save(fig, os.path.join(args.out, "augment.png"))]
+    # a run's batch outside its folder is named for the run (run_tag), so another run's beside it stays
+    name = f"augment{run_tag(args.run, args.out)}.png" if args.run else "augment.png"
+    return [save(fig, os.path.join(args.out, name), bool(args.run) and is_own_folder(args.run, args.out))]
 
 
 # ----------------------------------------------------------------------------- Grad-CAM
@@ -477,7 +492,7 @@ def cmd_cam(ap, args):
     name = (f"cam_{src.arch}{src.tag}_{'_'.join(str(i) for i, _, _ in picked[:8])}{'_etc' if len(picked) > 8 else ''}"
             + (f"_{safe_name(args.target)}" if target is not None else "")
             + (f"_{safe_name(layer)}" if ends[-1:] != [layer] else "") + ".png")
-    return [save(fig, os.path.join(src.out, name))]
+    return [save(fig, os.path.join(src.out, name), src.own)]
 
 
 # ----------------------------------------------------------------------------- command line
