@@ -18,13 +18,16 @@ step (probe_multiples says why). Results go to --out/<arch>.json and --out/summa
     curves_lr<LR>.png    per lr: training loss per step and held-out accuracy per epoch
     surface_1d.png, surface_2d.png   with --surface: filter-normalised loss slices (Li et al. 2018)
 
-Every figure shows whichever variants have results in --out, VGG-A green and VGG-A + BN red.
+Every figure shows whichever variants have results in --out, VGG-A green and VGG-A + BN red; a figure that
+landscape.py drew there before and does not draw again (of results no longer there) is removed.
 """
 import datetime
 import json
 import math
 import os
+import pathlib
 import platform
+import re
 import sys
 import time
 import warnings
@@ -38,12 +41,14 @@ import evaluate
 import runfiles
 import runtime
 from models import build_model, xavier_init
+from surface import loss_surface, surface_batches
 
 VARIANTS = {"vgg_a": "VGG-A", "vgg_a_bn": "VGG-A + BatchNorm"}
 COLORS = {"vgg_a": "tab:green", "vgg_a_bn": "tab:red"}
 DEFAULT_LRS = [1e-3, 2e-3, 1e-4, 5e-4]  # the course code's list (report 003)
 REPORT_LR = 5e-4                        # the lr whose curves report 003 shows
 DPI = 100
+FIGURES = r"(loss_landscape|measures|curves_lr[0-9.e+-]+|surface_1d|surface_2d)\.png"  # the names it draws
 FIGSIZE = {"loss_landscape": (10, 5), "measures": (16, 4.5), "curves": (12, 4.5),
            "surface_1d": (7, 4.5), "surface_2d": (12, 5)}
 
@@ -119,67 +124,6 @@ def measure_along_gradient(model, closure, multiples, optimizer_step):
 MEASURE_KEYS = ["loss0", "grad_norm", "step_length", "loss_min", "loss_max", "grad_min", "grad_max", "beta"]
 
 
-# ----------------------------------------------------------------------------- loss surface (Li et al. 2018)
-
-def filter_normalized_direction(model, generator):
-    """A random direction shaped like the parameters, each filter (output unit: slice along dim 0 of a
-    conv or linear weight) rescaled to the norm of the same filter of the weights; biases and BN
-    parameters get 0 (Li et al.'s default of ignoring them)."""
-    d = []
-    for p in model.parameters():
-        if p.dim() <= 1:
-            d.append(torch.zeros_like(p))
-            continue
-        r = torch.randn(p.shape, generator=generator).to(p)
-        shape = (-1,) + (1,) * (p.dim() - 1)
-        d.append(r * (p.detach().flatten(1).norm(dim=1) / r.flatten(1).norm(dim=1).clamp(min=1e-12)).view(shape))
-    return d
-
-
-@torch.no_grad()
-def batches_loss(model, batches):
-    """Mean cross-entropy over fixed batches in train mode (BN uses each batch's statistics: the objective
-    training minimises); running statistics are left as they were."""
-    buffers = [b.clone() for b in model.buffers()]
-    was_training = model.training
-    model.train()
-    total, n = 0.0, 0
-    for x, y in batches:
-        total += float(F.cross_entropy(model(x).float(), y, reduction="sum"))
-        n += len(y)
-    for b, s in zip(model.buffers(), buffers):
-        b.copy_(s)
-    model.train(was_training)
-    return total / n
-
-
-@torch.no_grad()
-def loss_surface(model, batches, res=21, span=1.0, seed=0):
-    """Li et al.'s 1D slice (2*res - 1 points on [-span, span] along one filter-normalised direction)
-    and 2D slice (res x res grid over two directions) around the current weights, in fp32; the
-    weights are restored exactly."""
-    g = torch.Generator().manual_seed(seed)
-    d1, d2 = filter_normalized_direction(model, g), filter_normalized_direction(model, g)
-    params = list(model.parameters())
-    w0 = [p.detach().clone() for p in params]
-
-    def at(a, b):
-        for p, w, x, y in zip(params, w0, d1, d2):
-            p.copy_(w + a * x + b * y)
-        return batches_loss(model, batches)
-
-    try:
-        line = np.linspace(-span, span, 2 * res - 1).tolist()
-        grid = np.linspace(-span, span, res).tolist()
-        loss_1d = [at(a, 0.0) for a in line]
-        loss_2d = [[at(a, b) for a in grid] for b in grid]  # row = second direction (contour's y)
-    finally:
-        for p, w in zip(params, w0):
-            p.copy_(w)
-    return {"alphas": line, "loss_1d": loss_1d, "grid": grid, "loss_2d": loss_2d,
-            "images": sum(len(y) for _, y in batches), "span": span, "seed": seed}
-
-
 # ----------------------------------------------------------------------------- training one variant
 
 def train_lr(arch, lr, loaders, args, device, amp_dtype, show_bar):
@@ -239,18 +183,6 @@ def train_lr(arch, lr, loaders, args, device, amp_dtype, show_bar):
                   + runtime.eta(t0, epoch + 1, args.epochs - epoch - 1))  # of this lr's run
     run.update(time_s=time.time() - t0, measure_time_s=t_measure)
     return run, model
-
-
-def surface_batches(train_loader, n_images):
-    """The first n_images of epoch 0's training batches, kept fixed for every point of the surface."""
-    train_loader.set_epoch(0)
-    out, n = [], 0
-    for x, y in train_loader:
-        out.append((x[:n_images - n], y[:n_images - n]))
-        n += len(out[-1][1])
-        if n >= n_images:
-            break
-    return out
 
 
 def run_variant(arch, args, loaders, info, device, amp_dtype, path, saved, log=print):
@@ -422,9 +354,22 @@ def _label(ax, xlabel, ylabel, title, legend=True):
 
 def _save(fig, path):
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    # whole or not at all, with landscape.py's mark; not own: --out is never a train.py run's folder (check_args)
+    runfiles.save_figure(fig, path, dpi=DPI, by="landscape.py", own=False)
     runtime.pyplot().close(fig)
     return path
+
+
+def remove_stale_figures(out, written):
+    """Remove the figures landscape.py drew in `out` (FIGURES) that this report did not redraw, of results no longer
+    there (a run replaced with --force); their names. A file without landscape.py's mark stays: the user's own, or one
+    drawn before the mark; so does a copy under another name."""
+    mark = f"{runfiles.MARK} landscape.py".encode("latin-1")  # save_figure's text chunk: the toolkit's mark, then by
+    found = {os.path.join(out, n) for n in os.listdir(out) if re.fullmatch(FIGURES, n)} - set(written)
+    stale = sorted(p for p in found if runfiles.drawn_by_us(p) and mark in pathlib.Path(p).read_bytes())
+    for path in stale:
+        os.remove(path)
+    return [os.path.basename(p) for p in stale]
 
 
 def plot_loss_landscape(results, path):
@@ -533,8 +478,9 @@ def plot_all(results, out):
 def get_parser():
     ap = runtime.OneLineParser(description="VGG-A with and without BatchNorm at several learning rates: the training "
                                          "loss band and Santurkar et al.'s landscape measures (report 003).")
-    ap.add_argument("--bn", action="store_true", help="train VGG-A with BatchNorm (vgg_a_bn) instead of without")
-    ap.add_argument("--both", action="store_true", help="train both variants")
+    which = ap.add_mutually_exclusive_group()  # --bn --both: one says instead of VGG-A, the other with it
+    which.add_argument("--bn", action="store_true", help="train VGG-A with BatchNorm (vgg_a_bn) instead of without")
+    which.add_argument("--both", action="store_true", help="train both variants, VGG-A and VGG-A with BatchNorm")
     ap.add_argument("--lrs", type=float, nargs="+", default=DEFAULT_LRS, help="Adam learning rates, one run each")
     ap.add_argument("--epochs", type=int, default=20, help="epochs of each run (one per variant and lr)")
     ap.add_argument("--batch-size", type=int, default=128, help="training images per step")
@@ -672,10 +618,13 @@ def report(ap, args, paths):
     written, lr = plot_all(results, args.out), measures_lr(results)
     print(("comparison" if len(results) == 2 else f"{VARIANTS[next(iter(results))]} only") + " figures:")
     print("\n".join(f"  {p}" for p in written))
-    if (stale := os.path.join(args.out, "measures.png")) not in written:  # an earlier run's would pass for this one's
-        gone = os.path.isfile(stale) and not os.remove(stale)
+    stale = remove_stale_figures(args.out, written)  # an earlier run's would pass for this one's
+    if (measures := os.path.join(args.out, "measures.png")) not in written:
+        kept = "; the one there has no mark of landscape.py (yours, or older): left as it is"
         print(f"  no measures.png: no measurements at lr {lr:g} (--measure-every 0)"
-              + ("; an earlier run's removed" if gone else ""))
+              + ("; an earlier run's removed" if "measures.png" in stale else kept if os.path.exists(measures) else ""))
+    if stale := [n for n in stale if n != "measures.png"]:
+        print(f"  removed {', '.join(stale)}: figures of results no longer in {args.out}")
     summary_path = os.path.join(args.out, "summary.json")
     runfiles.write_text(summary_path, runfiles.json_text({a: summarize(r, lr) for a, r in results.items()}, indent=1))
     print(f"{summary_table(results)}\nsummary: {summary_path}")

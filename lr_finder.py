@@ -267,7 +267,8 @@ def plot_curve(curve, suggestions, path, chosen=None, title="LR range test", ski
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="upper left", fontsize=9)
     fig.tight_layout()
-    runfiles.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))  # a second Ctrl-C leaves no half png
+    # whole or not at all (a second Ctrl-C leaves no half png), with lr_finder.py's mark; not own: not drawn from a run
+    runfiles.save_figure(fig, path, dpi=120, by="lr_finder.py", own=False)
     plt.close(fig)
 
 
@@ -486,7 +487,8 @@ def main(argv=None):
     try:
         code = report(args, curve, num_iter, out)
     except KeyboardInterrupt:  # a second Ctrl-C: each file is whole (written atomically), but some may be missing
-        print(f"lr_finder.py: interrupted while writing to {out}; some of its files may be missing or left from an earlier run", file=sys.stderr)
+        print(f"lr_finder.py: interrupted while writing to {out}; some of its files may be missing or left from an "
+              "earlier run", file=sys.stderr)
         return 130
     if curve["stopped"] != "interrupted":
         return code

@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import landscape
+import runfiles
+import surface
 from conftest import run_script
 
 
@@ -74,6 +76,26 @@ def exits_with_one_line(capsys, argv):
     assert e.value.code == 2, err
     assert len(err.strip().splitlines()) == 1 and "error" in err, err
     return err
+
+
+def drawn_by(path):
+    """The script named in the toolkit's mark of the PNG at path (runfiles.save_figure's text chunk), else None."""
+    from PIL import Image
+    mark = Image.open(path).text.get(runfiles.MARK_KEY, "")
+    return mark.split(" ", 1)[1] if runfiles.drawn_by_us(path) and mark.startswith(runfiles.MARK + " ") else None
+
+
+def png(path, by):
+    """A small PNG at path: drawn by `by` with the toolkit's mark (runfiles.save_figure), or (by None) a plain one."""
+    plt = landscape.runtime.pyplot()
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    if by:
+        runfiles.save_figure(fig, str(path), dpi=50, by=by, own=False)
+    else:
+        fig.savefig(str(path), dpi=50)
+    plt.close(fig)
+    return path.read_bytes()
 
 
 def assert_png(path, figsize):
@@ -178,7 +200,7 @@ def test_xavier_init_as_the_course_code():
 def test_filter_normalized_direction_and_surface():
     torch.manual_seed(0)
     model = TinyBN()
-    d = landscape.filter_normalized_direction(model, torch.Generator().manual_seed(1))
+    d = surface.filter_normalized_direction(model, torch.Generator().manual_seed(1))
     for p, di in zip(model.parameters(), d):
         assert di.shape == p.shape
         if p.dim() <= 1:
@@ -187,10 +209,10 @@ def test_filter_normalized_direction_and_surface():
             assert torch.allclose(di.flatten(1).norm(dim=1), p.detach().flatten(1).norm(dim=1), rtol=1e-5)
     batches = [batch(8, seed=s) for s in range(2)]
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    s = landscape.loss_surface(model, batches, res=3)
+    s = surface.loss_surface(model, batches, res=3)
     assert s["alphas"] == pytest.approx([-1, -0.5, 0, 0.5, 1]) and s["grid"] == pytest.approx([-1, 0, 1])
     assert len(s["loss_1d"]) == 5 and np.asarray(s["loss_2d"]).shape == (3, 3)
-    centre = landscape.batches_loss(model, batches)
+    centre = surface.batches_loss(model, batches)
     assert s["loss_1d"][2] == pytest.approx(centre) and s["loss_2d"][1][1] == pytest.approx(centre)
     assert s["images"] == 16
     for k, v in model.state_dict().items():
@@ -243,6 +265,7 @@ def test_plot_only_draws_the_comparison_from_saved_json(tmp_path, capsys):
     for name, kind in expected.items():
         assert os.path.join(out, name) in stdout
         assert_png(os.path.join(out, name), landscape.FIGSIZE[kind])
+        assert drawn_by(os.path.join(out, name)) == "landscape.py", name
     assert "comparison figures" in stdout and "BN's loss band is narrower" in stdout
     assert not os.path.exists(os.path.join(out, "surface_1d.png"))  # no surface was saved
 
@@ -266,6 +289,24 @@ def test_plot_only_single_variant_and_surface(tmp_path, capsys):
 
 
 
+def test_figures_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A save cut short (a Ctrl-C, a full disk) leaves the figure there before it as it was, and no temp file."""
+    import matplotlib.figure
+    before = png(tmp_path / "loss_landscape.png", "landscape.py")
+
+    def cut_short(fig, fname, *args, **kw):  # half a PNG written, then a Ctrl-C
+        if isinstance(fname, (str, os.PathLike)):
+            with open(fname, "wb") as f:
+                f.write(b"\x89PNG half a figure")
+        else:
+            fname.write(b"\x89PNG half a figure")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        landscape.plot_loss_landscape({"vgg_a": fake_result("vgg_a")}, str(tmp_path / "loss_landscape.png"))
+    assert (tmp_path / "loss_landscape.png").read_bytes() == before and os.listdir(tmp_path) == ["loss_landscape.png"]
+
+
 def unmeasured(result):
     """`result` as --measure-every 0 leaves it: every measure list empty."""
     for run in result["runs"]:
@@ -277,11 +318,16 @@ def test_no_measures_draw_no_measures_png_and_summary_has_no_nan(tmp_path, capsy
     """--measure-every 0: no empty measures.png (an earlier run's goes), one line says so, no nan in the summary."""
     out = str(tmp_path)
     landscape.save_results(unmeasured(fake_result("vgg_a")), os.path.join(out, "vgg_a.json"))
-    (tmp_path / "measures.png").write_bytes(b"an earlier run's figure")
+    png(tmp_path / "measures.png", "landscape.py")  # an earlier run's figure
     assert landscape.main(["--plot-only", "--out", out]) == 0
     stdout = capsys.readouterr().out
     assert not os.path.exists(os.path.join(out, "measures.png"))
     assert "  no measures.png: no measurements at lr 0.0005 (--measure-every 0); an earlier run's removed\n" in stdout
+    png(tmp_path / "measures.png", None)  # one without the mark (the user's, or drawn before it) stays, and is named
+    assert landscape.main(["--plot-only", "--out", out]) == 0
+    assert os.path.exists(os.path.join(out, "measures.png"))
+    assert ("  no measures.png: no measurements at lr 0.0005 (--measure-every 0); the one there has no mark of "
+            "landscape.py (yours, or older): left as it is\n") in capsys.readouterr().out
     assert "nan" not in stdout.lower() and "No measures at lr 0.0005 (--measure-every 0)" in stdout, stdout
     assert "beta-smooth" not in stdout and "VGG-A" in stdout and "val 0.500" in stdout
     summary = json.load(open(os.path.join(out, "summary.json")), parse_constant=pytest.fail)  # NaN would be invalid
@@ -315,6 +361,8 @@ def test_summary_says_in_words_what_was_not_measured():
     (["--out", "{tmp}/file/x"], "{tmp}/file is a file, not a folder"),
     (["--out", "{tmp}/run"], "--out {tmp}/run holds a train.py run (config.json); name another folder"),
     (["--seed", "2e3"], "argument --seed: must be an integer, got '2e3'"),
+    (["--bn", "--both"], "argument --both: not allowed with argument --bn"),  # --bn: instead of VGG-A; --both: with it
+    (["--both", "--bn", "--plot-only"], "argument --bn: not allowed with argument --both"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, says, capsys, tmp_path):
     (tmp_path / "file").write_text("not a folder")
@@ -380,10 +428,10 @@ def test_cli_tiny_subset_trains_both_variants_and_writes_everything(tmp_path, da
     assert "--force" in err
 
 
-# ----------------------------------------------------------------------------- Ctrl-C: what the one line says is on disk
+# ----------------------------------------------------------------------------- Ctrl-C: its one line vs. the disk
 
 def interrupting_train_lr(monkeypatch, finish):
-    """landscape.train_lr that finishes `finish` lrs (instantly, a tiny run record) and then raises KeyboardInterrupt."""
+    """landscape.train_lr that finishes `finish` lrs (instantly, a tiny run record), then raises KeyboardInterrupt."""
     calls = []
 
     def train_lr(arch, lr, *rest):
@@ -462,5 +510,30 @@ def test_long_work_says_when_it_ends(tmp_path, data_dir, capsys):
     assert landscape.main(tiny(data_dir, str(tmp_path / "ls"), "--measure-every", "0", "--epochs", "2")) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "epoch" in line and " lr " in line]
     assert [bool(re.search(r"  eta \d+s$", line)) for line in lines if line.startswith("vgg_a")] == [True, False] * 2
-    assert [bool(re.search(r"; eta \d+s for this variant's lrs left$", line)) for line in lines if line.startswith("==")] \
-        == [False, True], lines
+    assert [bool(re.search(r"; eta \d+s for this variant's lrs left$", line))
+            for line in lines if line.startswith("==")] == [False, True], lines
+
+
+def test_force_removes_the_figures_of_the_run_it_replaces(tmp_path, data_dir, capsys, monkeypatch):
+    """--force: a figure landscape.py drew for the replaced run that the new one does not draw goes (curves at an lr
+    no longer run, measures.png without measures), and one line names it; an unmarked figure, a copy under another
+    name and another script's figure stay."""
+    def train_lr(arch, lr, loaders, args, *rest):  # instantly, a run record as train_lr's
+        r = fake_result(arch, lrs=(lr,))
+        return (unmeasured(r) if args.measure_every == 0 else r)["runs"][0], None
+    monkeypatch.setattr(landscape, "train_lr", train_lr)
+    out = tmp_path / "ls1"
+    assert landscape.main(tiny(data_dir, str(out), "--bn", "--lrs", "0.001", "0.0005")) == 0
+    assert drawn_by(out / "curves_lr0.0005.png") == drawn_by(out / "measures.png") == "landscape.py"
+    (out / "copy.png").write_bytes((out / "curves_lr0.0005.png").read_bytes())
+    kept = {"curves_lr0.002.png": png(out / "curves_lr0.002.png", None),        # before the mark, or the user's
+            "curves_lr0.01.png": png(out / "curves_lr0.01.png", "visualize.py"),  # another script's
+            "surface_1d.png": png(out / "surface_1d.png", None)}
+    capsys.readouterr()
+    assert landscape.main(tiny(data_dir, str(out), "--bn", "--force", "--lrs", "0.001", "--measure-every", "0")) == 0
+    stdout = capsys.readouterr().out
+    assert "; an earlier run's removed\n" in stdout
+    assert f"  removed curves_lr0.0005.png: figures of results no longer in {out}\n" in stdout, stdout
+    assert sorted(os.listdir(out)) == sorted(["copy.png", "curves_lr0.001.png", "loss_landscape.png", "summary.json",
+                                              "vgg_a_bn.json", *kept])
+    assert all((out / name).read_bytes() == data for name, data in kept.items())

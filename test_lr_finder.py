@@ -9,12 +9,14 @@ import json
 import os
 import shlex
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 import lr_finder
 import recipes
+import runfiles
 import train
 
 from conftest import run_script
@@ -246,6 +248,19 @@ def test_steps_follow_the_range():
     assert curve["num_iter"] == len(curve["lr"]) == 20 and curve["lr"][-1] == pytest.approx(1e-2)
 
 
+def test_the_plot_is_written_whole_with_the_mark_of_lr_finder(tmp_path):
+    """lr_finder.png carries the toolkit's mark naming lr_finder.py (runfiles.save_figure), as every figure it draws."""
+    from PIL import Image
+    lrs = np.geomspace(1e-5, 1, 50)
+    loss = 2.3 - np.minimum(np.log10(lrs / 1e-5), 3.5) * 0.4 + np.maximum(np.log10(lrs / 10 ** -1.5), 0) * 3
+    curve = {"lr": lrs.tolist(), "loss": loss.tolist(), "smooth": loss.tolist(), "stopped": "end"}
+    path = str(tmp_path / "lr_finder.png")
+    lr_finder.plot_curve(curve, lr_finder.suggest_lr(curve), path, chosen="valley")
+    assert runfiles.drawn_by_us(path)
+    assert Image.open(path).text[runfiles.MARK_KEY].startswith(f"{runfiles.MARK} lr_finder.py")
+    assert os.listdir(tmp_path) == ["lr_finder.png"]  # no temp file left
+
+
 def test_longest_valley_follows_fastai():
     # longest decreasing subsequence 9, 8.5, 8, 5, 4, 2, 1 (7 members) ends at index 9; fastai's start is 9 - 7
     y = [3.0, 9.0, 8.5, 7.0, 8.0, 5.0, 4.0, 4.5, 2.0, 1.0, 6.0]
@@ -458,7 +473,8 @@ def test_a_second_ctrl_c_while_writing_is_one_line_exit_130(tmp_path, data_dir, 
     code = lr_finder.main(["--arch", "lenet", "--subset", "500", "--num-iter", "20", "--data", data_dir,
                            "--out", str(out)])
     err = capsys.readouterr().err.strip()
-    assert code == 130 and err == f"lr_finder.py: interrupted while writing to {out}; some of its files may be missing or left from an earlier run"
+    assert code == 130 and err == (f"lr_finder.py: interrupted while writing to {out}; some of its files may be "
+                                   "missing or left from an earlier run")
     assert (out / "lr_finder.csv").exists() and not (out / "lr_finder.png").exists()
 
 
