@@ -223,6 +223,8 @@ def test_resume_takes_flags_that_change_nothing_trained_and_warns_by_the_runs_ow
     """--force, --save-every and --eval-batch-size change nothing a run learns: a resume may give them anew. A
     --tta-frac given to a resume is judged by the run's own --tta, not by train.py's default (none)."""
     argv = ["--resume", lenet_run, "--force", "--save-every", "7", "--eval-batch-size", "50", "--data", data_dir]
+    args = train.read_command_line(train.get_parser(), argv)[0]
+    assert (args.save_every, args.eval_batch_size) == (7, 50)  # taken, not the run's
     assert train.main(argv) == 0 and "nothing to do" in capsys.readouterr().out
     out = str(tmp_path / "tta")
     assert train.main([*QUICK, "--data", data_dir, "--tta", "translate", "--tta-frac", "0.5", "--out", out]) == 0

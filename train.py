@@ -113,7 +113,8 @@ def get_parser():
 
 
 # what a resume may give anew, as none of them changes what is trained (the rest must match the run resumed)
-RESUME_MAY_CHANGE = {"resume", "data", "download", "no_progress", "cuda_graph", "force", "save_every", "eval_batch_size"}
+RESUME_MAY_CHANGE = {"resume", "data", "download", "no_progress", "cuda_graph", "force", "save_every",
+                     "eval_batch_size"}
 
 
 def flags_given(argv):
@@ -199,7 +200,8 @@ def read_command_line(ap, argv):
             if vars(args)[k] != saved.get(k, ap.get_default(k)):
                 ap.error(f"--resume {args.resume}: that run has --{k.replace('_', '-')} "
                          f"{saved.get(k, ap.get_default(k))}, not {vars(args)[k]}; drop the flag or start a new run")
-        saved.update({k: vars(args)[k] for k in ("data", "download") if k in given or k not in saved},
+        saved.update({k: vars(args)[k] for k in ("data", "download", "save_every", "eval_batch_size")
+                      if k in given or k not in saved},
                      resume=args.resume, no_progress=args.no_progress,  # the data where the run found it, unless moved
                      cuda_graph=args.cuda_graph or saved.get("cuda_graph", False))  # the same training, rounded apart
         args = argparse.Namespace(**{**{k: ap.get_default(k) for k in vars(args)}, **saved})  # flags newer than the run
