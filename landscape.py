@@ -25,7 +25,6 @@ import datetime
 import json
 import math
 import os
-import pathlib
 import platform
 import re
 import sys
@@ -364,9 +363,8 @@ def remove_stale_figures(out, written):
     """Remove the figures landscape.py drew in `out` (FIGURES) that this report did not redraw, of results no longer
     there (a run replaced with --force); their names. A file without landscape.py's mark stays: the user's own, or one
     drawn before the mark; so does a copy under another name."""
-    mark = f"{runfiles.MARK} landscape.py".encode("latin-1")  # save_figure's text chunk: the toolkit's mark, then by
     found = {os.path.join(out, n) for n in os.listdir(out) if re.fullmatch(FIGURES, n)} - set(written)
-    stale = sorted(p for p in found if runfiles.drawn_by_us(p) and mark in pathlib.Path(p).read_bytes())
+    stale = sorted(p for p in found if runfiles.read_mark(p) == runfiles.mark_text("landscape.py", False, None))
     for path in stale:
         os.remove(path)
     return [os.path.basename(p) for p in stale]

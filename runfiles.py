@@ -215,30 +215,31 @@ DRAWN_FILES = ("confusion_matrix.png", "confusion_matrix_*.png", "errors.png", "
 
 # the mark of this toolkit in every figure and report it draws, so that --force and a redrawn report replace only
 # files of its own: a PNG text chunk MARK_KEY (matplotlib writes its own "Software" key into every PNG, a user's too),
-# report.md's first line, report.html's <meta name="generator">. Its text is "MARK <script>", and OWN_SUFFIX after it
-# when the file was drawn from the run whose folder it was written into: only those go with the run (clear_run).
-MARK, MARK_KEY, OWN_SUFFIX = "cifar10-toolkit", "Generator", " (own run)"
+# report.md's first line, report.html's <meta name="generator">. Its text is "MARK <script>", and "(own run: <file
+# name>)" after it when the file was drawn from the run whose folder it was written into, under that name: only those
+# go with the run (clear_run), not a copy of one that a user kept under another name.
+MARK, MARK_KEY = "cifar10-toolkit", "Generator"
 
 
-def mark_text(by, own):
-    """The mark of a file drawn by `by`; own: drawn from the run whose folder it is written into."""
-    return f"{MARK} {by}" + (OWN_SUFFIX if own else "")
+def mark_text(by, own, name):
+    """The mark of the file `name` drawn by `by`; own: drawn from the run whose folder it is written into."""
+    return f"{MARK} {by}" + (f" (own run: {name})" if own else "")
 
 
-def md_mark(by, own):
+def md_mark(by, own, name="report.md"):
     """report.md's first line: an HTML comment, which Markdown does not show."""
     why = "redraw the page, and train.py --force remove it with the run" if own else "redraw the page"
-    return f"<!-- {mark_text(by, own)}: this mark lets it {why} -->\n"
+    return f"<!-- {mark_text(by, own, name)}; this mark lets it {why} -->\n"
 
 
-def html_mark(by, own):
-    return f'<meta name="generator" content="{mark_text(by, own)}">'
+def html_mark(by, own, name="report.html"):
+    return f'<meta name="generator" content="{mark_text(by, own, name)}">'
 
 
 def save_figure(fig, path, dpi, by, own):
-    """fig as a PNG at path, written whole or not at all (atomic_write), with mark_text(by, own) in its text chunk
-    MARK_KEY."""
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, metadata={MARK_KEY: mark_text(by, own)}))
+    """fig as a PNG at path, written whole or not at all (atomic_write), with mark_text in its text chunk MARK_KEY."""
+    mark = mark_text(by, own, os.path.basename(path))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, metadata={MARK_KEY: mark}))
 
 
 def png_text(f, key):
@@ -270,7 +271,7 @@ def read_mark(path):
             if ext == ".png":
                 text = png_text(f, MARK_KEY)
             elif ext == ".md":
-                found = re.match(r"<!-- (.*?)(?::| -->)", f.readline().decode("utf-8", "replace"))
+                found = re.match(r"<!-- (.*?)(?:; | -->)", f.readline().decode("utf-8", "replace"))
                 text = found and found.group(1)
             elif ext == ".html":  # the generator tag is in <head>, before the embedded images
                 found = re.search(r'<meta name="generator" content="([^"]*)">', f.read(1 << 16).decode("utf-8",
@@ -289,8 +290,8 @@ def drawn_by_us(path):
 
 
 def mark_is_own(path):
-    """Whether the file at path carries the mark of a file drawn from the run whose folder it lies in."""
-    return (read_mark(path) or "").endswith(OWN_SUFFIX)
+    """Whether the file at path carries the mark of a file drawn from the run whose folder it lies in, under its name."""
+    return (read_mark(path) or "").endswith(f" (own run: {os.path.basename(path)})")
 
 
 def check_ours_to_replace(ap, paths, by):
@@ -353,7 +354,7 @@ def clear_run(folder):
     checkpoint, TensorBoard event or figure of the old run sits beside it. Of the figures and reports, only those the
     tools drew from this folder's run (DRAWN_FILES whose mark says own: mark_is_own) go; other files in the folder are
     left as they are: a user's own report.md or an unmarked errors_x.png, a figure of another run drawn into this
-    folder (errors_<other run>.png), and figures in a folder that held no run. Returns the names of the figures and
+    folder (errors_<other run>-<hash>.png), a copy kept under another name, and figures in a folder that held no run. Returns the names of the figures and
     reports removed."""
     replaced = bool(run_files_in(folder))
     for name in RUN_FILES:

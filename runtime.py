@@ -10,6 +10,7 @@ import importlib.util
 import math
 import os
 import platform
+import select
 import sys
 import time
 
@@ -75,9 +76,22 @@ def run_main(main, name):
         if not quiet_rank():
             print(f"{name}: interrupted", file=sys.stderr)
         sys.exit(130)
-    except BrokenPipeError:  # output piped into a reader that stopped (| head): quiet, as other commands end there
+    except BrokenPipeError:
+        if not reader_left(sys.stdout):
+            raise  # another pipe or socket: a fault, not the reader's choice
+        # piped into a reader that stopped (| head): quiet, as other commands end there
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a command ended so
+
+
+def reader_left(stream):
+    """Whether stream is a pipe whose reading end is closed (poll reports an error on its writing end)."""
+    try:
+        poll = select.poll()
+        poll.register(stream.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor
+        return False
 
 
 def add_amp_arg(ap, default="auto", help="autocast: auto = bf16 on CUDA and CPU, off on MPS"):

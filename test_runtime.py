@@ -5,6 +5,7 @@ import ast
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -41,11 +42,14 @@ def test_ctrl_c_outside_a_scripts_own_handling_is_one_line_and_exit_130(capsys):
 
 
 def test_output_cut_by_a_pipes_reader_ends_quietly():
-    """visualize.py layers | head: the reader leaves, the next write fails; no traceback, the shell's exit code."""
+    """visualize.py layers | head: the reader leaves, the next write fails; no traceback, the shell's exit code. Only
+    for stdout's reader: any other broken pipe is raised."""
     code = "import runtime\nruntime.run_main(lambda: [print('line', i) for i in range(10 ** 6)], 'some.py')"
     r = subprocess.run(f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} | head -1; exit ${{PIPESTATUS[0]}}",
                        shell=True, executable="/bin/bash", cwd=HERE, capture_output=True, text=True)
     assert (r.returncode, r.stdout, r.stderr) == (141, "line 0\n", "")
+    with pytest.raises(BrokenPipeError):  # another pipe broke (a worker's, a socket): a fault, shown as one
+        runtime.run_main(lambda: (_ for _ in ()).throw(BrokenPipeError(32, "a worker's pipe")), "some.py")
 
 
 def test_a_missing_requirement_imported_late_is_said_before_any_work(capsys, monkeypatch):
@@ -146,10 +150,12 @@ def test_clear_run_removes_figures_only_where_a_run_is_replaced(tmp_path):
     runfiles.save_figure(plt.figure(), str(tmp_path / "errors_other-1a2b3c.png"), 50, "test", own=False)
     (tmp_path / "report.html").write_text(f"<head>{runfiles.html_mark('test', own=True)}</head>")
     plt.close("all")
-    assert runfiles.clear_run(str(tmp_path)) == [] and len(os.listdir(tmp_path)) == 7
+    shutil.copy(tmp_path / "errors.png", tmp_path / "errors_kept.png")  # a copy the user kept: not the run's own
+    assert runfiles.clear_run(str(tmp_path)) == [] and len(os.listdir(tmp_path)) == 8
     (tmp_path / "summary.json").write_text("{}")  # a run's: --force replaces it, with what was drawn from it
     assert runfiles.clear_run(str(tmp_path)) == ["cam_lenet_0.png", "errors.png", "report.html"]
-    assert sorted(os.listdir(tmp_path)) == ["errors_by_hand.png", "errors_other-1a2b3c.png", "notes.txt", "report.md"]
+    assert sorted(os.listdir(tmp_path)) == ["errors_by_hand.png", "errors_kept.png", "errors_other-1a2b3c.png",
+                                            "notes.txt", "report.md"]
     (tmp_path / "summary.json").write_text("{}")
     (tmp_path / "report.md").write_text(runfiles.md_mark("test", own=False) + "# a report of another run\n")
     assert runfiles.clear_run(str(tmp_path)) == []
@@ -177,12 +183,13 @@ def test_the_mark_is_read_from_where_the_tools_write_it_not_found_anywhere_in_th
         fig = plt.figure()
         runfiles.save_figure(fig, str(tmp_path / "cam.png"), 20, "visualize.py", own)
         plt.close(fig)
-        (tmp_path / "r.md").write_text(runfiles.md_mark("visualize.py report", own) + "# r\n")
-        (tmp_path / "r.html").write_text(f"<html><head>{runfiles.html_mark('visualize.py report', own)}</head></html>")
+        (tmp_path / "r.md").write_text(runfiles.md_mark("visualize.py report", own, "r.md") + "# r\n")
+        (tmp_path / "r.html").write_text(f"<html><head>{runfiles.html_mark('visualize.py report', own, 'r.html')}"
+                                         "</head></html>")
         report = "visualize.py report"
         for name, by in (("cam.png", "visualize.py"), ("r.md", report), ("r.html", report)):
             path = str(tmp_path / name)
-            assert runfiles.read_mark(path) == f"cifar10-toolkit {by}" + (" (own run)" if own else ""), name
+            assert runfiles.read_mark(path) == f"cifar10-toolkit {by}" + (f" (own run: {name})" if own else ""), name
             assert runfiles.drawn_by_us(path) and runfiles.mark_is_own(path) == own, name
     (tmp_path / "late.md").write_text("# notes\n" + runfiles.md_mark("visualize.py report", True))  # not line one
     assert runfiles.read_mark(str(tmp_path / "late.md")) is None

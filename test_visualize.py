@@ -554,7 +554,7 @@ def test_report_refuses_to_replace_a_page_of_the_users_and_redraws_its_own(runs,
         page.unlink()
     for _ in range(2):
         vis("report", runs[0], "--out", tmp_path)
-    assert (tmp_path / f"report_{tag(runs[0])}.md").read_text().startswith("<!-- cifar10-toolkit visualize.py report:")
+    assert (tmp_path / f"report_{tag(runs[0])}.md").read_text().startswith("<!-- cifar10-toolkit visualize.py report; ")
     html = (tmp_path / f"report_{tag(runs[0])}.html").read_text()
     assert '<meta name="generator" content="cifar10-toolkit visualize.py report">' in html
 
