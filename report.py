@@ -127,7 +127,7 @@ def set_tag(runs, out):
     characters), so that the curves or page of other runs in one --out stay."""
     if natural_folder(runs, out):
         return ""
-    tag = "+".join(run_tag(r, out)[1:] for r in runs)
+    tag = "+".join(run_tag(r)[1:] for r in runs)  # (natural_folder: out is no run's own folder if one run)
     if len(tag) > 100:
         tag = f"{tag[:80]}+{len(runs)}runs-{hashlib.sha1(tag.encode()).hexdigest()[:8]}"
     return "_" + tag
@@ -223,7 +223,7 @@ def confusion_files(runs, out):
     folder, else confusion<run_tag>.png."""
     if natural_folder(runs, out):
         return [f"confusion_{safe_name(n)}.png" for n in run_names(runs)]
-    return [f"confusion{run_tag(r, out)}.png" for r in runs]
+    return [f"confusion{run_tag(r)}.png" for r in runs]
 
 
 def cmd_curves(ap, args):
