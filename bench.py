@@ -9,13 +9,13 @@
 torchvision pipeline with the same transforms applied per image (Dataset + v2 transforms +
 DataLoader with 2 workers), both delivering batches on the same device.
 
-`step`: train.py's own step function (make_train_step, with the optimizer, schedule and loss that
+`step`: train.py's step function (optim.make_train_step, with the optimizer, schedule and loss that
 train.py builds from its defaults) against the bare minimum loop written below, on one fixed random
 batch already on the device, so data loading is out and what differs is the step function itself.
 Every setting of {fp32, bf16 autocast} x {channels_last off, on} x {torch.compile off, on} the device
 supports; train.py's overhead must stay under 5% (PASS/FAIL per row).
 
-`epoch`: one epoch of train.py end to end (data.build_loaders, make_train_step, evaluate.evaluate on the
+`epoch`: one epoch of train.py end to end (data.build_loaders, optim.make_train_step, evaluate.evaluate on the
 test split), its time split into data, compute and evaluation, with images/s and peak memory.
 
 `race`: `train.py --recipe fast` (plus --fast-args) against pip airbench's train94, both at once, each pinned

@@ -31,9 +31,9 @@ import torch.nn as nn
 import data
 import evaluate
 import optim
+import recipes
 import runfiles
 import runtime
-import recipes
 import train
 from models import ARCHS, build_model, check_arch, init_from_data
 
@@ -405,7 +405,7 @@ def report(args, curve, num_iter, out):
     except NoDescent as e:
         plot_curve(curve, {}, png_path, title=title + " (no usable descent)")
         runfiles.write_text(json_path, runfiles.json_text({**summary, "suggestions": {}, "no_suggestion": str(e)},
-                                                        indent=2))
+                                                          indent=2))
         print(f"wrote {csv_path}, {png_path} and {json_path}")
         print(f"no suggestion: {e}")
         return 1
@@ -413,7 +413,7 @@ def report(args, curve, num_iter, out):
     lr = suggestions[args.suggest]
     command = train_command(args, lr)
     runfiles.write_text(json_path, runfiles.json_text({**summary, "suggestions": suggestions, "suggest": args.suggest,
-                                                     "chosen_lr": lr, "train_command": command}, indent=2))
+                                                       "chosen_lr": lr, "train_command": command}, indent=2))
     print(f"wrote {csv_path}, {png_path} and {json_path}")
     print(f"suggestions (smoothed {curve['kind']} loss, first {usable_window(curve)[0]} steps and the part "
           f"after the minimum left out):")

@@ -99,7 +99,8 @@ def parse_args(ap, argv=None):
     win and --help shows the recipe's. Any parser that takes --recipe and --list-recipes may use it (lr_finder.py
     does): it takes the recipe's values of the flags it has and leaves the rest to the train.py command that names
     the recipe."""
-    first = OneLineParser(prog=ap.prog, add_help=False)  # these two alone, before --help prints any default
+    first = OneLineParser(prog=ap.prog, add_help=False, allow_abbrev=ap.allow_abbrev)  # these two alone, before
+    # --help prints any default; abbreviations as ap takes them (race.py's check of --fast-args takes none)
     first.add_argument("--recipe")
     first.add_argument("--list-recipes", action="store_true")
     pre = first.parse_known_args(argv)[0]

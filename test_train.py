@@ -131,13 +131,13 @@ def test_augment_values_are_refused_before_any_warning_and_idle_tta_flags_are_wa
     monkeypatch.undo()
     argv = [*QUICK, "--data", data_dir, "--tta", "flip", "--tta-frac", "0.5", "--tta-mirror-frac", "0.5"]
     assert train.main([*argv, "--out", str(tmp_path / "run")]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "warning: --tta-frac has no effect without --tta translate" in out and "--tta-mirror-frac has" not in out
     assert train.main([*QUICK, "--data", data_dir, "--tta-mirror-frac", "0.5", "--out", str(tmp_path / "b")]) == 0
-    assert "warning: --tta-mirror-frac has no effect without --tta flip or translate" in capsys.readouterr().out
+    assert "warning: --tta-mirror-frac has no effect without --tta flip or translate" in capsys.readouterr().err
     assert train.main([*QUICK, "--data", data_dir, "--recipe", "fast", "--arch", "lenet", "--out", str(tmp_path / "c")
                        ]) == 0
-    assert "no effect" not in capsys.readouterr().out  # a recipe's values are no flags given
+    assert "no effect" not in capsys.readouterr().err  # a recipe's values are no flags given
 
 
 def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
@@ -230,7 +230,7 @@ def test_resume_takes_flags_that_change_nothing_trained_and_warns_by_the_runs_ow
     assert train.main([*QUICK, "--data", data_dir, "--tta", "translate", "--tta-frac", "0.5", "--out", out]) == 0
     capsys.readouterr()
     assert train.main(["--resume", out, "--tta-frac", "0.5", "--data", data_dir]) == 0
-    assert "warning" not in capsys.readouterr().out
+    assert "no effect" not in capsys.readouterr().err
 
 
 def test_resume_refuses_a_contradicting_flag_even_at_its_default_value(capsys, lenet_run, data_dir):
@@ -373,7 +373,7 @@ def test_skip_nonfinite_leaves_the_weights_untouched():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
-    step = train.make_train_step(model, opt, sched, nn.CrossEntropyLoss(), torch.device("cpu"), None, scaler,
+    step = optim.make_train_step(model, opt, sched, nn.CrossEntropyLoss(), torch.device("cpu"), None, scaler,
                                  skip_nonfinite=True)
     w = model.weight.detach().clone()
     loss, _ = step(x * float("nan"), y)
@@ -387,7 +387,7 @@ def test_a_skipped_last_step_still_ends_the_run_on_the_lookahead_weights():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     la = optim.Lookahead(model, alpha=0.5, k=2, total_steps=4)
-    step = train.make_train_step(model, opt, sched, nn.CrossEntropyLoss(), torch.device("cpu"), None,
+    step = optim.make_train_step(model, opt, sched, nn.CrossEntropyLoss(), torch.device("cpu"), None,
                                  torch.amp.GradScaler("cpu", enabled=False), skip_nonfinite=True, lookahead=la)
     x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
     for _ in range(3):  # a sync at step 2, then step 3 runs free
@@ -647,7 +647,7 @@ def test_the_graphed_step_trains_exactly_as_the_eager_one():
     for graphed in (False, True):
         model = copy.deepcopy(base)
         opt, sched, scaler, loss = optim.training_parts(model, args, torch.device("cpu"), torch.bfloat16, len(batches))
-        step = train.make_train_step(model, opt, sched, loss, torch.device("cpu"), torch.bfloat16, scaler,
+        step = optim.make_train_step(model, opt, sched, loss, torch.device("cpu"), torch.bfloat16, scaler,
                                      cuda_graph=graphed)
         if not graphed:
             opt.use_device_lr(torch.device("cpu"))

@@ -34,7 +34,8 @@ from recipes import parse_args
 from runfiles import (MetricsLog, clear_run, eval_weights, git_commit, json_text, load_checkpoint, make_run_dir,
                       prepare_run_dir, remove_stale_temps, rng_state, save_checkpoint, set_rng_state, write_text)
 from runtime import (OneLineParser, Progress, add_amp_arg, all_sum, any_rank, check_ranges, device_name, eta, path_arg,
-                     pick_device, ranks_agree, resolve_amp, rss_mib, run_main, seed_arg, setup_distributed, sync)
+                     pick_device, quiet_rank, ranks_agree, resolve_amp, rss_mib, run_main, seed_arg, setup_distributed,
+                     sync)
 from selection import make_selector
 
 
@@ -112,7 +113,8 @@ def get_parser():
     return ap
 
 
-# what a resume may give anew, as none of them changes what is trained (the rest must match the run resumed)
+# what a resume may give anew, as none of them changes what is trained (the rest must match the run resumed; --force
+# is taken and means nothing there)
 RESUME_MAY_CHANGE = {"resume", "data", "download", "no_progress", "cuda_graph", "force", "save_every",
                      "eval_batch_size"}
 
@@ -206,8 +208,8 @@ def read_command_line(ap, argv):
                      cuda_graph=args.cuda_graph or saved.get("cuda_graph", False))  # the same training, rounded apart
         args = argparse.Namespace(**{**{k: ap.get_default(k) for k in vars(args)}, **saved})  # flags newer than the run
     check_args(ap, args)
-    for w in unused_flags(args, given) if os.environ.get("RANK", "0") == "0" else []:  # a resumed run's flags too
-        print(f"warning: {w}")
+    for w in [] if quiet_rank() else unused_flags(args, given):  # judged by a resumed run's own flags too
+        print(f"warning: {w}", file=sys.stderr)
     return args, resume_ckpt
 
 

@@ -18,8 +18,8 @@ its path: figs/errors_a-1f2e3d.png, figs/augment_a-1f2e3d.png), the checkpoint w
 (errors_last.png, figs/errors_a-1f2e3d_last.png), an untrained network's --seed when not 0, cam's --target and --layer
 when given. Drawing the same figure from the same source again overwrites it in place; every path written is printed.
 A figure drawn from a run into that run's own folder is marked so (runfiles.mark_text): train.py --force replacing the
-run removes it, and no other figure. Everything works through forward hooks on named
-modules (hooks.py), so no network needs code of its own here.
+run removes it, and no other figure. Everything works through forward hooks on named modules (hooks.py), so no
+network needs code of its own here.
 """
 import functools
 import math
