@@ -1,5 +1,6 @@
-"""Shared test fixtures: the data folder (the real copy from $CIFAR10_DIR, else synthetic pickles)
-and running a script as a user does."""
+"""Shared test fixtures: the data folder (the real copy from $CIFAR10_DIR, else synthetic pickles), running a script
+as a user does, and two tiny finished runs that test_visualize.py and test_report.py draw."""
+import hashlib
 import json
 import os
 import subprocess
@@ -60,3 +61,44 @@ def one_second(monkeypatch, tmp_path):
     exits = []
     monkeypatch.setattr(runfiles.atexit, "register", lambda f, *a: exits.append((f, a)))
     return exits
+
+
+# ----------------------------------------------------------------------------- two tiny runs to draw (visualize, report)
+
+TINY = ["--arch", "lenet", "--epochs", "2", "--subset", "500", "--eval-batch-size", "500", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+    """Two finished lenet runs that differ in batch size (a curves/report comparison)."""
+    root = tmp_path_factory.mktemp("vis_runs")
+    out = []
+    for bs in (50, 100):
+        path = str(root / f"bs{bs}")
+        import train  # here, not at the top: most test files need no network trained
+        assert train.main([*TINY, "--batch-size", str(bs), "--data", data_dir, "--out", path]) == 0
+        out.append(path)
+    return out
+
+
+def tag(run):
+    """What a figure's name carries for a run outside the run's folder: the folder's name and the first 6 hex digits of
+    the SHA-1 of its real path (worked out here apart from evaluate.run_tag)."""
+    real = os.path.realpath(run)
+    return f"{os.path.basename(real)}-{hashlib.sha1(real.encode()).hexdigest()[:6]}"
+
+
+def vis(*argv):
+    """visualize.py's main on these arguments, each made a string."""
+    import visualize
+    return visualize.main([str(a) for a in argv])
+
+
+def refused(capsys, *argv):
+    """Assert visualize.py refuses these arguments with one line and exit 2; return the line."""
+    with pytest.raises(SystemExit) as e:
+        vis(*argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err

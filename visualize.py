@@ -22,6 +22,7 @@ run removes it, and no other figure. Everything works through forward hooks on n
 network needs code of its own here.
 """
 import functools
+import hashlib
 import math
 import os
 import sys
@@ -489,7 +490,9 @@ def cmd_cam(ap, args):
         for ax in row:
             ax.axis("off")
     # what differs from the default drawing is in the name: a figure of another class or layer keeps its own file
-    name = (f"cam_{src.arch}{src.tag}_{'_'.join(str(i) for i, _, _ in picked[:8])}{'_etc' if len(picked) > 8 else ''}"
+    ids = [str(i) for i, _, _ in picked]  # past 8 images: the first 8 and a hash of all, so two lists stay apart
+    more = f"_etc-{hashlib.sha1(','.join(ids).encode()).hexdigest()[:6]}" if len(ids) > 8 else ""
+    name = (f"cam_{src.arch}{src.tag}_{'_'.join(ids[:8])}{more}"
             + (f"_{safe_name(args.target)}" if target is not None else "")
             + (f"_{safe_name(layer)}" if ends[-1:] != [layer] else "") + ".png")
     return [save(fig, os.path.join(src.out, name), src.own)]
