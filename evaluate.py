@@ -205,9 +205,10 @@ def is_own_folder(path, out):
 
 def run_tag(path, out=None):
     """What a figure's file name adds for the run (a run folder, or the folder of a .pt) it was drawn from: nothing in
-    the run's own folder out (out None: a figure of several runs, named for each), else _, the folder's name and the first 6 hex digits of the SHA-1 of its real path (_seed0-
-    1a2b3c): runs drawn into one --out keep a figure each, even two of one name in different folders, and the same run
-    drawn again hits the same file, whatever the working folder."""
+    the run's own folder out (out None: a figure of several runs, named for each), else _, the folder's name and the
+    first 6 hex digits of the SHA-1 of its real path (_seed0-1a2b3c): runs drawn into one --out keep a figure each,
+    even two of one name in different folders, and the same run drawn again hits the same file, whatever the working
+    folder."""
     if out is not None and is_own_folder(path, out):
         return ""
     folder = os.path.realpath(run_folder(path))

@@ -361,10 +361,11 @@ def _save(fig, path):
 
 def remove_stale_figures(out, written):
     """Remove the figures landscape.py drew in `out` (FIGURES) that this report did not redraw, of results no longer
-    there (a run replaced with --force); their names. A file without landscape.py's mark stays: the user's own, or one
-    drawn before the mark; so does a copy under another name."""
+    there (a run replaced with --force); their names. A file without landscape.py's mark for its name stays: the
+    user's own, one drawn before the mark named its file, or a copy under another name."""
     found = {os.path.join(out, n) for n in os.listdir(out) if re.fullmatch(FIGURES, n)} - set(written)
-    stale = sorted(p for p in found if runfiles.read_mark(p) == runfiles.mark_text("landscape.py", False, None))
+    stale = sorted(p for p in found
+                   if runfiles.read_mark(p) == runfiles.mark_text("landscape.py", False, os.path.basename(p)))
     for path in stale:
         os.remove(path)
     return [os.path.basename(p) for p in stale]

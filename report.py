@@ -110,7 +110,7 @@ def runs_folder(runs):
     set of runs (a name too long for a folder is cut, and a hash of the runs' paths keeps it apart)."""
     name = "+".join(safe_name(n) for n in run_names(runs))
     if len(name) > 100:
-        digest = hashlib.sha1("\0".join(os.path.abspath(r) for r in runs).encode()).hexdigest()[:8]
+        digest = hashlib.sha1(b"\0".join(os.fsencode(os.path.abspath(r)) for r in runs)).hexdigest()[:8]
         name = f"{name[:80]}+{len(runs)}runs-{digest}"
     return os.path.join("figures", name)
 
@@ -339,7 +339,8 @@ class Doc:
                 out.append(f"![{b[2]}]({os.path.relpath(b[1], folder)})")
         return "\n\n".join(out) + "\n"
 
-    def html(self, title):
+    def html(self, title, name):
+        """The page as HTML, titled `title`, its mark naming the file `name` it is written to."""
         e = html.escape
         parts = []
         for b in self.blocks:
@@ -365,7 +366,7 @@ class Doc:
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-{html_mark(BY, self.own)}
+{html_mark(BY, self.own, name)}
 <title>{e(title)}</title>
 <style>
 body {{ font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", Arial, sans-serif; max-width: 1180px;
@@ -443,8 +444,8 @@ def cmd_report(ap, args):
         doc.table(["setting", "value"], config_rows(cfg))
         doc.h(3, "Confusion matrix")
         doc.img(cm, f"{name}: confusion matrix on the test set (rows: true class, columns: predicted)")
-    write_text(md, md_mark(BY, own) + doc.markdown(out))
+    write_text(md, md_mark(BY, own, os.path.basename(md)) + doc.markdown(out))
     print(f"wrote {md}")
-    write_text(page, doc.html(title))
+    write_text(page, doc.html(title, os.path.basename(page)))
     print(f"wrote {page}")
     return [md, page]

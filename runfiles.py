@@ -215,24 +215,24 @@ DRAWN_FILES = ("confusion_matrix.png", "confusion_matrix_*.png", "errors.png", "
 
 # the mark of this toolkit in every figure and report it draws, so that --force and a redrawn report replace only
 # files of its own: a PNG text chunk MARK_KEY (matplotlib writes its own "Software" key into every PNG, a user's too),
-# report.md's first line, report.html's <meta name="generator">. Its text is "MARK <script>", and "(own run: <file
-# name>)" after it when the file was drawn from the run whose folder it was written into, under that name: only those
-# go with the run (clear_run), not a copy of one that a user kept under another name.
+# report.md's first line, report.html's <meta name="generator">. Its text is "MARK <script> (<file name>)", or
+# "MARK <script> (own run: <file name>)" when the file was drawn from the run whose folder it was written into: only
+# those go with the run (clear_run), and only under the name they were drawn as, not a copy a user kept under another.
 MARK, MARK_KEY = "cifar10-toolkit", "Generator"
 
 
 def mark_text(by, own, name):
     """The mark of the file `name` drawn by `by`; own: drawn from the run whose folder it is written into."""
-    return f"{MARK} {by}" + (f" (own run: {name})" if own else "")
+    return f"{MARK} {by} ({'own run: ' if own else ''}{name})"
 
 
-def md_mark(by, own, name="report.md"):
+def md_mark(by, own, name):
     """report.md's first line: an HTML comment, which Markdown does not show."""
     why = "redraw the page, and train.py --force remove it with the run" if own else "redraw the page"
     return f"<!-- {mark_text(by, own, name)}; this mark lets it {why} -->\n"
 
 
-def html_mark(by, own, name="report.html"):
+def html_mark(by, own, name):
     return f'<meta name="generator" content="{mark_text(by, own, name)}">'
 
 
@@ -290,8 +290,9 @@ def drawn_by_us(path):
 
 
 def mark_is_own(path):
-    """Whether the file at path carries the mark of a file drawn from the run whose folder it lies in, under its name."""
-    return (read_mark(path) or "").endswith(f" (own run: {os.path.basename(path)})")
+    """Whether the file at path carries the mark of a file drawn from the run whose folder it lies in, under its
+    name (or the mark of such a file drawn before marks named their file, when the name could not be told)."""
+    return (read_mark(path) or "").endswith((f" (own run: {os.path.basename(path)})", " (own run)"))
 
 
 def check_ours_to_replace(ap, paths, by):
@@ -354,8 +355,8 @@ def clear_run(folder):
     checkpoint, TensorBoard event or figure of the old run sits beside it. Of the figures and reports, only those the
     tools drew from this folder's run (DRAWN_FILES whose mark says own: mark_is_own) go; other files in the folder are
     left as they are: a user's own report.md or an unmarked errors_x.png, a figure of another run drawn into this
-    folder (errors_<other run>-<hash>.png), a copy kept under another name, and figures in a folder that held no run. Returns the names of the figures and
-    reports removed."""
+    folder (errors_<other run>-<hash>.png), a copy kept under another name, and figures in a folder that held no run.
+    Returns the names of the figures and reports removed."""
     replaced = bool(run_files_in(folder))
     for name in RUN_FILES:
         with contextlib.suppress(FileNotFoundError):

@@ -85,13 +85,14 @@ def run_main(main, name):
 
 
 def reader_left(stream):
-    """Whether stream is a pipe whose reading end is closed (poll reports an error on its writing end)."""
+    """Whether stream is a pipe whose reading end is closed: poll reports an error (Linux) or a hang-up (macOS) on its
+    writing end. Where that cannot be asked (no poll on Windows, no file descriptor), assumed so."""
     try:
         poll = select.poll()
         poll.register(stream.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poll.poll(0))
-    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor
-        return False
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True
 
 
 def add_amp_arg(ap, default="auto", help="autocast: auto = bf16 on CUDA and CPU, off on MPS"):

@@ -249,13 +249,3 @@ def test_evaluate_py_calls_a_file_that_is_no_checkpoint_so(fp32_run, tmp_path):
     assert "config.json: not a whole torch.save archive (cut off, empty, or another kind of file than a train.py .pt)" \
         in r.stderr
     assert "could run code" not in r.stderr and os.listdir(tmp_path) == []
-
-
-def test_figures_of_several_runs_name_every_run_even_in_one_runs_folder(tmp_path):
-    """visualize.py report a b --out a: a's folder is no home of the pair, so every run is named, a too."""
-    import report
-    a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    os.makedirs(a), os.makedirs(b)
-    assert evaluate.run_tag(a, a) == "" and evaluate.run_tag(a).startswith("_a-")
-    assert report.set_tag([a, b], a) == f"{evaluate.run_tag(a)}+{evaluate.run_tag(b)[1:]}"
-    assert report.confusion_files([a, b], a) == [f"confusion{evaluate.run_tag(r)}.png" for r in (a, b)]

@@ -79,10 +79,12 @@ def exits_with_one_line(capsys, argv):
 
 
 def drawn_by(path):
-    """The script named in the toolkit's mark of the PNG at path (runfiles.save_figure's text chunk), else None."""
+    """The script named in the toolkit's mark of the PNG at path (runfiles.save_figure's text chunk, "MARK script
+    (name)"), else None."""
     from PIL import Image
     mark = Image.open(path).text.get(runfiles.MARK_KEY, "")
-    return mark.split(" ", 1)[1] if runfiles.drawn_by_us(path) and mark.startswith(runfiles.MARK + " ") else None
+    ours = runfiles.drawn_by_us(path) and mark.startswith(runfiles.MARK + " ")
+    return mark.split(" ", 1)[1].rsplit(" (", 1)[0] if ours else None
 
 
 def png(path, by):
@@ -526,6 +528,7 @@ def test_force_removes_the_figures_of_the_run_it_replaces(tmp_path, data_dir, ca
     assert landscape.main(tiny(data_dir, str(out), "--bn", "--lrs", "0.001", "0.0005")) == 0
     assert drawn_by(out / "curves_lr0.0005.png") == drawn_by(out / "measures.png") == "landscape.py"
     (out / "copy.png").write_bytes((out / "curves_lr0.0005.png").read_bytes())
+    (out / "curves_lr0.02.png").write_bytes((out / "curves_lr0.0005.png").read_bytes())  # a copy named like a figure
     kept = {"curves_lr0.002.png": png(out / "curves_lr0.002.png", None),        # before the mark, or the user's
             "curves_lr0.01.png": png(out / "curves_lr0.01.png", "visualize.py"),  # another script's
             "surface_1d.png": png(out / "surface_1d.png", None)}
@@ -534,6 +537,6 @@ def test_force_removes_the_figures_of_the_run_it_replaces(tmp_path, data_dir, ca
     stdout = capsys.readouterr().out
     assert "; an earlier run's removed\n" in stdout
     assert f"  removed curves_lr0.0005.png: figures of results no longer in {out}\n" in stdout, stdout
-    assert sorted(os.listdir(out)) == sorted(["copy.png", "curves_lr0.001.png", "loss_landscape.png", "summary.json",
-                                              "vgg_a_bn.json", *kept])
+    assert sorted(os.listdir(out)) == sorted(["copy.png", "curves_lr0.02.png", "curves_lr0.001.png",
+                                              "loss_landscape.png", "summary.json", "vgg_a_bn.json", *kept])
     assert all((out / name).read_bytes() == data for name, data in kept.items())

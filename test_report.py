@@ -20,6 +20,7 @@ import matplotlib.image as mpimg
 import pytest
 import torch
 
+import evaluate
 import report
 import visualize
 from conftest import refused, tag, vis
@@ -140,9 +141,10 @@ def test_report_refuses_to_replace_a_page_of_the_users_and_redraws_its_own(runs,
         page.unlink()
     for _ in range(2):
         vis("report", runs[0], "--out", tmp_path)
-    assert (tmp_path / f"report_{tag(runs[0])}.md").read_text().startswith("<!-- cifar10-toolkit visualize.py report; ")
+    md = (tmp_path / f"report_{tag(runs[0])}.md").read_text()
+    assert md.startswith(f"<!-- cifar10-toolkit visualize.py report (report_{tag(runs[0])}.md); ")
     html = (tmp_path / f"report_{tag(runs[0])}.html").read_text()
-    assert '<meta name="generator" content="cifar10-toolkit visualize.py report">' in html
+    assert f'<meta name="generator" content="cifar10-toolkit visualize.py report (report_{tag(runs[0])}.html)">' in html
 
 
 def test_report_as_a_script(runs, tmp_path):
@@ -244,6 +246,15 @@ def page_in_chromium(exe, page, timeout=60):
     seen["errors"] = [line[:300] for e in events if e.get("method") in ERRORS
                       for line in [ERRORS[e["method"]](e["params"])] if line]
     return seen
+
+
+def test_figures_of_several_runs_name_every_run_even_in_one_runs_folder(tmp_path):
+    """visualize.py report a b --out a: a's folder is no home of the pair, so every run is named, a too."""
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    os.makedirs(a), os.makedirs(b)
+    assert evaluate.run_tag(a, a) == ""  # one run in its own folder: no name
+    assert report.set_tag([a, b], a) == f"_{tag(a)}+{tag(b)}"
+    assert report.confusion_files([a, b], a) == [f"confusion_{tag(r)}.png" for r in (a, b)]
 
 
 def test_runs_are_named_apart_by_the_folders_above_them():

@@ -148,7 +148,7 @@ def test_clear_run_removes_figures_only_where_a_run_is_replaced(tmp_path):
     for name in ("errors.png", "cam_lenet_0.png"):
         runfiles.save_figure(plt.figure(), str(tmp_path / name), 50, "test", own=True)
     runfiles.save_figure(plt.figure(), str(tmp_path / "errors_other-1a2b3c.png"), 50, "test", own=False)
-    (tmp_path / "report.html").write_text(f"<head>{runfiles.html_mark('test', own=True)}</head>")
+    (tmp_path / "report.html").write_text(f"<head>{runfiles.html_mark('test', True, 'report.html')}</head>")
     plt.close("all")
     shutil.copy(tmp_path / "errors.png", tmp_path / "errors_kept.png")  # a copy the user kept: not the run's own
     assert runfiles.clear_run(str(tmp_path)) == [] and len(os.listdir(tmp_path)) == 8
@@ -157,10 +157,10 @@ def test_clear_run_removes_figures_only_where_a_run_is_replaced(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["errors_by_hand.png", "errors_kept.png", "errors_other-1a2b3c.png",
                                             "notes.txt", "report.md"]
     (tmp_path / "summary.json").write_text("{}")
-    (tmp_path / "report.md").write_text(runfiles.md_mark("test", own=False) + "# a report of another run\n")
+    (tmp_path / "report.md").write_text(runfiles.md_mark("test", False, "report.md") + "# a report of another run\n")
     assert runfiles.clear_run(str(tmp_path)) == []
     (tmp_path / "summary.json").write_text("{}")
-    (tmp_path / "report.md").write_text(runfiles.md_mark("test", own=True) + "# a report\n")
+    (tmp_path / "report.md").write_text(runfiles.md_mark("test", True, "report.md") + "# a report\n")
     assert runfiles.clear_run(str(tmp_path)) == ["report.md"]
 
 
@@ -189,7 +189,8 @@ def test_the_mark_is_read_from_where_the_tools_write_it_not_found_anywhere_in_th
         report = "visualize.py report"
         for name, by in (("cam.png", "visualize.py"), ("r.md", report), ("r.html", report)):
             path = str(tmp_path / name)
-            assert runfiles.read_mark(path) == f"cifar10-toolkit {by}" + (f" (own run: {name})" if own else ""), name
+            assert runfiles.read_mark(path) == f"cifar10-toolkit {by} ({'own run: ' if own else ''}{name})", name
             assert runfiles.drawn_by_us(path) and runfiles.mark_is_own(path) == own, name
-    (tmp_path / "late.md").write_text("# notes\n" + runfiles.md_mark("visualize.py report", True))  # not line one
+    late = runfiles.md_mark("visualize.py report", True, "late.md")
+    (tmp_path / "late.md").write_text("# notes\n" + late)  # not on line one
     assert runfiles.read_mark(str(tmp_path / "late.md")) is None
