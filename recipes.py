@@ -94,16 +94,33 @@ def list_recipes():
     return "\n".join(lines + ["what these recipes gave us, with commands, commits and machines: RESULTS.md"])
 
 
+def written_out(ap, argv):
+    """argv with each abbreviated long option (--epo 3) written out in full where ap takes abbreviations and it names
+    one of ap's options only; others stay, for ap to refuse. Done here: a parser of the two options alone would read
+    --l (--lr? --lookahead?) as --list-recipes."""
+    if not ap.allow_abbrev:
+        return argv
+    names = {s for a in ap._actions for s in a.option_strings if s.startswith("--")}
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--":  # what follows is no option
+            return out + argv[i:]
+        flag, eq, value = arg.partition("=")
+        hits = [n for n in names if n.startswith(flag)] if flag.startswith("--") and flag not in names else []
+        out.append(hits[0] + eq + value if len(hits) == 1 else arg)
+    return out
+
+
 def parse_args(ap, argv=None):
     """Parse train.py's command line; --recipe NAME first makes the recipe's values the defaults, so explicit flags
     win and --help shows the recipe's. Any parser that takes --recipe and --list-recipes may use it (lr_finder.py
     does): it takes the recipe's values of the flags it has and leaves the rest to the train.py command that names
     the recipe."""
-    first = OneLineParser(prog=ap.prog, add_help=False, allow_abbrev=ap.allow_abbrev)  # these two alone, before
-    # --help prints any default; abbreviations as ap takes them (race.py's check of --fast-args takes none)
-    first.add_argument("--recipe")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = OneLineParser(prog=ap.prog, add_help=False, allow_abbrev=False)  # these two alone, before --help prints
+    first.add_argument("--recipe")  # any default; abbreviations are ap's, written out first (written_out)
     first.add_argument("--list-recipes", action="store_true")
-    pre = first.parse_known_args(argv)[0]
+    pre = first.parse_known_args(written_out(ap, argv))[0]
     if pre.list_recipes:
         print(list_recipes())
         sys.exit(0)

@@ -48,6 +48,20 @@ def test_list_recipes_names_source_and_the_reports_figure(capsys):
     assert "DaiNet7's (Adam 1e-3, step decay, batch 128, crop+flip, 250 epochs) is our guess" in out
 
 
+def test_abbreviations_are_read_as_train_py_reads_them(capsys):
+    """An abbreviation means what it means to train.py's whole parser, not to the two-option pre-parser: --l is
+    ambiguous (--lr, --lookahead, --list-recipes...), --list-r the list, --rec the recipe."""
+    with pytest.raises(SystemExit) as e:
+        recipes.parse_args(train.get_parser(), ["--l", "0.1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "ambiguous option: --l could match" in err, err
+    with pytest.raises(SystemExit) as e:
+        recipes.parse_args(train.get_parser(), ["--list-r"])
+    assert e.value.code == 0 and "fast-cpu" in capsys.readouterr().out
+    args = recipes.parse_args(train.get_parser(), ["--rec=fast", "--epo", "3"])
+    assert (args.arch, args.epochs, args.optimizer) == ("fastnet", 3, "muon")
+
+
 def test_unknown_recipe(capsys):
     with pytest.raises(SystemExit) as e:
         train.main(["--recipe", "fastest"])
@@ -63,4 +77,4 @@ def test_every_recipe_runs_a_tiny_step(tmp_path, data_dir, recipe, capsys):
                        "--eval-batch-size", "20", "--data", data_dir, "--out", str(out)]) == 0
     config = json.load(open(out / "config.json"))["args"]
     assert config["recipe"] == recipe and config["arch"] == recipes.RECIPES[recipe]["arch"]
-    assert ("warning: --warmup-epochs" in capsys.readouterr().out) == (config["warmup_epochs"] >= 1)  # said, not refused
+    assert ("warning: --warmup-epochs" in capsys.readouterr().err) == (config["warmup_epochs"] >= 1)  # said, not refused
