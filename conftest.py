@@ -39,6 +39,11 @@ def run_script(script, *args, timeout=600, **kw):
                           timeout=timeout, **kw)
 
 
+def not_warnings(err):
+    """stderr without its "warning: " lines: train.py warns on stderr (no GPU found) before the data shows a mistake."""
+    return "".join(line for line in err.splitlines(keepends=True) if not line.startswith("warning: "))
+
+
 def training_metrics(run_dir):
     """A run's metrics.jsonl rows without the fields that measure the machine rather than the training."""
     return [{k: v for k, v in json.loads(line).items() if not any(w in k for w in ("time", "per_s", "rss"))}
@@ -63,7 +68,7 @@ def one_second(monkeypatch, tmp_path):
     return exits
 
 
-# ----------------------------------------------------------------------------- two tiny runs to draw (visualize, report)
+# ----------------------------------------------------------------------------- two tiny runs to draw (visualize.py)
 
 TINY = ["--arch", "lenet", "--epochs", "2", "--subset", "500", "--eval-batch-size", "500", "--no-progress"]
 

@@ -18,7 +18,7 @@ import evaluate
 import runfiles
 import runtime
 import train
-from conftest import HERE, run_script, training_metrics
+from conftest import HERE, not_warnings, run_script, training_metrics
 
 # lenet on 2,000 images, 40 steps an epoch; saves: steps 7..35 (1-5), epoch end best.pt (6) and last.pt (7), ...
 RUN = ["--arch", "lenet", "--epochs", "3", "--subset", "2000", "--batch-size", "50", "--eval-batch-size", "1000",
@@ -99,7 +99,7 @@ def test_out_of_memory_is_one_line_and_keeps_last_pt(tmp_path, data_dir, capsys,
     monkeypatch.setattr(train, "make_train_step", make_failing_step)
     out = tmp_path / "run"
     code = train.main([*RUN, "--data", data_dir, "--out", str(out)])
-    err = capsys.readouterr().err
+    err = not_warnings(capsys.readouterr().err)
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert "out of memory at --batch-size 50 (evaluation: --eval-batch-size 1000)" in err
     assert f"try a smaller batch size; the last good checkpoints are kept in {out}" in err
@@ -118,7 +118,7 @@ def test_out_of_memory_in_the_final_evaluation(tmp_path, data_dir, capsys, monke
 
     monkeypatch.setattr(train, "evaluate", failing_final_eval)
     code = train.main([*RUN, "--val", "200", "--data", data_dir, "--out", str(tmp_path / "run")])
-    err = capsys.readouterr().err
+    err = not_warnings(capsys.readouterr().err)
     assert code == 1 and err.count("\n") == 1 and "out of memory" in err
     assert runfiles.load_checkpoint(str(tmp_path / "run" / "last.pt"))["epoch"] == 3
 
@@ -211,7 +211,7 @@ def test_a_diverged_run_writes_json_and_an_epoch_of_skipped_steps_stops_in_one_l
     skipped = summary["skipped_steps"]
     assert f"img/s  {skipped} steps skipped" in out and rows[0]["skipped_steps"] == skipped  # and in which epoch
     assert train.main([*argv, "--epochs", "2", "--out", str(tmp_path / "two")]) == 1
-    err = capsys.readouterr().err.strip()
+    err = not_warnings(capsys.readouterr().err).strip()
     assert "\n" not in err and err.startswith("train.py: every step of epoch 2 had a non-finite loss and was skipped"), err
     assert "--skip-nonfinite" not in err and "try a lower --lr" in err
     assert train.main([*argv[:9], "1", *argv[10:], "--epochs", "1", "--out", str(tmp_path / "few")]) == 1  # N = 1

@@ -34,8 +34,7 @@ from recipes import parse_args
 from runfiles import (MetricsLog, clear_run, eval_weights, git_commit, json_text, load_checkpoint, make_run_dir,
                       prepare_run_dir, remove_stale_temps, rng_state, save_checkpoint, set_rng_state, write_text)
 from runtime import (OneLineParser, Progress, add_amp_arg, all_sum, any_rank, check_ranges, device_name, eta, path_arg,
-                     pick_device, quiet_rank, ranks_agree, resolve_amp, rss_mib, run_main, seed_arg, setup_distributed,
-                     sync)
+                     pick_device, ranks_agree, resolve_amp, rss_mib, run_main, seed_arg, setup_distributed, sync)
 from selection import make_selector
 
 
@@ -208,13 +207,19 @@ def read_command_line(ap, argv):
                      cuda_graph=args.cuda_graph or saved.get("cuda_graph", False))  # the same training, rounded apart
         args = argparse.Namespace(**{**{k: ap.get_default(k) for k in vars(args)}, **saved})  # flags newer than the run
     check_args(ap, args)
-    for w in [] if quiet_rank() else unused_flags(args, given):  # judged by a resumed run's own flags too
+    # rank 0 alone (any env:// launch sets RANK); judged by a resumed run's own flags too
+    for w in [] if os.environ.get("RANK", "0") != "0" else unused_flags(args, given):
         print(f"warning: {w}", file=sys.stderr)
     return args, resume_ckpt
 
 
 def finished(args, ckpt):  # the run to resume trained every epoch and wrote its summary: nothing is left to do
     return ckpt["epoch"] >= args.epochs and not ckpt["batch"] and os.path.exists(os.path.join(args.resume, "summary.json"))
+
+
+def say(line):
+    """A line of rank 0's: a warning to stderr, as the flag warnings and every script's, the rest to stdout."""
+    print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout)
 
 
 def set_up(ap, args):
@@ -226,7 +231,7 @@ def set_up(ap, args):
         ap.error("--cuda-graph works in a single process only (its graph holds no DDP communication)")
     if world > 1 and args.select_frac < 1 and args.select_by == "loss":
         ap.error("--select-by loss works in a single process only (a process sees only its shard of the images)")
-    log = print if rank == 0 else (lambda *a, **k: None)
+    log = say if rank == 0 else (lambda *a, **k: None)
     for w in schedule_warnings(args) + data.augment_warnings(args, args.epochs):
         log(f"warning: {w}")
     out = prepare_run_dir(args, ap)
