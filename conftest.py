@@ -76,11 +76,11 @@ TINY = ["--arch", "lenet", "--epochs", "2", "--subset", "500", "--eval-batch-siz
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_dir):
     """Two finished lenet runs that differ in batch size (a curves/report comparison)."""
+    import train  # here, not at the top: most test files need no network trained
     root = tmp_path_factory.mktemp("vis_runs")
     out = []
     for bs in (50, 100):
         path = str(root / f"bs{bs}")
-        import train  # here, not at the top: most test files need no network trained
         assert train.main([*TINY, "--batch-size", str(bs), "--data", data_dir, "--out", path]) == 0
         out.append(path)
     return out

@@ -194,3 +194,5 @@ def test_the_mark_is_read_from_where_the_tools_write_it_not_found_anywhere_in_th
     late = runfiles.md_mark("visualize.py report", True, "late.md")
     (tmp_path / "late.md").write_text("# notes\n" + late)  # not on line one
     assert runfiles.read_mark(str(tmp_path / "late.md")) is None
+    (tmp_path / "old.md").write_text("<!-- cifar10-toolkit visualize.py report (own run); this mark lets it ... -->\n")
+    assert runfiles.mark_is_own(str(tmp_path / "old.md"))  # drawn before marks named their file: still the run's
