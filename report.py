@@ -83,7 +83,8 @@ def run_config(ap, run, required=False):
         ap.error(f"{path} is unreadable ({e.strerror})")
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         ap.error(f"{path} is not JSON ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:80]}); damaged?")
-    if not isinstance(cfg.get("args", None if required else {}) if isinstance(cfg, dict) else None, dict):
+    flags = cfg.get("args", None if required else {}) if isinstance(cfg, dict) else None  # absent: {} unless required
+    if not isinstance(flags, dict):
         ap.error(f"{path} is not train.py's config (not a JSON object of its flags)")
     return cfg
 
