@@ -11,6 +11,7 @@ refreshes its own. In an --out other than the run's folder the name also carries
 hash of its full path (figs/confusion_matrix_a-1f2e3d.png, figs/confusion_matrix_a-1f2e3d_last.png), so runs evaluated
 into one folder keep a figure each, two runs both called seed0 (expA/seed0, expB/seed0) too. Only the figure in the
 run's own folder is marked as the run's: train.py --force replacing the run removes it, never a figure of another run.
+A PNG at that path that these tools did not draw (the user's) is refused before the work, not replaced.
 Checkpoints are read with torch.load(weights_only=True): a crafted file cannot run code.
 
 The evaluation loop, the accuracy count and test-time augmentation live here; train.py (its per-epoch
@@ -29,8 +30,8 @@ import torch.nn.functional as F
 
 import data
 from models import build_model
-from runfiles import (check_output_file, check_output_folder, checkpoint_file, eval_weights, json_text, load_checkpoint,
-                      run_folder, save_figure, write_text)
+from runfiles import (check_ours_to_replace, check_output_file, check_output_folder, checkpoint_file, eval_weights,
+                      json_text, load_checkpoint, run_folder, save_figure, write_text)
 from runtime import (OneLineParser, add_amp_arg, autocast, check_ranges, path_arg, pick_device, pyplot, resolve_amp,
                      run_main, sync)
 
@@ -272,6 +273,8 @@ def main(argv=None):
         check_output_file(ap, "--json", args.json, overwrite=args.force)
     out = args.out or run_folder(args.checkpoint)
     check_output_folder(ap, "--out" if args.out else "--out (the run's folder)", out)
+    png = os.path.join(out, f"confusion_matrix{figure_tag(args.checkpoint, out)}.png")
+    check_ours_to_replace(ap, [png], "evaluate.py")
     args.tta = args.tta or args.translate
     for flag, need, idle in (("--tta-frac", "--translate", args.tta_frac is not None and not args.translate),
                              ("--tta-mirror-frac", "--tta", args.tta_mirror_frac is not None and not args.tta)):
@@ -319,7 +322,6 @@ def main(argv=None):
           + (f" ({result['tta_images_per_s']:.0f} with TTA)" if args.tta else ""))
 
     os.makedirs(out, exist_ok=True)
-    png = os.path.join(out, f"confusion_matrix{figure_tag(args.checkpoint, out)}.png")
     plot_confusion(torch.tensor(result["confusion_matrix"]), classes, png,
                    f"{targs['arch']}: test accuracy {100 * res['acc']:.2f}%", is_own_folder(args.checkpoint, out))
     print(f"wrote {png}")

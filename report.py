@@ -9,9 +9,9 @@ Given one run, both write into its folder; given several, into figures/<their na
 comparison of other runs never replaces this one's page, curves or confusion matrices, while drawing the same runs
 again refreshes them in place. Into any other --out the names carry the runs' (set_tag: curves_a-1f2e3d.png,
 report_a-1f2e3d+b-4c5d6e.md, confusion_a-1f2e3d.png), so pages of other runs there stay too. The page carries
-runfiles.MARK (report.md's first line, report.html's generator tag): a report.md or report.html without it is the
-user's, which the report refuses to replace; only what one run's report draws into that run's own folder is marked as
-the run's, which train.py --force replacing the run removes.
+runfiles.MARK (report.md's first line, report.html's generator tag, the PNGs' text chunk): a page or figure without it
+is the user's, which both subcommands refuse to replace; only what one run's report draws into that run's own folder is
+marked as the run's, which train.py --force replacing the run removes.
 """
 import argparse
 import base64
@@ -209,14 +209,16 @@ def plot_curves(ap, runs, path, title, own):
     return save(fig, path, own)
 
 
-def check_runs(ap, runs, out, files):
-    """Refuse bad run folders, more runs than plot_curves has colours, and a folder in the place of a file to write
-    (it would fail only after the work), before anything is drawn or written."""
+def check_runs(ap, runs, out, files, by):
+    """Refuse bad run folders, more runs than plot_curves has colours, a folder in the place of a file to write (it
+    would fail only after the work) and a file there that no script here wrote (the user's, which it would replace),
+    before anything is drawn or written."""
     if len(runs) > MAX_RUNS:
         ap.error(f"at most {MAX_RUNS} runs at once (one colour each in the curves), got {len(runs)}")
     for r in runs:
         read_metrics(ap, r)
     check_no_folders_at(ap, [os.path.join(out, f) for f in files])
+    check_ours_to_replace(ap, [os.path.join(out, f) for f in files], by)
 
 
 def confusion_files(runs, out):
@@ -229,7 +231,7 @@ def confusion_files(runs, out):
 
 def cmd_curves(ap, args):
     name = f"curves{set_tag(args.runs, args.out)}.png"
-    check_runs(ap, args.runs, args.out, [name])
+    check_runs(ap, args.runs, args.out, [name], "visualize.py curves")
     title = run_labels(args.runs)[0] if len(args.runs) == 1 else f"{len(args.runs)} runs"
     return [plot_curves(ap, args.runs, os.path.join(args.out, name), title,  # visualize.main checked --out
                         own_run(args.runs, args.out))]
@@ -397,9 +399,8 @@ figcaption {{ color: #666; font-size: .85em; }}
 def cmd_report(ap, args):
     runs, out, names = args.runs, args.out, run_names(args.runs)  # visualize.main resolved and checked --out
     tag, own, cm_files = set_tag(runs, out), own_run(runs, out), confusion_files(runs, out)
-    check_runs(ap, runs, out, [f"curves{tag}.png", f"report{tag}.md", f"report{tag}.html"] + cm_files)
+    check_runs(ap, runs, out, [f"curves{tag}.png", f"report{tag}.md", f"report{tag}.html"] + cm_files, BY)
     md, page = os.path.join(out, f"report{tag}.md"), os.path.join(out, f"report{tag}.html")
-    check_ours_to_replace(ap, [md, page], BY)  # a page of the user's there: refused before the work, not replaced
     results = [run_results(ap, r) for r in runs]
     srcs = [open_source(ap, argparse.Namespace(source=run, arch=None, data=args.data, download=args.download, out=out,
                                                seed=0))

@@ -204,6 +204,16 @@ def test_evaluate_py_names_the_figure_of_another_checkpoint_apart(fp32_run, data
     assert sorted(set(os.listdir(run)) - before) == ["confusion_matrix.png", "confusion_matrix_last.png"]
 
 
+def test_evaluate_py_refuses_to_replace_a_png_of_the_users_before_the_work(fp32_run, data_dir, tmp_path):
+    run = str(tmp_path / "run")
+    shutil.copytree(fp32_run, run)
+    (tmp_path / "run" / "confusion_matrix.png").write_bytes(b"my own figure")
+    r = run_script("evaluate.py", run, "--data", data_dir, "--subset", "50", timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"{run}/confusion_matrix.png has no mark of evaluate.py" in r.stderr and "Accuracy" not in r.stdout
+    assert (tmp_path / "run" / "confusion_matrix.png").read_bytes() == b"my own figure"
+
+
 def test_evaluate_py_names_the_figure_for_its_run_in_another_folder(fp32_run, data_dir, tmp_path, monkeypatch):
     """Runs evaluated into one --out (not a run's own folder): the name carries the run's folder name and a hash of
     its real path, so none replaces another's figure, not even two runs both called seed0 (expA/seed0, expB/seed0);

@@ -341,6 +341,25 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys,
     assert not (tmp_path / "out").exists() and set(os.listdir(runs[0])) == before
 
 
+@pytest.mark.parametrize("argv, name", [
+    (["filters", "{run}"], "filters_lenet_{tag}.png"),
+    (["features", "{run}", "--layers", "conv1", "conv2"], "features_lenet_{tag}_0_conv2.png"),
+    (["errors", "{run}", "--count", "4"], "per_class_{tag}.png"),  # the last of its three figures
+    (["augment", "--count", "2"], "augment.png"),
+    (["cam", "{run}"], "cam_lenet_{tag}_0.png"),
+    (["curves", "{run}"], "curves_{tag}.png"),
+    (["report", "{run}"], "confusion_{tag}.png"),
+])
+def test_a_png_of_the_users_at_a_figures_path_is_refused_before_the_work(runs, tmp_path, capsys, argv, name):
+    """A file at a figure's path that no script here drew (a PNG of the user's) is left as it was: one line, exit 2,
+    before any figure is drawn."""
+    name = name.replace("{tag}", tag(runs[0]))
+    (tmp_path / name).write_bytes(b"\x89PNG\r\n\x1a\n my own figure")
+    err = refused(capsys, *[a.replace("{run}", runs[0]) for a in argv], "--out", tmp_path)
+    assert f"{tmp_path / name} has no mark of visualize.py" in err and "move it, or give another --out" in err
+    assert os.listdir(tmp_path) == [name] and (tmp_path / name).read_bytes() == b"\x89PNG\r\n\x1a\n my own figure"
+
+
 @pytest.mark.parametrize("argv, out", [(["filters", "--arch", "lenet"], "figures"), (["augment"], "figures"),
                                        (["curves", "{run}", "{run}"], "figures/bs50_1+bs50_2")])
 def test_the_default_out_is_checked_before_the_work(runs, tmp_path, monkeypatch, capsys, argv, out):

@@ -17,6 +17,7 @@ from where that can differ in one folder: the run when --out is not its own fold
 its path: figs/errors_a-1f2e3d.png, figs/augment_a-1f2e3d.png), the checkpoint when it is not the run's best.pt
 (errors_last.png, figs/errors_a-1f2e3d_last.png), an untrained network's --seed when not 0, cam's --target and --layer
 when given. Drawing the same figure from the same source again overwrites it in place; every path written is printed.
+A PNG at a figure's path that these tools did not draw (one of the user's) is refused before the work, not replaced.
 A figure drawn from a run into that run's own folder is marked so (runfiles.mark_text): train.py --force replacing the
 run removes it, and no other figure. Everything works through forward hooks on named modules (hooks.py), so no
 network needs code of its own here.
@@ -36,7 +37,7 @@ from evaluate import (confusion, evaluate, figure_tag, is_own_folder, per_class,
                       run_tag, safe_name)
 from hooks import grad_cam, is_map, stages, trace
 from models import ARCHS, build_model, check_arch
-from runfiles import check_output_folder, eval_weights, run_folder, save_figure
+from runfiles import check_ours_to_replace, check_output_folder, eval_weights, run_folder, save_figure
 from runtime import OneLineParser, check_ranges, path_arg, pick_device, pyplot, resolve_amp, run_main, seed_arg
 
 DPI = 100
@@ -58,6 +59,13 @@ def save(fig, path, own):
     pyplot().close(fig)
     print(f"wrote {path}")
     return path
+
+
+def check_paths(ap, paths):
+    """Refuse (exit 2), before the work, a file at one of the figure paths that no script here drew: it is the
+    user's, and save would replace it."""
+    check_ours_to_replace(ap, paths, "visualize.py")
+    return paths
 
 
 def image_grid(rows, cols, layout, title):
@@ -221,6 +229,8 @@ def cmd_features(ap, args):
     layers = args.layers or stages(src.model, info)
     valid_layers(ap, src, info, layers)
     check_ranges(ap, args, positive=("channels",))
+    paths = check_paths(ap, [os.path.join(src.out, f"features_{src.arch}{src.tag}_{i}_{layer}.png")
+                             for layer in layers])
     info = trace(src.model, x, keep=set(layers))
     caption = f"test #{i}: {true}"
     if src.trained:
@@ -228,8 +238,7 @@ def cmd_features(ap, args):
             probs = src.model(x).float().softmax(1)[0]
         caption += f"\npredicted {src.classes[int(probs.argmax())]} ({100 * float(probs.max()):.0f}%)"
     plt = pyplot()
-    paths = []
-    for layer in layers:
+    for layer, path in zip(layers, paths):
         rec = info[layer]
         fmap = rec["out"][0]
         c, h, w = fmap.shape
@@ -253,7 +262,7 @@ def cmd_features(ap, args):
                      f"{c}×{h}×{w}", fontsize=14, y=0.975)
         fig.text(0.5, 0.895, f"{shown} by mean activation, each scaled to its own range (dark = low, yellow = high)",
                  ha="center", fontsize=10, color="0.3")
-        paths.append(save(fig, os.path.join(src.out, f"features_{src.arch}{src.tag}_{i}_{layer}.png"), src.own))
+        save(fig, path, src.own)
     return paths
 
 
@@ -269,6 +278,7 @@ def cmd_filters(ap, args):
     name, conv = first_conv(src.model)
     if conv is None:
         ap.error(f"{src.arch} has no Conv2d layer")
+    path, = check_paths(ap, [os.path.join(src.out, f"filters_{src.arch}{src.tag}.png")])
     w = conv.weight.detach().float()
     o, cin, kh, kw = w.shape
     tiles = scale01(w).permute(0, 2, 3, 1).numpy() if cin == 3 else scale01(w.mean(1)).numpy()
@@ -283,7 +293,7 @@ def cmd_filters(ap, args):
                  fontsize=14, y=0.975)
     fig.text(0.5, 0.905, ("as RGB" if cin == 3 else "mean over input channels, gray")
              + ", each kernel scaled to its own range", ha="center", fontsize=10, color="0.3")
-    return [save(fig, os.path.join(src.out, f"filters_{src.arch}{src.tag}.png"), src.own)]
+    return [save(fig, path, src.own)]
 
 
 def cmd_layers(ap, args):
@@ -330,6 +340,10 @@ def cmd_errors(ap, args):
     if args.count > MAX_ERRORS:
         ap.error(f"--count {args.count}: at most {MAX_ERRORS} mistakes fit one figure")
     src = open_source(ap, args)
+    # the figures' files, named for the checkpoint they are drawn from (src.tag); errors-confusion, not
+    # confusion_matrix.png, which is evaluate.py's
+    errors, cm, bars = check_paths(ap, [os.path.join(src.out, f"{name}{src.tag}.png")
+                                        for name in ("errors", "errors-confusion", "per_class")])
     x, y, probs, acc = predict_test_set(ap, src, args.subset)
     conf, pred = probs.max(1)
     wrong = (pred != y).nonzero().flatten()
@@ -346,14 +360,9 @@ def cmd_errors(ap, args):
             ax.imshow(imgs[k], interpolation="nearest")
             ax.set_title(f"#{i} true: {src.classes[int(y[i])]}\npredicted: {src.classes[int(pred[i])]} "
                          f"{100 * float(conf[i]):.0f}%", fontsize=9, color="firebrick")
-
-    def at(name):  # the figure's file, named for the checkpoint it was drawn from (src.tag)
-        return os.path.join(src.out, f"{name}{src.tag}.png")
-    paths = [save(fig, at("errors"), src.own),  # not confusion_matrix.png, which is evaluate.py's
-             save_confusion(pred, y, src.classes, acc, src.name, at("errors-confusion"), src.own)]
-    paths.append(plot_per_class(per_class(pred, y, len(src.classes)), src.classes, acc, at("per_class"),
-                                f"{src.name}: per-class test accuracy", src.own))
-    return paths
+    return [save(fig, errors, src.own), save_confusion(pred, y, src.classes, acc, src.name, cm, src.own),
+            plot_per_class(per_class(pred, y, len(src.classes)), src.classes, acc, bars,
+                           f"{src.name}: per-class test accuracy", src.own)]
 
 
 def save_confusion(pred, y, classes, acc, name, path, own):
@@ -416,6 +425,9 @@ def cmd_augment(ap, args):
         data.check_augment_args(args)
     except data.DataError as e:
         ap.error(str(e))
+    # a run's batch outside its folder is named for the run (run_tag), so another run's beside it stays
+    path, = check_paths(ap, [os.path.join(args.out, f"augment{run_tag(args.run, args.out)}.png" if args.run
+                                          else "augment.png")])
     d = load_data(ap, args.data or "./data", args.download)
     x, y = d["train"]
     # normalised as train.py does, then shown un-normalised by the same statistics, whatever they are
@@ -451,9 +463,7 @@ def cmd_augment(ap, args):
             ax.set_yticks([])
             ax.set_xlabel(mixed_label(by[c], d["classes"]).replace(" + ", "\n+ "), fontsize=8, linespacing=1.0)
         axes[r, 0].set_ylabel(wrap(title, 24), fontsize=9)
-    # a run's batch outside its folder is named for the run (run_tag), so another run's beside it stays
-    name = f"augment{run_tag(args.run, args.out)}.png" if args.run else "augment.png"
-    return [save(fig, os.path.join(args.out, name), bool(args.run) and is_own_folder(args.run, args.out))]
+    return [save(fig, path, bool(args.run) and is_own_folder(args.run, args.out))]
 
 
 # ----------------------------------------------------------------------------- Grad-CAM
@@ -472,6 +482,13 @@ def cmd_cam(ap, args):
         if args.target not in src.classes:
             ap.error(f"unknown --target {args.target!r}; choose from: {', '.join(src.classes)}")
         target = src.classes.index(args.target)
+    # what differs from the default drawing is in the name: a figure of another class or layer keeps its own file
+    ids = [str(i) for i, _, _ in picked]  # past 8 images: the first 8 and a hash of all, so two lists stay apart
+    more = f"_etc-{hashlib.sha1(','.join(ids).encode()).hexdigest()[:6]}" if len(ids) > 8 else ""
+    name = (f"cam_{src.arch}{src.tag}_{'_'.join(ids[:8])}{more}"
+            + (f"_{safe_name(args.target)}" if target is not None else "")
+            + (f"_{safe_name(layer)}" if ends[-1:] != [layer] else "") + ".png")
+    path, = check_paths(ap, [os.path.join(src.out, name)])
     fig, axes = image_grid(len(picked), 3, CAM_GRID, f"Grad-CAM · {src.label} · "
                            f"{'predicted class' if target is None else args.target}")
     for row, (i, x, true) in zip(axes, picked):
@@ -489,13 +506,7 @@ def cmd_cam(ap, args):
         row[2].set_title(f"upsampled {up.shape[0]}×{up.shape[1]}, overlaid", fontsize=10)
         for ax in row:
             ax.axis("off")
-    # what differs from the default drawing is in the name: a figure of another class or layer keeps its own file
-    ids = [str(i) for i, _, _ in picked]  # past 8 images: the first 8 and a hash of all, so two lists stay apart
-    more = f"_etc-{hashlib.sha1(','.join(ids).encode()).hexdigest()[:6]}" if len(ids) > 8 else ""
-    name = (f"cam_{src.arch}{src.tag}_{'_'.join(ids[:8])}{more}"
-            + (f"_{safe_name(args.target)}" if target is not None else "")
-            + (f"_{safe_name(layer)}" if ends[-1:] != [layer] else "") + ".png")
-    return [save(fig, os.path.join(src.out, name), src.own)]
+    return [save(fig, path, src.own)]
 
 
 # ----------------------------------------------------------------------------- command line
