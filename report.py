@@ -106,14 +106,17 @@ def run_names(runs):
     return names if len(set(names)) == len(names) else [f"{n} #{k + 1}" for k, n in enumerate(names)]
 
 
+def cut(name, runs, key):
+    """name, or past 100 characters its first 80, the number of runs and a hash of the bytes key, which keeps sets of
+    runs whose names begin alike apart."""
+    return name if len(name) <= 100 else f"{name[:80]}+{len(runs)}runs-{hashlib.sha1(key).hexdigest()[:8]}"
+
+
 def runs_folder(runs):
     """figures/<the runs' names joined by +>: the default --out of curves and report given several runs, one folder per
     set of runs (a name too long for a folder is cut, and a hash of the runs' paths keeps it apart)."""
-    name = "+".join(safe_name(n) for n in run_names(runs))
-    if len(name) > 100:
-        digest = hashlib.sha1(b"\0".join(os.fsencode(os.path.abspath(r)) for r in runs)).hexdigest()[:8]
-        name = f"{name[:80]}+{len(runs)}runs-{digest}"
-    return os.path.join("figures", name)
+    return os.path.join("figures", cut("+".join(safe_name(n) for n in run_names(runs)), runs,
+                                       b"\0".join(os.fsencode(os.path.abspath(r)) for r in runs)))
 
 
 def natural_folder(runs, out):
@@ -129,9 +132,7 @@ def set_tag(runs, out):
     if natural_folder(runs, out):
         return ""
     tag = "+".join(run_tag(r)[1:] for r in runs)  # (natural_folder: out is no run's own folder if one run)
-    if len(tag) > 100:
-        tag = f"{tag[:80]}+{len(runs)}runs-{hashlib.sha1(tag.encode()).hexdigest()[:8]}"
-    return "_" + tag
+    return "_" + cut(tag, runs, tag.encode())
 
 
 def own_run(runs, out):
