@@ -516,9 +516,13 @@ def resolve_device(ap, name):
     return device
 
 
+GENERATOR = runfiles.MARK + " bench.py"  # bench.json's "generator": a JSON file without it is another's (config.json)
+
+
 def read_out(path):
-    """The sections already in --out: {} when it does not exist yet. A file that is not a JSON object (a user's
-    notes, a half-written file) raises ValueError: it is left as it is, never replaced."""
+    """The sections already in --out: {} when it does not exist yet. A file that is not a bench.py's JSON object (a
+    user's notes, a half-written file, a run's config.json or summary.json) raises ValueError: it is left as it is,
+    never replaced."""
     try:
         with open(path) as f:
             old = json.load(f)
@@ -528,6 +532,9 @@ def read_out(path):
         raise ValueError(f"{path} exists and is not a bench.json ({type(e).__name__}); pass another --out") from None
     if not isinstance(old, dict):
         raise ValueError(f"{path} exists and is not a bench.json (not a JSON object); pass another --out")
+    if old.get("generator") != GENERATOR:
+        raise ValueError(f"{path} exists and is not a bench.json (no \"generator\": \"{GENERATOR}\" in it: a file "
+                         "of yours, or one from before the mark); pass another --out")
     return old
 
 
@@ -554,7 +561,8 @@ def save_section(path, name, section, environment):
     except ValueError as e:
         print(f"warning: {e}; writing {path}.new instead", file=sys.stderr)
         path, old = path + ".new", {}
-    merged = {**old, **environment, name: section}  # the top reflects the latest run; sections carry their own
+    # the top reflects the latest run; sections carry their own
+    merged = {**old, "generator": GENERATOR, **environment, name: section}
     runfiles.write_text(path, runfiles.json_text(merged, indent=2))
     return merged
 

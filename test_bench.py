@@ -80,27 +80,29 @@ def test_bare_step_does_what_train_step_does():
 
 def test_save_section_keeps_other_sections(tmp_path, capsys):
     path = str(tmp_path / "bench.json")
-    (tmp_path / "bench.json").write_text(json.dumps({"bench": "data", "ratio": 3.0}))  # keys bench.py does not know
+    mark = {"generator": "cifar10-toolkit bench.py"}
+    (tmp_path / "bench.json").write_text(json.dumps({**mark, "bench": "data", "ratio": 3.0}))  # keys a user added
     env = {"device": "cpu", "torch": torch.__version__}
     bench.save_section(path, "step", {"rows": [1]}, env)
     bench.save_section(path, "epoch", {"total_s": 2.0}, {**env, "device": "other"})
     res = json.loads((tmp_path / "bench.json").read_text())
-    assert res == {"bench": "data", "ratio": 3.0, "device": "other", "torch": torch.__version__,
+    assert res == {**mark, "bench": "data", "ratio": 3.0, "device": "other", "torch": torch.__version__,
                    "step": {"rows": [1]}, "epoch": {"total_s": 2.0}}
     bench.save_section(path, "step", {"rows": [2]}, env)  # a rerun replaces its own section only
     assert json.loads((tmp_path / "bench.json").read_text())["epoch"] == {"total_s": 2.0}
     assert os.listdir(tmp_path) == ["bench.json"]  # the temp file was renamed into place
     (tmp_path / "bench.json").write_text("{half a fi")  # the file broke while the bench ran: it is kept as it is
-    assert bench.save_section(path, "data", {"ratio": 1.0}, env) == {**env, "data": {"ratio": 1.0}}
+    assert bench.save_section(path, "data", {"ratio": 1.0}, env) == {**mark, **env, "data": {"ratio": 1.0}}
     assert (tmp_path / "bench.json").read_text() == "{half a fi"
-    assert json.loads((tmp_path / "bench.json.new").read_text()) == {**env, "data": {"ratio": 1.0}}
+    assert json.loads((tmp_path / "bench.json.new").read_text()) == {**mark, **env, "data": {"ratio": 1.0}}
     assert "bench.json.new" in capsys.readouterr().err
 
 
 def test_an_earlier_race_is_replaced_only_with_force(tmp_path, monkeypatch, capsys):
     """A race took hours: a rerun into its --out is refused before any work; the other sections are simply rerun."""
     path = tmp_path / "bench.json"
-    path.write_text(json.dumps({"data": {"images": 1}, "race": {"measured": "2026-12-01T10:00:00"}}))
+    path.write_text(json.dumps({"generator": "cifar10-toolkit bench.py", "data": {"images": 1},
+                                "race": {"measured": "2026-12-01T10:00:00"}}))
     bench.main(["data", "--images", "64", "--repeats", "1", "--workers", "0", "--device", "cpu", "--out", str(path)])
     assert json.loads(path.read_text())["data"]["images"] == 64
     monkeypatch.setitem(sys.modules, "airbench", types.ModuleType("airbench"))
@@ -111,9 +113,10 @@ def test_an_earlier_race_is_replaced_only_with_force(tmp_path, monkeypatch, caps
     assert e.value.code == 2 and "already holds a 'race' section (measured 2026-12-01T10:00:00); use --force" in err
 
 
-@pytest.mark.parametrize("content", ["my notes, not JSON", "[1, 2]", None])
+@pytest.mark.parametrize("content", ["my notes, not JSON", "[1, 2]", '{"data": {"mean": [0.5]}, "device": "cpu"}', None])
 def test_out_that_is_not_a_bench_json_is_refused_before_any_work(tmp_path, content):
-    """A --out that is a user's other file (or sits in a missing folder) stops the run at once, the file untouched."""
+    """A --out that is a user's other file, JSON ones too (a run's config.json, whose "data" and "device" a section
+    would replace), or one in a missing folder, stops the run at once, the file untouched."""
     out = tmp_path / "notes.txt" if content is not None else tmp_path / "missing" / "bench.json"
     if content is not None:
         out.write_text(content)
@@ -182,7 +185,8 @@ def runs(tmp_path_factory, data_dir):
 @pytest.mark.slow
 def test_one_file_holds_every_section(runs):
     res, _ = runs
-    assert list(res) == ["device", "torch", "torchvision", "python", "threads", "measured", "data", "step", "epoch"]
+    assert list(res) == ["generator", "device", "torch", "torchvision", "python", "threads", "measured", "data", "step",
+                         "epoch"]
     assert res["torch"] == torch.__version__ and res["device"].startswith("cpu")
     for cmd in ("data", "step", "epoch"):
         assert res[cmd]["torch"] == torch.__version__ and res[cmd]["device"] == res["device"]
