@@ -113,7 +113,8 @@ def test_an_earlier_race_is_replaced_only_with_force(tmp_path, monkeypatch, caps
     assert e.value.code == 2 and "already holds a 'race' section (measured 2026-12-01T10:00:00); use --force" in err
 
 
-@pytest.mark.parametrize("content", ["my notes, not JSON", "[1, 2]", '{"data": {"mean": [0.5]}, "device": "cpu"}', None])
+@pytest.mark.parametrize("content", ["my notes, not JSON", "[1, 2]", '{"data": {"mean": [0.5]}, "device": "cpu"}',
+                                     None])
 def test_out_that_is_not_a_bench_json_is_refused_before_any_work(tmp_path, content):
     """A --out that is a user's other file, JSON ones too (a run's config.json, whose "data" and "device" a section
     would replace), or one in a missing folder, stops the run at once, the file untouched."""
