@@ -19,7 +19,8 @@ step (probe_multiples says why). Results go to --out/<arch>.json and --out/summa
     surface_1d.png, surface_2d.png   with --surface: filter-normalised loss slices (Li et al. 2018)
 
 Every figure shows whichever variants have results in --out, VGG-A green and VGG-A + BN red; a figure that
-landscape.py drew there before and does not draw again (of results no longer there) is removed.
+landscape.py drew there before and does not draw again (of results no longer there) is removed. A file of yours
+under one of these names is refused (one line, exit 2; before the training where the name is sure), not replaced.
 """
 import datetime
 import json
@@ -460,6 +461,36 @@ def plot_surface(results, path_1d, path_2d):
     return _save(fig, path_2d)
 
 
+def figure_names(results):
+    """The files plot_all draws for these results: loss_landscape.png, measures.png where plot_measures has a measured
+    run, a curves_lr<lr>.png per lr, the surfaces where a variant has them."""
+    lr = measures_lr(results)
+    measured = any((r := run_at(res, lr)) and r["measure"]["step"] for res in results.values())
+    lrs = sorted({r["lr"] for res in results.values() for r in res["runs"]}, reverse=True)
+    surfaces = any(r.get("surface") for r in results.values())
+    return (["loss_landscape.png"] + ["measures.png"] * measured + [f"curves_lr{lr:g}.png" for lr in lrs]
+            + ["surface_1d.png", "surface_2d.png"] * surfaces)
+
+
+def check_ours(ap, out, names, then):
+    """Refuse (exit 2) a file in out under one of these names that no script here wrote (a PNG without the mark, a
+    summary.json that is no landscape.py summary): the user's, which drawing the report would replace."""
+    for path in (os.path.join(out, n) for n in names):
+        if os.path.isfile(path) and not (is_summary(path) if path.endswith(".json") else runfiles.drawn_by_us(path)):
+            ap.error(f"{path} is not landscape.py's (a file of yours, or a figure from before the mark); move it, "
+                     + then)
+
+
+def is_summary(path):
+    """Whether the JSON file at path is a summary landscape.py wrote: an object of its variants."""
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(summary, dict) and bool(summary) and set(summary) <= set(VARIANTS)
+
+
 def plot_all(results, out):
     """Every figure for the variants in `results` (one or both); returns the paths written."""
     paths = [plot_loss_landscape(results, os.path.join(out, "loss_landscape.png"))]
@@ -614,6 +645,8 @@ def report(ap, args, paths):
             print(f"note: the two variants were run with different {', '.join(differ)}; compare with care")
     for a, r in [(a, r) for a, r in results.items() if not r.get("complete")]:
         print(f"note: {paths[a]} is incomplete ({len(r['runs'])} of {len(r['config']['lrs'])} lrs)")
+    check_ours(ap, args.out, figure_names(results) + ["summary.json"],
+               "then run again" if args.plot_only else "then draw the saved results with --plot-only")
     written, lr = plot_all(results, args.out), measures_lr(results)
     print(("comparison" if len(results) == 2 else f"{VARIANTS[next(iter(results))]} only") + " figures:")
     print("\n".join(f"  {p}" for p in written))
@@ -638,7 +671,10 @@ def main(argv=None):
     paths = {a: os.path.join(args.out, f"{a}.json") for a in VARIANTS}
     if args.plot_only:
         check_plot_only(ap, args, asked, paths)
-    elif train_variants(ap, args, asked, paths) is not None:
+    else:  # what the report will surely draw, checked before the training too
+        check_ours(ap, args.out, ["loss_landscape.png", "summary.json"] + [f"curves_lr{lr:g}.png" for lr in args.lrs],
+                   "or give another --out")
+    if not args.plot_only and train_variants(ap, args, asked, paths) is not None:
         return 130
     return report(ap, args, paths)
 

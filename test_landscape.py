@@ -457,6 +457,39 @@ def tiny(data_dir, out, *more):
             "--out", out, *more]
 
 
+@pytest.mark.parametrize("name", ["loss_landscape.png", "measures.png", "curves_lr0.0005.png", "summary.json"])
+def test_plot_only_refuses_to_replace_a_file_of_the_users(tmp_path, capsys, name):
+    """A file under a name the report draws that no script here wrote (a plain PNG, a summary.json of other keys) is
+    refused before any figure is drawn, and left as it was; a landscape.py figure there is redrawn."""
+    out = str(tmp_path)
+    landscape.save_results(fake_result("vgg_a"), os.path.join(out, "vgg_a.json"))
+    mine = png(tmp_path / name, None) if name.endswith(".png") else b'{"my": "notes"}'
+    (tmp_path / name).write_bytes(mine)
+    err = exits_with_one_line(capsys, ["--plot-only", "--out", out])
+    assert f"{tmp_path / name} is not landscape.py's (a file of yours" in err and "move it, then run again" in err
+    assert sorted(os.listdir(out)) == sorted([name, "vgg_a.json"]) and (tmp_path / name).read_bytes() == mine
+    if name.endswith(".png"):
+        png(tmp_path / name, "landscape.py")
+        assert landscape.main(["--plot-only", "--out", out]) == 0
+
+
+def test_training_refuses_a_file_of_the_users_before_it_starts_or_after_it_with_the_results_kept(tmp_path, data_dir,
+                                                                                                 capsys):
+    """A name the report surely draws (curves at an asked lr) is refused before the training; one it draws only as
+    the results turn out (measures.png) after it, the results saved for --plot-only."""
+    out = tmp_path / "ls"
+    os.makedirs(out)
+    mine = png(out / "curves_lr0.002.png", None)
+    err = exits_with_one_line(capsys, tiny(data_dir, str(out)))
+    assert "curves_lr0.002.png is not landscape.py's" in err and "move it, or give another --out" in err
+    assert os.listdir(out) == ["curves_lr0.002.png"] and (out / "curves_lr0.002.png").read_bytes() == mine
+    os.remove(out / "curves_lr0.002.png")
+    mine = png(out / "measures.png", None)
+    err = exits_with_one_line(capsys, tiny(data_dir, str(out), "--measure-every", "1"))
+    assert "measures.png is not landscape.py's" in err and "then draw the saved results with --plot-only" in err
+    assert sorted(os.listdir(out)) == ["measures.png", "vgg_a.json"] and (out / "measures.png").read_bytes() == mine
+
+
 def test_ctrl_c_before_any_lr_finished_says_nothing_was_written(tmp_path, data_dir, capsys, monkeypatch):
     out = str(tmp_path / "ls")
     interrupting_train_lr(monkeypatch, finish=0)
