@@ -468,6 +468,9 @@ def bench_race(args):
     print(f"race: {lane} seeds {args.seeds} against airbench94 on {runtime.device_name(args.device)}"
           + (f", lanes pinned to cores {args.cores[0]} and {args.cores[1]}, one thread each"
              if args.device.type == "cpu" else ""), flush=True)
+    # a run's lines come only when it ends (a CPU run takes 10-30 minutes): its epochs are in its log meanwhile
+    print(f"race: each run's epochs as they go: {os.path.join(args.work, 'fast-seed<S>.log')} and "
+          f"{os.path.join(args.work, 'airbench94-seed<S>.log')} (tail -f)", flush=True)
     started = time.time()
     fast, air, cut = run_lanes(args)
     section = {"seeds": args.seeds, "recipe": args.recipe, "fast_args": args.fast_args, "cpu_busy_before": busy,

@@ -367,7 +367,8 @@ def test_race_runs_both_lanes_at_once_and_writes_the_ratio(tmp_path, monkeypatch
                           "airbench94": {"runs": pytest.approx(1.0), "epochs": pytest.approx(1.0)}}
     runs = [{"whole_s": 10.0, "epoch_times": [9.0, 3.0, 4.0, 0.5]}, {"whole_s": 12.0, "epoch_times": [1.0, 6.0, 5.0, 1.0]}]
     assert race.drift(runs) == {"runs": pytest.approx(1.2), "epochs": pytest.approx(2.0)}  # first, last left out
-    printed = capsys.readouterr().out
+    printed, work = capsys.readouterr().out, tmp_path / "race"
+    assert f"race: each run's epochs as they go: {work}/fast-seed<S>.log and {work}/airbench94-seed<S>.log" in printed
     assert "pace: fast is 15.00x airbench94" in printed and "bar: every_seed_90.4 yes" in printed
     assert printed.count("[after --seeds: not in the bar]") == len(fast) - 3 and s["threads_per_lane"] == 1
     assert f"fast trained {len(fast) + 0.625:.2f} runs to airbench94's 1, {len(fast) + 0.625:.2f}x" in printed
