@@ -322,8 +322,8 @@ def bench_step(args):
     batch = (torch.randn(args.batch_size, 3, 32, 32, generator=g).to(device),
              torch.randint(0, 10, (args.batch_size,), generator=g).to(device))
 
-    print(f"step: {args.arch}, batch {args.batch_size}, {args.repeats} repeats of ~{args.seconds:g} s per contender, "
-          f"{args.warmup} warm-up steps, {device_name(device)}")
+    print(f"step: {args.arch}, batch {args.batch_size}, {args.repeats} repeats per contender of ~{args.seconds:g} s "
+          f"or one step if longer, {args.warmup} warm-up steps, {device_name(device)}")
     print(f"  train.py step = optim.make_train_step with train.py's defaults ({targs.optimizer}, lr {targs.lr}, "
           f"{targs.schedule} schedule); bare = forward, loss, zero_grad, backward, optimizer and scheduler step")
     if skip:

@@ -568,6 +568,8 @@ def check_args(ap, args):
         ap.error(f"--probe-range needs 0 < LO <= HI, got {lo:g} {hi:g}")
     args.crop_pad = (4 if args.augment else 0) if args.crop_pad is None else args.crop_pad
     args.no_flip = args.no_flip or not args.augment
+    if args.surface_lr is not None and not args.surface:  # (as evaluate.py warns of a TTA share it cannot use)
+        print("warning: --surface-lr has no effect without --surface", file=sys.stderr)
     if args.surface_lr is None:
         args.surface_lr = REPORT_LR if REPORT_LR in args.lrs else args.lrs[0]
     elif args.surface_lr not in args.lrs:

@@ -457,6 +457,12 @@ def tiny(data_dir, out, *more):
             "--out", out, *more]
 
 
+def test_surface_lr_without_surface_is_said_to_do_nothing(tmp_path, capsys):
+    landscape.save_results(fake_result("vgg_a"), str(tmp_path / "vgg_a.json"))
+    assert landscape.main(["--plot-only", "--surface-lr", "0.001", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == "warning: --surface-lr has no effect without --surface\n"
+
+
 @pytest.mark.parametrize("name", ["loss_landscape.png", "measures.png", "curves_lr0.0005.png", "summary.json"])
 def test_plot_only_refuses_to_replace_a_file_of_the_users(tmp_path, capsys, name):
     """A file under a name the report draws that no script here wrote (a plain PNG, a summary.json of other keys) is
