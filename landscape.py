@@ -126,7 +126,7 @@ MEASURE_KEYS = ["loss0", "grad_norm", "step_length", "loss_min", "loss_max", "gr
 
 # ----------------------------------------------------------------------------- training one variant
 
-def train_lr(arch, lr, loaders, args, device, amp_dtype, show_bar):
+def train_lr(arch, lr, loaders, args, device, amp_dtype, progress):
     """Train `arch` at one lr from the seed's initial weights; returns (run record, model)."""
     train_loader, eval_loader, eval_split, num_classes = loaders
     torch.manual_seed(args.seed)  # same initial weights for every lr
@@ -144,7 +144,7 @@ def train_lr(arch, lr, loaders, args, device, amp_dtype, show_bar):
     model.train()
     for epoch in range(args.epochs):
         train_loader.set_epoch(epoch)
-        bar = runtime.Progress(len(train_loader), epoch, args.epochs, show_bar)
+        bar = runtime.Progress(len(train_loader), epoch, args.epochs, *progress)
         losses = []  # on the device: one host sync per epoch (and per measurement)
         for x, y in train_loader:
             if args.measure_every and step % args.measure_every == 0:
@@ -187,7 +187,7 @@ def train_lr(arch, lr, loaders, args, device, amp_dtype, show_bar):
 
 def run_variant(arch, args, loaders, info, device, amp_dtype, path, saved, log=print):
     """Train `arch` at every lr, write `path` after each lr (atomically; `saved` gets each save's lrs), return it."""
-    show_bar = sys.stdout.isatty() and not args.no_progress
+    progress = runtime.progress_style(args.no_progress)
     result = {"arch": arch, "label": VARIANTS[arch], "complete": False,
               "config": config_of(args, device, amp_dtype, info), "runs": [], "surface": None}
     probes, t0 = ", ".join(f"{m:.3g}" for m in probe_multiples(*args.probe_range, args.probes)), time.time()
@@ -196,7 +196,7 @@ def run_variant(arch, args, loaders, info, device, amp_dtype, path, saved, log=p
         log(f"== {VARIANTS[arch]}: lr {lr:g} ({i + 1}/{len(args.lrs)}), {args.epochs} epochs x {len(loaders[0])} steps"
             + (f", measures every {args.measure_every} steps at {probes} x Adam's step" if args.measure_every else
                ", no measures (--measure-every 0)") + (f"; {left.strip()} for this variant's lrs left" if left else ""))
-        run, model = train_lr(arch, lr, loaders, args, device, amp_dtype, show_bar)
+        run, model = train_lr(arch, lr, loaders, args, device, amp_dtype, progress)
         result["runs"].append(run)
         if args.surface and lr == args.surface_lr:
             ts = time.time()
@@ -549,7 +549,8 @@ def get_parser():
                     help="folder for the JSON results and the PNGs")
     ap.add_argument("--force", action="store_true", help="overwrite a variant's existing results")
     ap.add_argument("--plot-only", action="store_true", help="redraw the figures from the JSON in --out, no training")
-    ap.add_argument("--no-progress", action="store_true", help="plain lines even on a terminal")
+    ap.add_argument("--no-progress", action="store_true",
+                    help="one line per epoch only: no bar on a terminal, no line a minute into a pipe or log")
     return ap
 
 
@@ -568,8 +569,7 @@ def check_args(ap, args):
         ap.error(f"--probe-range needs 0 < LO <= HI, got {lo:g} {hi:g}")
     args.crop_pad = (4 if args.augment else 0) if args.crop_pad is None else args.crop_pad
     args.no_flip = args.no_flip or not args.augment
-    if args.surface_lr is not None and not args.surface:  # (as evaluate.py warns of a TTA share it cannot use)
-        print("warning: --surface-lr has no effect without --surface", file=sys.stderr)
+    idle = args.surface_lr is not None and not args.surface  # (as evaluate.py warns of a TTA share it cannot use)
     if args.surface_lr is None:
         args.surface_lr = REPORT_LR if REPORT_LR in args.lrs else args.lrs[0]
     elif args.surface_lr not in args.lrs:
@@ -577,6 +577,8 @@ def check_args(ap, args):
     if args.plot_only and args.surface:
         ap.error("--surface needs the trained weights: drop --plot-only (saved surfaces are redrawn anyway)")
     runfiles.check_output_folder(ap, "--out", args.out, not_a_run=True)  # found before the training, not after
+    if idle:  # said once the values passed: an error comes as one line
+        print("warning: --surface-lr has no effect without --surface", file=sys.stderr)
 
 
 COURSE_NORM = ([0.5] * 3, [0.5] * 3)  # the course code's transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

@@ -380,22 +380,40 @@ def eta(started, done, left):
         else f"  eta {s}s"
 
 
-class Progress:
-    """One plain line per epoch, and on a terminal a tqdm bar while the epoch runs (gone when its line comes: as the
-    bar's suffix the line would be cut to the terminal's width)."""
+PROGRESS_EVERY = 60.0  # seconds between the plain progress lines of an epoch written to a pipe or a log
 
-    def __init__(self, total, epoch, epochs, enabled):
-        self.bar = None
-        if enabled:
+
+def progress_style(no_progress, main_proc=True):
+    """Progress's (bar, every): a tqdm bar on a terminal; into a pipe or a log, where a bar's redraws would pile up,
+    a plain line every PROGRESS_EVERY seconds; neither under --no-progress, nor on a process but rank 0."""
+    if no_progress or not main_proc:
+        return False, 0.0
+    return (True, 0.0) if sys.stdout.isatty() else (False, PROGRESS_EVERY)
+
+
+class Progress:
+    """One plain line per epoch and, while the epoch runs, a tqdm bar (bar: gone when the epoch's line comes: as the
+    bar's suffix the line would be cut to the terminal's width) or a plain line every `every` seconds (0: none), so
+    a long epoch in a log shows how far it got."""
+
+    def __init__(self, total, epoch, epochs, bar, every=0.0):
+        self.bar, self.total, self.done, self.every, self.postfix = None, total, 0, every, {}
+        self.desc, self.last = f"epoch {epoch + 1}/{epochs}", time.time()
+        if bar:
             from tqdm import tqdm
-            self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stdout, leave=False,
-                            dynamic_ncols=True)
+            self.bar = tqdm(total=total, desc=self.desc, file=sys.stdout, leave=False, dynamic_ncols=True)
 
     def update(self, n, **postfix):
+        self.done += n
+        self.postfix.update(postfix)
         if self.bar is not None:
             self.bar.update(n)
             if postfix:
                 self.bar.set_postfix(postfix, refresh=False)
+        elif n and self.every and (now := time.time()) - self.last >= self.every:  # (n 0: new figures, no step)
+            self.last = now
+            print(f"  {self.desc}  step {self.done}/{self.total}"
+                  + "".join(f"  {k} {v}" for k, v in self.postfix.items()), flush=True)
 
     def close(self, line):
         if self.bar is not None:

@@ -23,11 +23,43 @@ def test_an_epochs_line_comes_whole_on_a_terminal_too(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "60")  # tqdm's width where the output is no terminal
     line = "epoch 1/2  loss 2.1445  acc 0.2000  test loss 2.0512  test acc 0.3120  lr 0.1  1.0s  100 img/s"
     for tty in (True, False):
-        bar = runtime.Progress(4, 0, 2, enabled=tty)
+        bar = runtime.Progress(4, 0, 2, bar=tty)
         bar.update(4, loss="2.145")
         bar.close(line)
         out = capsys.readouterr().out
         assert re.search(rf"(^|[\r\n]){re.escape(line)}\n", out), out
+
+
+def test_an_epoch_written_to_a_pipe_or_a_log_says_how_far_it_got_every_so_often(capsys, monkeypatch):
+    """No bar there (its redraws would pile up): a plain line every PROGRESS_EVERY seconds with the latest figures;
+    none under --no-progress, none on a terminal (the bar), none on a process but rank 0."""
+    monkeypatch.setattr(runtime.sys.stdout, "isatty", lambda: False)
+    assert runtime.progress_style(False) == (False, runtime.PROGRESS_EVERY)
+    assert runtime.progress_style(True) == runtime.progress_style(False, main_proc=False) == (False, 0.0)
+    monkeypatch.setattr(runtime.sys.stdout, "isatty", lambda: True)
+    assert runtime.progress_style(False) == (True, 0.0)
+    clock = iter([100.0, 130.0, 161.0, 170.0, 222.0])  # the start, then each update's time
+    monkeypatch.setattr(runtime.time, "time", lambda: next(clock))
+    bar = runtime.Progress(50, 2, 10, bar=False, every=30.0)
+    bar.update(10, loss="2.31")  # 30 s: a line
+    bar.update(10, loss="2.05", acc="0.210")  # 61 s: 31 s since the last, a line
+    bar.update(10)  # 70 s: only 9 s since
+    bar.update(20)  # 122 s: 61 s since, a line
+    assert capsys.readouterr().out == ("  epoch 3/10  step 10/50  loss 2.31\n"
+                                       "  epoch 3/10  step 20/50  loss 2.05  acc 0.210\n"
+                                       "  epoch 3/10  step 50/50  loss 2.05  acc 0.210\n")
+
+
+def test_train_py_into_a_log_says_how_far_each_epoch_got(tmp_path, data_dir, capsys, monkeypatch):
+    import train
+    from conftest import TINY
+    monkeypatch.setattr(runtime, "PROGRESS_EVERY", 1e-9)  # a line at every step
+    for flags, lines in (([], 2 * 10), (["--no-progress"], 0)):  # 2 epochs of 500 images at batch 50
+        assert train.main([*(f for f in TINY if f != "--no-progress"), "--batch-size", "50", "--data", data_dir,
+                           "--out", str(tmp_path / f"run{len(flags)}"), *flags]) == 0
+        out = capsys.readouterr().out
+        assert len(re.findall(r"^  epoch [12]/2  step \d+/10", out, re.M)) == lines, out
+        assert re.search(r"^  epoch 2/2  step 10/10  loss [\d.]+  acc [\d.]+  lr ", out, re.M) or not lines, out
 
 
 def test_ctrl_c_outside_a_scripts_own_handling_is_one_line_and_exit_130(capsys):

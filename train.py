@@ -34,7 +34,8 @@ from recipes import parse_args
 from runfiles import (MetricsLog, clear_run, eval_weights, git_commit, json_text, load_checkpoint, make_run_dir,
                       prepare_run_dir, remove_stale_temps, rng_state, save_checkpoint, set_rng_state, write_text)
 from runtime import (OneLineParser, Progress, add_amp_arg, all_sum, any_rank, check_ranges, device_name, eta, path_arg,
-                     pick_device, ranks_agree, resolve_amp, rss_mib, run_main, seed_arg, setup_distributed, sync)
+                     pick_device, progress_style, ranks_agree, resolve_amp, rss_mib, run_main, seed_arg,
+                     setup_distributed, sync)
 from selection import make_selector
 
 
@@ -108,7 +109,8 @@ def get_parser():
     ap.add_argument("--out", type=path_arg, default=None, help="run folder (default runs/<arch>-<timestamp>)")
     ap.add_argument("--force", action="store_true", help="allow writing into a folder that holds another run")
     ap.add_argument("--resume", type=path_arg, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
-    ap.add_argument("--no-progress", action="store_true", help="plain lines even on a terminal")
+    ap.add_argument("--no-progress", action="store_true",
+                    help="one line per epoch only: no bar on a terminal, no line a minute into a pipe or log")
     return ap
 
 
@@ -420,7 +422,7 @@ def train(run):
     memory. SIGINT/SIGTERM end the run at the next step with a checkpoint it can resume from."""
     old_handlers = {s: signal.signal(s, lambda signum, frame: run.stop_signal.append(signum))
                     for s in (signal.SIGINT, signal.SIGTERM)}
-    run.show_bar = run.main_proc and sys.stdout.isatty() and not run.args.no_progress
+    run.progress = progress_style(run.args.no_progress, run.main_proc)
     run.t_run = time.time()
     try:
         for epoch in range(run.start_epoch, run.args.epochs):
@@ -462,7 +464,7 @@ def train_one_epoch(run, epoch):
             acc_correct += run.partial["correct"]
             seen = run.partial["seen"]
     seen_here, recent = seen, []  # the bar's images/s counts this invocation's images only; recent: losses since a read
-    bar = Progress(len(loader), epoch, args.epochs, run.show_bar)
+    bar = Progress(len(loader), epoch, args.epochs, *run.progress)
     t0 = time.time()
     for i, (x, y) in enumerate(loader):
         if i < run.batch:  # resumed mid-epoch: the loader replays the epoch's draws, skip what was done
