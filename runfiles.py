@@ -403,7 +403,9 @@ class MetricsLog:
     def add(self, row):
         self.rows.append(row)
         write_text(os.path.join(self.out, "metrics.jsonl"), "".join(json_text(r) + "\n" for r in self.rows))
-        keys = list(dict.fromkeys(k for r in self.rows for k in r))
+        # the columns in the order of the fullest row (an evaluated epoch's), so an epoch left unevaluated
+        # (--eval-every) moves no column
+        keys = list(dict.fromkeys(k for r in sorted(self.rows, key=len, reverse=True) for k in r))
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=keys)
         w.writeheader()

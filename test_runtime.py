@@ -62,6 +62,15 @@ def test_train_py_into_a_log_says_how_far_each_epoch_got(tmp_path, data_dir, cap
         assert re.search(r"^  epoch 2/2  step 10/10  loss [\d.]+  acc [\d.]+  lr ", out, re.M) or not lines, out
 
 
+def test_metrics_csv_keeps_its_columns_in_place_when_an_epoch_is_not_evaluated(tmp_path):
+    """--eval-every 2: epoch 1 has no test figures; their columns still come where an evaluated epoch has them."""
+    log = runfiles.MetricsLog(str(tmp_path))
+    log.add({"epoch": 1, "train_loss": 2.0, "lr": 0.1})
+    log.add({"epoch": 2, "train_loss": 1.5, "test_loss": 1.4, "test_acc": 0.5, "lr": 0.05})
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == [
+        "epoch,train_loss,test_loss,test_acc,lr", "1,2.0,,,0.1", "2,1.5,1.4,0.5,0.05"]
+
+
 def test_ctrl_c_outside_a_scripts_own_handling_is_one_line_and_exit_130(capsys):
     def main():
         raise KeyboardInterrupt
