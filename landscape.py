@@ -476,9 +476,10 @@ def check_ours(ap, out, names, then):
     """Refuse (exit 2) a file in out under one of these names that no script here wrote (a PNG without the mark, a
     summary.json that is no landscape.py summary): the user's, which drawing the report would replace."""
     for path in (os.path.join(out, n) for n in names):
-        if os.path.isfile(path) and not (is_summary(path) if path.endswith(".json") else runfiles.drawn_by_us(path)):
-            ap.error(f"{path} is not landscape.py's (a file of yours, or a figure from before the mark); move it, "
-                     + then)
+        summary = path.endswith(".json")
+        if os.path.isfile(path) and not (is_summary(path) if summary else runfiles.drawn_by_us(path)):
+            whose = "a file of yours" if summary else "a file of yours, or a figure from before the mark"
+            ap.error(f"{path} is not landscape.py's ({whose}); move it, {then}")
 
 
 def is_summary(path):
@@ -569,7 +570,6 @@ def check_args(ap, args):
         ap.error(f"--probe-range needs 0 < LO <= HI, got {lo:g} {hi:g}")
     args.crop_pad = (4 if args.augment else 0) if args.crop_pad is None else args.crop_pad
     args.no_flip = args.no_flip or not args.augment
-    idle = args.surface_lr is not None and not args.surface  # (as evaluate.py warns of a TTA share it cannot use)
     if args.surface_lr is None:
         args.surface_lr = REPORT_LR if REPORT_LR in args.lrs else args.lrs[0]
     elif args.surface_lr not in args.lrs:
@@ -577,8 +577,6 @@ def check_args(ap, args):
     if args.plot_only and args.surface:
         ap.error("--surface needs the trained weights: drop --plot-only (saved surfaces are redrawn anyway)")
     runfiles.check_output_folder(ap, "--out", args.out, not_a_run=True)  # found before the training, not after
-    if idle:  # said once the values passed: an error comes as one line
-        print("warning: --surface-lr has no effect without --surface", file=sys.stderr)
 
 
 COURSE_NORM = ([0.5] * 3, [0.5] * 3)  # the course code's transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -670,17 +668,22 @@ def report(ap, args, paths):
 def main(argv=None):
     ap = get_parser()
     args = ap.parse_args(argv)
+    idle = args.surface_lr is not None and not args.surface  # (as evaluate.py warns of a TTA share it cannot use)
     check_args(ap, args)
     asked = list(VARIANTS) if args.both else ["vgg_a_bn"] if args.bn else ["vgg_a"]
     paths = {a: os.path.join(args.out, f"{a}.json") for a in VARIANTS}
     if args.plot_only:
         check_plot_only(ap, args, asked, paths)
-    else:  # what the report will surely draw, checked before the training too
-        check_ours(ap, args.out, ["loss_landscape.png", "summary.json"] + [f"curves_lr{lr:g}.png" for lr in args.lrs],
+    else:  # what the report will draw (measures.png: at step 0 every run measures), checked before the training too
+        check_ours(ap, args.out, ["loss_landscape.png", "summary.json"] + [f"curves_lr{lr:g}.png" for lr in args.lrs]
+                   + ["measures.png"] * (args.measure_every > 0) + ["surface_1d.png", "surface_2d.png"] * args.surface,
                    "or give another --out")
     if not args.plot_only and train_variants(ap, args, asked, paths) is not None:
         return 130
-    return report(ap, args, paths)
+    code = report(ap, args, paths)
+    if idle:  # said after the work: an error before it comes as its one line
+        print("warning: --surface-lr had no effect without --surface", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

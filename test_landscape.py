@@ -458,9 +458,12 @@ def tiny(data_dir, out, *more):
 
 
 def test_surface_lr_without_surface_is_said_to_do_nothing(tmp_path, capsys):
+    """Said after the work, so that a mistake found before it still comes as its one line."""
+    err = exits_with_one_line(capsys, ["--plot-only", "--surface-lr", "0.001", "--out", str(tmp_path)])
+    assert "--plot-only: no results in" in err
     landscape.save_results(fake_result("vgg_a"), str(tmp_path / "vgg_a.json"))
     assert landscape.main(["--plot-only", "--surface-lr", "0.001", "--out", str(tmp_path)]) == 0
-    assert capsys.readouterr().err == "warning: --surface-lr has no effect without --surface\n"
+    assert capsys.readouterr().err == "warning: --surface-lr had no effect without --surface\n"
 
 
 @pytest.mark.parametrize("name", ["loss_landscape.png", "measures.png", "curves_lr0.0005.png", "summary.json"])
@@ -481,19 +484,24 @@ def test_plot_only_refuses_to_replace_a_file_of_the_users(tmp_path, capsys, name
 
 def test_training_refuses_a_file_of_the_users_before_it_starts_or_after_it_with_the_results_kept(tmp_path, data_dir,
                                                                                                  capsys):
-    """A name the report surely draws (curves at an asked lr) is refused before the training; one it draws only as
-    the results turn out (measures.png) after it, the results saved for --plot-only."""
+    """A name the report surely draws (curves at an asked lr, measures.png when measuring, the surfaces) is refused
+    before the training; one only the other variant's saved results bring (curves at its lr) after it, the results
+    saved for --plot-only."""
     out = tmp_path / "ls"
     os.makedirs(out)
-    mine = png(out / "curves_lr0.002.png", None)
-    err = exits_with_one_line(capsys, tiny(data_dir, str(out)))
-    assert "curves_lr0.002.png is not landscape.py's" in err and "move it, or give another --out" in err
-    assert os.listdir(out) == ["curves_lr0.002.png"] and (out / "curves_lr0.002.png").read_bytes() == mine
-    os.remove(out / "curves_lr0.002.png")
-    mine = png(out / "measures.png", None)
-    err = exits_with_one_line(capsys, tiny(data_dir, str(out), "--measure-every", "1"))
-    assert "measures.png is not landscape.py's" in err and "then draw the saved results with --plot-only" in err
-    assert sorted(os.listdir(out)) == ["measures.png", "vgg_a.json"] and (out / "measures.png").read_bytes() == mine
+    for name, flags in (("curves_lr0.002.png", []), ("measures.png", ["--measure-every", "1"]),
+                        ("surface_2d.png", ["--surface"])):
+        mine = png(out / name, None)
+        err = exits_with_one_line(capsys, tiny(data_dir, str(out), *flags))
+        assert f"{name} is not landscape.py's" in err and "move it, or give another --out" in err
+        assert os.listdir(out) == [name] and (out / name).read_bytes() == mine
+        os.remove(out / name)
+    landscape.save_results(fake_result("vgg_a_bn", lrs=(5e-4,)), str(out / "vgg_a_bn.json"))
+    mine = png(out / "curves_lr0.0005.png", None)
+    err = exits_with_one_line(capsys, tiny(data_dir, str(out), "--measure-every", "0"))
+    assert "curves_lr0.0005.png is not landscape.py's" in err and "then draw the saved results with --plot-only" in err
+    assert sorted(os.listdir(out)) == ["curves_lr0.0005.png", "vgg_a.json", "vgg_a_bn.json"]
+    assert (out / "curves_lr0.0005.png").read_bytes() == mine
 
 
 def test_ctrl_c_before_any_lr_finished_says_nothing_was_written(tmp_path, data_dir, capsys, monkeypatch):
