@@ -532,10 +532,17 @@ def read_out(path):
         raise ValueError(f"{path} exists and is not a bench.json ({type(e).__name__}); pass another --out") from None
     if not isinstance(old, dict):
         raise ValueError(f"{path} exists and is not a bench.json (not a JSON object); pass another --out")
-    if old.get("generator") != GENERATOR:
+    if old.get("generator") != GENERATOR and not older_bench(old):
         raise ValueError(f"{path} exists and is not a bench.json (no \"generator\": \"{GENERATOR}\" in it: a file "
-                         "of yours, or one from before the mark); pass another --out")
+                         "of yours); pass another --out")
     return old
+
+
+def older_bench(old):
+    """Whether a JSON object is a bench.json written before the "generator" mark: bench.py's environment at the top
+    and in a section of one of its subcommands."""
+    env = {"device", "torch", "torchvision", "python", "threads", "measured"}
+    return env <= set(old) and any(isinstance(old.get(c), dict) and env <= set(old[c]) for c in SUBCOMMANDS)
 
 
 def check_out(ap, path, name, force):

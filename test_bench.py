@@ -98,6 +98,16 @@ def test_save_section_keeps_other_sections(tmp_path, capsys):
     assert "bench.json.new" in capsys.readouterr().err
 
 
+def test_a_bench_json_from_before_the_mark_is_still_added_to(tmp_path):
+    env = {"device": "cpu", "torch": "2.4", "torchvision": "0.19", "python": "3.12", "threads": 2,
+           "measured": "2026-11-30T10:00:00"}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({**env, "race": {**env, "ratio_window": 1.76}}))
+    bench.main(["data", "--images", "64", "--repeats", "1", "--workers", "0", "--device", "cpu", "--out", str(path)])
+    res = json.loads(path.read_text())
+    assert res["generator"] == "cifar10-toolkit bench.py" and res["race"]["ratio_window"] == 1.76 and "data" in res
+
+
 def test_an_earlier_race_is_replaced_only_with_force(tmp_path, monkeypatch, capsys):
     """A race took hours: a rerun into its --out is refused before any work; the other sections are simply rerun."""
     path = tmp_path / "bench.json"
