@@ -350,11 +350,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys,
     (["curves", "{run}"], "curves_{tag}.png"),
     (["report", "{run}"], "confusion_{tag}.png"),
 ])
-def test_a_png_of_the_users_at_a_figures_path_is_refused_before_the_work(runs, tmp_path, capsys, argv, name):
+def test_a_png_of_the_users_at_a_figures_path_is_refused_before_the_work(runs, tmp_path, capsys, monkeypatch, argv,
+                                                                          name):
     """A file at a figure's path that no script here drew (a PNG of the user's) is left as it was: one line, exit 2,
     before any figure is drawn."""
     name = name.replace("{tag}", tag(runs[0]))
     (tmp_path / name).write_bytes(b"\x89PNG\r\n\x1a\n my own figure")
+    for module in (visualize, report):  # refused before any figure is begun
+        monkeypatch.setattr(module, "pyplot", lambda: pytest.fail("a figure was begun"))
     err = refused(capsys, *[a.replace("{run}", runs[0]) for a in argv], "--out", tmp_path)
     assert f"{tmp_path / name} has no mark of visualize.py" in err and "move it, or give another --out" in err
     assert os.listdir(tmp_path) == [name] and (tmp_path / name).read_bytes() == b"\x89PNG\r\n\x1a\n my own figure"
