@@ -461,15 +461,20 @@ def plot_surface(results, path_1d, path_2d):
     return _save(fig, path_2d)
 
 
+def result_lrs(results):
+    """Every lr with a run in results, highest first: a curves figure each."""
+    return sorted({r["lr"] for res in results.values() for r in res["runs"]}, reverse=True)
+
+
 def figure_names(results):
-    """The files plot_all draws for these results: loss_landscape.png, measures.png where plot_measures has a measured
-    run, a curves_lr<lr>.png per lr, the surfaces where a variant has them."""
+    """The files plot_all draws for these results (it draws what this lists, so a check of the names before drawing
+    sees every file written): loss_landscape.png, measures.png where plot_measures has a measured run, a
+    curves_lr<lr>.png per lr, the surfaces where a variant has them."""
     lr = measures_lr(results)
     measured = any((r := run_at(res, lr)) and r["measure"]["step"] for res in results.values())
-    lrs = sorted({r["lr"] for res in results.values() for r in res["runs"]}, reverse=True)
     surfaces = any(r.get("surface") for r in results.values())
-    return (["loss_landscape.png"] + ["measures.png"] * measured + [f"curves_lr{lr:g}.png" for lr in lrs]
-            + ["surface_1d.png", "surface_2d.png"] * surfaces)
+    return (["loss_landscape.png"] + ["measures.png"] * measured
+            + [f"curves_lr{lr:g}.png" for lr in result_lrs(results)] + ["surface_1d.png", "surface_2d.png"] * surfaces)
 
 
 def check_ours(ap, out, names, then):
@@ -493,12 +498,13 @@ def is_summary(path):
 
 
 def plot_all(results, out):
-    """Every figure for the variants in `results` (one or both); returns the paths written."""
+    """Every figure of figure_names for the variants in `results` (one or both); returns the paths written."""
+    names = figure_names(results)
     paths = [plot_loss_landscape(results, os.path.join(out, "loss_landscape.png"))]
-    paths += [p for p in [plot_measures(results, os.path.join(out, "measures.png"))] if p]
-    lrs = sorted({r["lr"] for res in results.values() for r in res["runs"]}, reverse=True)
-    paths += [plot_curves(results, lr, os.path.join(out, f"curves_lr{lr:g}.png")) for lr in lrs]
-    if any(r.get("surface") for r in results.values()):
+    if "measures.png" in names:
+        paths.append(plot_measures(results, os.path.join(out, "measures.png")))
+    paths += [plot_curves(results, lr, os.path.join(out, f"curves_lr{lr:g}.png")) for lr in result_lrs(results)]
+    if "surface_1d.png" in names:
         paths += [os.path.join(out, "surface_1d.png"), os.path.join(out, "surface_2d.png")]
         plot_surface(results, *paths[-2:])
     return paths
