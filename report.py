@@ -218,8 +218,9 @@ def check_runs(ap, runs, out, files, by):
         ap.error(f"at most {MAX_RUNS} runs at once (one colour each in the curves), got {len(runs)}")
     for r in runs:
         read_metrics(ap, r)
-    check_no_folders_at(ap, [os.path.join(out, f) for f in files])
-    check_ours_to_replace(ap, [os.path.join(out, f) for f in files], by)
+    paths = [os.path.join(out, f) for f in files]
+    check_no_folders_at(ap, paths)
+    check_ours_to_replace(ap, paths, by)
 
 
 def confusion_files(runs, out):
