@@ -54,7 +54,12 @@ class OneLineParser(argparse.ArgumentParser):
 
 def quiet_rank():
     """Under torchrun every rank meets the same mistake or Ctrl-C: rank 0 alone says it."""
-    return "TORCHELASTIC_RUN_ID" in os.environ and os.environ.get("RANK", "0") != "0"
+    return "TORCHELASTIC_RUN_ID" in os.environ and not launched_rank0()
+
+
+def launched_rank0():
+    """Whether this process is rank 0 by what any env:// launch sets (RANK), before a process group exists."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 LATE_IMPORTS = ("tqdm", "matplotlib")  # of requirements.txt, imported where first used: late in a long run

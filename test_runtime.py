@@ -62,6 +62,15 @@ def test_train_py_into_a_log_says_how_far_each_epoch_got(tmp_path, data_dir, cap
         assert re.search(r"^  epoch 2/2  step 10/10  loss [\d.]+  acc [\d.]+  lr ", out, re.M) or not lines, out
 
 
+def test_train_py_warns_of_an_idle_flag_on_rank_0_alone_under_any_launch(monkeypatch, capsys, data_dir):
+    """RANK is set by every env:// launch, torchrun's or another: the other ranks say nothing."""
+    import train
+    for rank, said in (("1", ""), ("0", "warning: --tta-frac has no effect without --tta translate\n")):
+        monkeypatch.setenv("RANK", rank)
+        train.read_command_line(train.get_parser(), ["--arch", "lenet", "--tta-frac", "0.5", "--data", data_dir])
+        assert capsys.readouterr().err == said
+
+
 def test_metrics_csv_keeps_its_columns_in_place_when_an_epoch_is_not_evaluated(tmp_path):
     """--eval-every 2: epoch 1 has no test figures; their columns still come where an evaluated epoch has them."""
     log = runfiles.MetricsLog(str(tmp_path))

@@ -34,7 +34,7 @@ from recipes import parse_args
 from runfiles import (MetricsLog, clear_run, eval_weights, git_commit, json_text, load_checkpoint, make_run_dir,
                       prepare_run_dir, remove_stale_temps, rng_state, save_checkpoint, set_rng_state, write_text)
 from runtime import (OneLineParser, Progress, add_amp_arg, all_sum, any_rank, check_ranges, device_name, eta, path_arg,
-                     pick_device, progress_style, ranks_agree, resolve_amp, rss_mib, run_main, seed_arg,
+                     launched_rank0, pick_device, progress_style, ranks_agree, resolve_amp, rss_mib, run_main, seed_arg,
                      setup_distributed, sync)
 from selection import make_selector
 
@@ -210,7 +210,7 @@ def read_command_line(ap, argv):
         args = argparse.Namespace(**{**{k: ap.get_default(k) for k in vars(args)}, **saved})  # flags newer than the run
     check_args(ap, args)
     # rank 0 alone (any env:// launch sets RANK); judged by a resumed run's own flags too
-    for w in [] if os.environ.get("RANK", "0") != "0" else unused_flags(args, given):
+    for w in unused_flags(args, given) if launched_rank0() else []:
         print(f"warning: {w}", file=sys.stderr)
     return args, resume_ckpt
 
@@ -635,7 +635,7 @@ def main(argv=None):
     ap = get_parser()
     args, resume_ckpt = read_command_line(ap, argv)
     if resume_ckpt is not None and finished(args, resume_ckpt):
-        if os.environ.get("RANK", "0") == "0":
+        if launched_rank0():
             print(f"{args.resume} finished all {args.epochs} epochs; nothing to do (its results: summary.json)")
         return 0
     run = set_up(ap, args)
