@@ -684,8 +684,8 @@ def main(argv=None):
         check_ours(ap, args.out, ["loss_landscape.png", "summary.json"] + [f"curves_lr{lr:g}.png" for lr in args.lrs]
                    + ["measures.png"] * (args.measure_every > 0) + ["surface_1d.png", "surface_2d.png"] * args.surface,
                    "or give another --out")
-    if not args.plot_only and train_variants(ap, args, asked, paths) is not None:
-        return 130
+        if train_variants(ap, args, asked, paths) is not None:
+            return 130
     code = report(ap, args, paths)
     if idle:  # said after the work: an error before it comes as its one line
         print("warning: --surface-lr had no effect without --surface", file=sys.stderr)
