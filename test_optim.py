@@ -129,6 +129,23 @@ def test_orthogonalise_approximates_u_vt():
         assert cos > 0.95, cos
 
 
+def test_orthogonalise_is_the_quintic_iteration():
+    """Both ways, on the Gram matrix (a wide bank) and plainly (near square), give the quintic Newton-Schulz
+    iteration's result as float64 computes it, within bf16's rounding; tall matrices as their transposes."""
+    torch.manual_seed(0)
+    for shape in ((64, 576), (576, 64), (48, 64), (64, 48)):
+        g = torch.randn(*shape) * torch.rand(shape[1]) ** 3  # an uneven spectrum, as a momentum buffer's
+        x = g.double().T if shape[0] > shape[1] else g.double()
+        x = x / x.norm()
+        for _ in range(3):
+            m = x @ x.T
+            x = 3.4445 * x + (-4.7750 * m + 2.0315 * m @ m) @ x
+        want = x.T if shape[0] > shape[1] else x
+        got = optim.orthogonalise(g)
+        assert got.shape == g.shape and got.dtype == g.dtype
+        assert (got.double() - want).norm() / want.norm() < 0.05, shape
+
+
 def test_muon_groups_and_one_exact_step():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 36, 4))
