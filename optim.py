@@ -18,15 +18,15 @@ def orthogonalise(g, steps=3):
     iteration in bf16 (Muon's, Jordan et al. 2024; 3 steps as in airbench94_muon). Each step maps x to q(m) x, q a
     polynomial of the Gram matrix m = x x^T, so every iterate is a product of such polynomials times the first x:
     the steps run on the small Gram matrix (out x out) alone and x is multiplied once at the end: 2 products of x's
-    size where the plain iteration takes 2 a step; used where x is at least twice as wide as tall (conv banks: out
-    x in*k*k), where it is the cheaper."""
+    size where the plain iteration takes 2 a step, for 3 (steps - 1) more products of the small one: the cheaper once
+    x is 1.5 times as wide as tall, used from twice (conv banks: out x in*k*k)."""
     a, b, c = 3.4445, -4.7750, 2.0315
     x = g.bfloat16()
     x = x / (x.norm() + 1e-7)
     tall = x.size(0) > x.size(1)
     if tall:
         x = x.T
-    if x.size(1) < 2 * x.size(0):  # near square: products with the Gram matrix cost what those with x do
+    if x.size(1) < 2 * x.size(0) or steps < 1:  # near square, the Gram matrix about x's size: the plain iteration
         for _ in range(steps):
             m = x @ x.T
             x = a * x + (b * m + c * m @ m) @ x

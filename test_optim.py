@@ -129,11 +129,15 @@ def test_orthogonalise_approximates_u_vt():
         assert cos > 0.95, cos
 
 
-def test_orthogonalise_is_the_quintic_iteration():
-    """Both ways, on the Gram matrix (a wide bank) and plainly (near square), give the quintic Newton-Schulz
-    iteration's result as float64 computes it, within bf16's rounding; tall matrices as their transposes."""
+def test_orthogonalise_is_the_quintic_iteration(monkeypatch):
+    """Both ways, on the Gram matrix (a wide bank: it builds an identity) and plainly (near square: none), give the
+    quintic Newton-Schulz iteration's result as float64 computes it, within bf16's rounding; tall matrices as their
+    transposes."""
     torch.manual_seed(0)
-    for shape in ((64, 576), (576, 64), (48, 64), (64, 48)):
+    eyes, eye = [], torch.eye
+    monkeypatch.setattr(torch, "eye", lambda *a, **k: eyes.append(a) or eye(*a, **k))
+    for shape, gram in (((64, 576), True), ((576, 64), True), ((48, 64), False), ((64, 48), False)):
+        eyes.clear()
         g = torch.randn(*shape) * torch.rand(shape[1]) ** 3  # an uneven spectrum, as a momentum buffer's
         x = g.double().T if shape[0] > shape[1] else g.double()
         x = x / x.norm()
@@ -144,6 +148,7 @@ def test_orthogonalise_is_the_quintic_iteration():
         got = optim.orthogonalise(g)
         assert got.shape == g.shape and got.dtype == g.dtype
         assert (got.double() - want).norm() / want.norm() < 0.05, shape
+        assert bool(eyes) == gram, shape
 
 
 def test_muon_groups_and_one_exact_step():
