@@ -29,8 +29,8 @@ def test_help_with_a_recipe_shows_the_recipes_defaults(capsys):
 
 
 def test_fast_cpu_is_the_fast_recipe_with_the_flags_the_cpu_race_measured():
-    """RESULTS.md's race 23 ran --recipe fast with these flags (as fast-cpu's earlier flags with --epochs 9
-    --select-frac 0.58); --recipe fast-cpu must train the same run."""
+    """RESULTS.md's race 23 ran these flags (fast-cpu's earlier ones with --epochs 9 --select-frac 0.58);
+    --recipe fast-cpu must train the same run."""
     flags = "--select-by loss --select-frac 0.58 --epochs 9 --image-sizes 24 32 --batch-size 400 --lr 0.1073 " \
             "--aux-lr 0.0041"
     by_flags = vars(recipes.parse_args(train.get_parser(), ["--recipe", "fast", *flags.split()]))
